@@ -1,0 +1,1 @@
+//! Constructor checks in the spec's order. Placeholder: being written.

@@ -1,0 +1,113 @@
+//! Pieces every machine shares: settle-once promises, the output queue, the readyState choke point.
+
+use std::collections::VecDeque;
+
+use crate::error::SocketError;
+use crate::io::{Event, Output};
+use crate::state::{ReadyState, Row, SocketKind};
+
+/// Outputs waiting for `poll_output`. Pre-allocated so the data path never allocates.
+#[derive(Debug)]
+pub(crate) struct Outbox(VecDeque<Output>);
+
+impl Outbox {
+    pub(crate) fn new() -> Self {
+        Outbox(VecDeque::with_capacity(16))
+    }
+
+    pub(crate) fn push(&mut self, output: Output) {
+        self.0.push_back(output);
+    }
+
+    pub(crate) fn io(&mut self, cmd: crate::io::IoCommand) {
+        self.0.push_back(Output::Io(cmd));
+    }
+
+    pub(crate) fn event(&mut self, ev: Event) {
+        self.0.push_back(Output::Event(ev));
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Output> {
+        self.0.pop_front()
+    }
+}
+
+/// `opened` or `closed`: settles at most once (INV-01, INV-02).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Promise {
+    #[default]
+    Pending,
+    Settled(Result<(), SocketError>),
+}
+
+impl Promise {
+    pub(crate) fn is_pending(&self) -> bool {
+        matches!(self, Promise::Pending)
+    }
+
+    pub(crate) fn outcome(&self) -> Option<&Result<(), SocketError>> {
+        match self {
+            Promise::Pending => None,
+            Promise::Settled(r) => Some(r),
+        }
+    }
+
+    /// Settles if pending, emitting `event(result)`; a second settle is ignored.
+    pub(crate) fn settle(
+        &mut self,
+        result: Result<(), SocketError>,
+        out: &mut Outbox,
+        event: fn(Result<(), SocketError>) -> Event,
+    ) {
+        if self.is_pending() {
+            *self = Promise::Settled(result.clone());
+            out.event(event(result));
+        }
+    }
+}
+
+/// The readyState with its one mutation point, which enforces RULES.md §9.
+#[derive(Debug)]
+pub(crate) struct StateCell {
+    kind: SocketKind,
+    state: ReadyState,
+    #[cfg(feature = "mutations")]
+    disabled: Option<Row>,
+}
+
+impl StateCell {
+    pub(crate) fn new(kind: SocketKind, state: ReadyState) -> Self {
+        StateCell {
+            kind,
+            state,
+            #[cfg(feature = "mutations")]
+            disabled: None,
+        }
+    }
+
+    pub(crate) fn get(&self) -> ReadyState {
+        self.state
+    }
+
+    #[cfg(feature = "mutations")]
+    pub(crate) fn disable(&mut self, row: Option<Row>) {
+        self.disabled = row;
+    }
+
+    /// The choke point: moves along `row` if the table allows it. A move the table forbids is a bug
+    /// in the machine; it is refused (debug builds assert) rather than corrupting the state.
+    pub(crate) fn set(&mut self, row: Row, out: &mut Outbox) -> bool {
+        let (kind, from, to) = row.edge();
+        #[cfg(feature = "mutations")]
+        if self.disabled == Some(row) {
+            return false;
+        }
+        let ok = kind == self.kind && from == self.state && Row::allows(kind, from, to);
+        debug_assert!(ok, "{row} taken from {} on a {}", self.state, self.kind);
+        if ok {
+            self.state = to;
+            out.event(Event::StateChanged { from, to });
+        }
+        ok
+    }
+}

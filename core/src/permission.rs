@@ -1,0 +1,1 @@
+//! Permissions (RULES.md §2, DICT-PERM-*). Placeholder: being written.

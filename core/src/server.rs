@@ -1,0 +1,4 @@
+//! `TCPServerSocket`. Placeholder: being written.
+/// Placeholder.
+#[derive(Debug)]
+pub struct TcpServerMachine;

@@ -1,0 +1,4 @@
+//! `TCPSocket`. Placeholder: being written.
+/// Placeholder.
+#[derive(Debug)]
+pub struct TcpMachine;

@@ -1,0 +1,4 @@
+//! `UDPSocket`. Placeholder: being written.
+/// Placeholder.
+#[derive(Debug)]
+pub struct UdpMachine;
