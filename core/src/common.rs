@@ -6,13 +6,14 @@ use crate::error::SocketError;
 use crate::io::{Event, Output};
 use crate::state::{ReadyState, Row, SocketKind};
 
-/// Outputs waiting for `poll_output`. Pre-allocated so the data path never allocates.
+/// Outputs waiting for `poll_output`. Allocated on first use (an idle socket stays small); once it
+/// has grown to a socket's working size the data path never allocates again.
 #[derive(Debug)]
 pub(crate) struct Outbox(VecDeque<Output>);
 
 impl Outbox {
     pub(crate) fn new() -> Self {
-        Outbox(VecDeque::with_capacity(16))
+        Outbox(VecDeque::new())
     }
 
     pub(crate) fn push(&mut self, output: Output) {
@@ -103,6 +104,9 @@ impl StateCell {
             return false;
         }
         let ok = kind == self.kind && from == self.state && Row::allows(kind, from, to);
+        // With a row disabled (mutation testing) later rows may start from the wrong state: refuse
+        // them quietly there, so the suite sees the mutant's behaviour instead of a panic.
+        #[cfg(not(feature = "mutations"))]
         debug_assert!(ok, "{row} taken from {} on a {}", self.state, self.kind);
         if ok {
             self.state = to;
