@@ -16,10 +16,6 @@ impl Outbox {
         Outbox(VecDeque::new())
     }
 
-    pub(crate) fn push(&mut self, output: Output) {
-        self.0.push_back(output);
-    }
-
     pub(crate) fn io(&mut self, cmd: crate::io::IoCommand) {
         self.0.push_back(Output::Io(cmd));
     }
