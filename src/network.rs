@@ -1,0 +1,151 @@
+//! [`Network`]: a backend and a permission policy, chosen by value.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tcpudp_core::address::HostName;
+use tcpudp_core::checks::Checks;
+use tcpudp_core::permission::{PermissionRequest, PermissionState};
+use tcpudp_core::Cause;
+
+use crate::backend::{Backend, BackendKind, BoxFuture};
+use crate::policy::{Policy, TcpPermission, TcpServerPermission, UdpPermission};
+
+/// A network to make sockets on: real sockets or a simulation, plus the permission policy.
+///
+/// Cheap to clone; `Send + Sync + 'static`. Make one with `tcpudp_net_real::network(policy)` or,
+/// inside a turmoil host, `tcpudp_net_sim::network(host, policy)`.
+#[derive(Clone)]
+pub struct Network {
+    inner: Arc<NetworkInner>,
+}
+
+struct NetworkInner {
+    backend: Arc<dyn Backend>,
+    policy: Policy,
+    epoch: tokio::time::Instant,
+    next_id: AtomicU64,
+    multicast_interface: Option<IpAddr>,
+}
+
+impl Network {
+    /// A network over `backend` with `policy`. Backends call this; applications use the backend
+    /// crates' `network(..)` functions. Must be called inside a tokio runtime (the clock's epoch is
+    /// read from it).
+    pub fn new(backend: impl Backend, policy: Policy) -> Network {
+        Self::with_multicast_interface(backend, policy, None)
+    }
+
+    /// As [`new`](Self::new), with the multicast interface every UDP socket uses for joins, leaves
+    /// and group sends unless its options name one. Tests pin it to 127.0.0.1.
+    pub fn with_multicast_interface(backend: impl Backend, policy: Policy, interface: Option<IpAddr>) -> Network {
+        Network {
+            inner: Arc::new(NetworkInner {
+                backend: Arc::new(backend),
+                policy,
+                epoch: tokio::time::Instant::now(),
+                next_id: AtomicU64::new(1),
+                multicast_interface: interface,
+            }),
+        }
+    }
+
+    /// Which kind of backend this is.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.inner.backend.kind()
+    }
+
+    /// The permission policy.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// `navigator.udpPermission` (ENTRY-01).
+    pub fn udp_permission(&self) -> UdpPermission {
+        UdpPermission::new(self.clone())
+    }
+
+    /// `navigator.tcpPermission`.
+    pub fn tcp_permission(&self) -> TcpPermission {
+        TcpPermission::new(self.clone())
+    }
+
+    /// `navigator.tcpServerPermission`.
+    pub fn tcp_server_permission(&self) -> TcpServerPermission {
+        TcpServerPermission::new(self.clone())
+    }
+
+    /// The default multicast interface of this network's UDP sockets.
+    pub fn multicast_interface(&self) -> Option<IpAddr> {
+        self.inner.multicast_interface
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.inner.backend
+    }
+
+    pub(crate) fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self.inner.backend.spawn(task);
+    }
+
+    /// Now, as the core counts time: microseconds since this network was made, on tokio's clock
+    /// (which turmoil drives in simulation).
+    pub(crate) fn now(&self) -> tcpudp_core::Instant {
+        self.to_core(tokio::time::Instant::now())
+    }
+
+    pub(crate) fn to_core(&self, at: tokio::time::Instant) -> tcpudp_core::Instant {
+        let micros = at.saturating_duration_since(self.inner.epoch).as_micros();
+        tcpudp_core::Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn to_tokio(&self, at: tcpudp_core::Instant) -> tokio::time::Instant {
+        self.inner.epoch + std::time::Duration::from_micros(at.as_micros())
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn checks(&self) -> NetworkChecks<'_> {
+        NetworkChecks { net: self }
+    }
+
+    pub(crate) fn resolve(&self, name: &HostName) -> BoxFuture<'static, Result<Vec<IpAddr>, Cause>> {
+        self.inner.backend.resolve(name)
+    }
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network").field("backend", &self.backend_kind()).finish_non_exhaustive()
+    }
+}
+
+/// The constructor checks' oracle: the policy for permission, the backend for OS facts.
+pub(crate) struct NetworkChecks<'a> {
+    net: &'a Network,
+}
+
+impl Checks for NetworkChecks<'_> {
+    fn permission(&mut self, request: &PermissionRequest) -> PermissionState {
+        self.net.policy().state(request)
+    }
+
+    fn probe_local(&mut self, ip: IpAddr) -> Result<(), Cause> {
+        self.net.inner.backend.probe_local(ip)
+    }
+
+    fn route(&mut self, remote: IpAddr) -> Option<IpAddr> {
+        self.net.inner.backend.route(remote)
+    }
+
+    fn tls_client_supported(&self) -> bool {
+        self.net.inner.backend.tls_supported()
+    }
+
+    fn tls_server_configured(&self) -> bool {
+        self.net.inner.backend.tls_supported()
+    }
+}

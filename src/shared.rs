@@ -1,0 +1,192 @@
+//! Pieces every socket kind shares: the lock helper, waker lists, settle-once promise futures and
+//! the write-promise bookkeeping.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use tcpudp_core::{ReadyState, SocketError};
+
+/// Locks `m`, ignoring poisoning: the data behind our locks stays consistent between statements,
+/// and a panicking task must not take every other handle of the socket down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Wakers of everyone waiting for one thing.
+#[derive(Debug, Default)]
+pub(crate) struct WakerList(Vec<Waker>);
+
+impl WakerList {
+    pub(crate) fn register(&mut self, waker: &Waker) {
+        if !self.0.iter().any(|w| w.will_wake(waker)) {
+            self.0.push(waker.clone());
+        }
+    }
+
+    pub(crate) fn wake_all(&mut self) {
+        for w in self.0.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// Which of a socket's two promises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Which {
+    Opened,
+    Closed,
+}
+
+/// A socket whose `opened`/`closed` promises can be polled.
+pub(crate) trait PromiseSource: Send + Sync + 'static {
+    fn poll_promise(&self, which: Which, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>>;
+}
+
+/// The `opened` or `closed` promise of a socket: a shared future that any number of holders can
+/// await, before or after it settles, all seeing the one outcome (GEN-05, INV-20). Holding it does
+/// not keep the socket open (GEN-12).
+#[derive(Clone)]
+#[must_use = "a promise does nothing unless awaited"]
+pub struct SocketPromise {
+    source: Arc<dyn PromiseSource>,
+    which: Which,
+}
+
+impl SocketPromise {
+    pub(crate) fn new(source: Arc<dyn PromiseSource>, which: Which) -> Self {
+        SocketPromise { source, which }
+    }
+}
+
+impl Future for SocketPromise {
+    type Output = Result<(), SocketError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.source.poll_promise(self.which, cx)
+    }
+}
+
+impl std::fmt::Debug for SocketPromise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketPromise").field("which", &self.which).finish_non_exhaustive()
+    }
+}
+
+/// Where the application side of `opened`/`closed` waits.
+#[derive(Debug, Default)]
+pub(crate) struct PromiseWaiters {
+    pub(crate) opened: WakerList,
+    pub(crate) closed: WakerList,
+}
+
+impl PromiseWaiters {
+    /// Polls one promise given the machine's outcome.
+    pub(crate) fn poll(
+        &mut self,
+        which: Which,
+        outcome: Option<&Result<(), SocketError>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SocketError>> {
+        match outcome {
+            Some(result) => Poll::Ready(result.clone()),
+            None => {
+                match which {
+                    Which::Opened => self.opened.register(cx.waker()),
+                    Which::Closed => self.closed.register(cx.waker()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Write promises: writes settle in order (INV-11), so one counter says which are settled; the
+/// errors of rejected writes wait here until their future reads (or drops) them.
+#[derive(Debug, Default)]
+pub(crate) struct WriteBook {
+    next_id: u64,
+    settled_upto: u64,
+    errors: BTreeMap<u64, SocketError>,
+    waiters: BTreeMap<u64, Waker>,
+    pub(crate) ready: WakerList,
+    flush: WakerList,
+    last_error: Option<SocketError>,
+}
+
+impl WriteBook {
+    /// A fresh, strictly increasing write id (ids start at 1).
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The id of the last write issued (0 when none).
+    pub(crate) fn last_id(&self) -> u64 {
+        self.next_id
+    }
+
+    pub(crate) fn settle(&mut self, id: u64, result: Result<(), SocketError>) {
+        self.settled_upto = self.settled_upto.max(id);
+        if let Err(e) = result {
+            self.last_error = Some(e.clone());
+            self.errors.insert(id, e);
+        }
+        self.flush.wake_all();
+        let later = self.waiters.split_off(&(id + 1));
+        for (_, w) in std::mem::replace(&mut self.waiters, later) {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn poll(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        if id <= self.settled_upto {
+            self.waiters.remove(&id);
+            return Poll::Ready(match self.errors.remove(&id) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            });
+        }
+        self.waiters.insert(id, cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// A write future went away: forget what it would have read.
+    pub(crate) fn forget(&mut self, id: u64) {
+        self.errors.remove(&id);
+        self.waiters.remove(&id);
+    }
+
+    /// Whether every write issued so far has settled; the last error among them, if any.
+    pub(crate) fn poll_flushed(&mut self, upto: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        if upto <= self.settled_upto {
+            return Poll::Ready(match &self.last_error {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            });
+        }
+        self.flush.register(cx.waker());
+        Poll::Pending
+    }
+}
+
+/// A bounded log of readyState changes for `diag()`.
+#[derive(Debug, Clone)]
+pub(crate) struct StateLog(Vec<ReadyState>);
+
+impl StateLog {
+    pub(crate) fn new(first: ReadyState) -> Self {
+        StateLog(vec![first])
+    }
+
+    pub(crate) fn push(&mut self, state: ReadyState) {
+        // At most five states exist and every change raises the rank: the log stays tiny.
+        self.0.push(state);
+    }
+
+    pub(crate) fn to_vec(&self) -> Vec<ReadyState> {
+        self.0.clone()
+    }
+}

@@ -1,0 +1,965 @@
+//! `TCPSocket`: read RULES.md §4 and DESIGN §5 before editing.
+//!
+//! A [`TcpSocket`] is a handle to shared state: the core's [`TcpMachine`] and the transport, behind
+//! one lock. Application calls run the machine and the transport inline (no task hop on the data
+//! path); a driver task per socket finishes what would block, with the transport always polled
+//! with the driver's waker, so exactly one party is ever registered per direction.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use tcpudp_core::checks;
+use tcpudp_core::options::{AcceptedSpec, TcpOptions};
+use tcpudp_core::{
+    AppCommand, Cause, ErrorName, Event, Input, IoCommand, IoEvent, Output, ReadResult, ReadyState, SocketError,
+    TcpMachine, WriteId,
+};
+use tokio::io::ReadBuf;
+
+use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
+use crate::network::Network;
+use crate::shared::{lock, PromiseSource, PromiseWaiters, SocketPromise, StateLog, Which, WriteBook};
+
+/// Largest read from the transport at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Transport steps one call may take before yielding to other tasks.
+const STEP_BUDGET: usize = 64;
+
+/// A `TCPSocket`: a client connection, or one a [`TcpServerSocket`](crate::TcpServerSocket)
+/// accepted.
+///
+/// Clone it freely: every clone is the same socket. Dropping the last handle (sockets, readables
+/// and writables) runs `close()` in the background (GEN-12).
+///
+/// ```no_run
+/// # async fn demo(net: tcpudp::Network) -> Result<(), tcpudp::SocketError> {
+/// use tcpudp::{TcpOptions, TcpSocket};
+/// let sock = TcpSocket::new(&net, "127.0.0.1", 7, TcpOptions::default())?;
+/// sock.opened().await?;
+/// let writer = sock.writable()?;
+/// writer.write(&b"ping"[..]).await?;
+/// let mut reader = sock.readable()?;
+/// let echo = reader.read().await?; // Ok(None) is the end of the stream
+/// sock.close().await?;
+/// # let _ = echo; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TcpSocket {
+    handle: Arc<Handle>,
+}
+
+/// Keeps the socket alive for the application; the last one to go closes it.
+struct Handle {
+    shared: Arc<TcpShared>,
+}
+
+pub(crate) struct TcpShared {
+    id: u64,
+    net: Network,
+    attrs: Attributes,
+    inner: Mutex<Inner>,
+    span: tracing::Span,
+}
+
+/// What the constructor was given (reported as given, AMB-54).
+#[derive(Debug, Clone)]
+struct Attributes {
+    remote_address: String,
+    remote_port: u16,
+    local_address: Option<String>,
+    local_port: Option<u16>,
+    address_reuse: bool,
+    no_delay: bool,
+    use_secure_transport: bool,
+}
+
+struct Inner {
+    machine: TcpMachine,
+    io: TransportSide,
+    app: AppSide,
+}
+
+/// The backend side: the transport and the I/O the machine asked for.
+#[derive(Default)]
+struct TransportSide {
+    transport: Option<Box<dyn TcpTransport>>,
+    resolving: Option<BoxFuture<'static, Result<Vec<std::net::IpAddr>, Cause>>>,
+    connecting: Option<BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>>>,
+    sending: Option<(WriteId, Bytes)>,
+    shutdown_pending: bool,
+    read_interest: bool,
+    read_buf: BytesMut,
+    released: bool,
+    driver: Option<Waker>,
+    armed: Option<tcpudp_core::Instant>,
+    diag: TcpDiag,
+}
+
+/// The application side: results and waiters.
+#[derive(Default)]
+struct AppSide {
+    promises: PromiseWaiters,
+    writes: WriteBook,
+    read_result: Option<ReadResult>,
+    readable_signal: bool,
+    reader: Option<Waker>,
+    reader_locked: bool,
+    writer_locked: bool,
+    state_log: Option<StateLog>,
+}
+
+impl TcpSocket {
+    /// `new TCPSocket(remoteAddress, remotePort, options)`.
+    ///
+    /// Synchronous errors, in the spec's order (TCP-CTOR-14): `SecurityError` (no permission),
+    /// `InvalidAccessError` (bad address, port 0, unusable local address, no route, bad keep-alive
+    /// interval), `TypeError` (a zero buffer size), `NotSupportedError` (TLS without support).
+    /// Nothing is sent when it fails (GEN-01). The socket starts "opening"; the connection is made
+    /// in the background.
+    pub fn new(net: &Network, remote_address: &str, remote_port: u16, options: TcpOptions) -> Result<Self, SocketError> {
+        let spec = checks::tcp_spec(&mut net.checks(), remote_address, remote_port, &options)?;
+        let attrs = Attributes {
+            remote_address: remote_address.to_owned(),
+            remote_port,
+            local_address: options.local_address.clone(),
+            local_port: options.local_port.filter(|&p| p != 0),
+            address_reuse: options.address_reuse,
+            no_delay: options.no_delay,
+            use_secure_transport: options.use_secure_transport,
+        };
+        let machine = TcpMachine::new(net.now(), spec);
+        Ok(Self::start(net, attrs, machine, None))
+    }
+
+    /// A socket for a connection the server accepted.
+    pub(crate) fn accepted(net: &Network, spec: AcceptedSpec, transport: Box<dyn TcpTransport>) -> Self {
+        let attrs = Attributes {
+            remote_address: tcpudp_core::address::canonical(spec.remote.ip()),
+            remote_port: spec.remote.port(),
+            local_address: None,
+            local_port: None,
+            address_reuse: spec.tcp.config.address_reuse,
+            no_delay: true,
+            use_secure_transport: spec.tcp.use_secure_transport,
+        };
+        let machine = TcpMachine::accepted(net.now(), spec);
+        Self::start(net, attrs, machine, Some(transport))
+    }
+
+    fn start(net: &Network, attrs: Attributes, machine: TcpMachine, transport: Option<Box<dyn TcpTransport>>) -> Self {
+        let id = net.next_id();
+        let span = tracing::debug_span!(
+            "socket",
+            id,
+            kind = "tcp",
+            backend = net.backend_kind().as_str(),
+            local = tracing::field::Empty,
+            remote = %format_args!("{}:{}", attrs.remote_address, attrs.remote_port),
+        );
+        let state = machine.ready_state();
+        let mut io = TransportSide { read_buf: BytesMut::new(), ..TransportSide::default() };
+        if let Some(t) = transport {
+            io.diag = t.diag();
+            io.transport = Some(t);
+        }
+        let app = AppSide { state_log: Some(StateLog::new(state)), ..AppSide::default() };
+        let shared = Arc::new(TcpShared {
+            id,
+            net: net.clone(),
+            attrs,
+            inner: Mutex::new(Inner { machine, io, app }),
+            span,
+        });
+        {
+            let mut inner = lock(&shared.inner);
+            inner.process(&shared);
+        }
+        net.spawn(Box::pin(drive(shared.clone())));
+        TcpSocket { handle: Arc::new(Handle { shared }) }
+    }
+
+    fn shared(&self) -> &Arc<TcpShared> {
+        &self.handle.shared
+    }
+
+    /// `readyState`.
+    pub fn ready_state(&self) -> ReadyState {
+        lock(&self.shared().inner).machine.ready_state()
+    }
+
+    /// `remoteAddress`, exactly as given (TCP-CTOR-04); for an accepted socket, the peer's
+    /// address in canonical text.
+    pub fn remote_address(&self) -> &str {
+        &self.shared().attrs.remote_address
+    }
+
+    /// `remotePort`.
+    pub fn remote_port(&self) -> u16 {
+        self.shared().attrs.remote_port
+    }
+
+    /// `localAddress`: as given, else the bound address once known (at the latest when `opened`
+    /// resolves, TCP-ATTR-01).
+    pub fn local_address(&self) -> Option<String> {
+        if let Some(given) = &self.shared().attrs.local_address {
+            return Some(given.clone());
+        }
+        let local = lock(&self.shared().inner).machine.local_addr();
+        local.map(|a| tcpudp_core::address::canonical(a.ip()))
+    }
+
+    /// `localPort`: as given, else the bound port once known.
+    pub fn local_port(&self) -> Option<u16> {
+        if let Some(given) = self.shared().attrs.local_port {
+            return Some(given);
+        }
+        let local = lock(&self.shared().inner).machine.local_addr();
+        local.map(|a| a.port())
+    }
+
+    /// `addressReuse`.
+    pub fn address_reuse(&self) -> bool {
+        self.shared().attrs.address_reuse
+    }
+
+    /// `noDelay`.
+    pub fn no_delay(&self) -> bool {
+        self.shared().attrs.no_delay
+    }
+
+    /// `useSecureTransport`.
+    pub fn use_secure_transport(&self) -> bool {
+        self.shared().attrs.use_secure_transport
+    }
+
+    /// `opened`: resolves once "open", rejects if opening fails.
+    pub fn opened(&self) -> SocketPromise {
+        SocketPromise::new(self.shared().clone(), Which::Opened)
+    }
+
+    /// `closed`: settles once "closed".
+    pub fn closed(&self) -> SocketPromise {
+        SocketPromise::new(self.shared().clone(), Which::Closed)
+    }
+
+    /// `close()`: runs the readable cancel steps (flush, FIN, wait for the peer's FIN, bounded by
+    /// the close timeout) and returns the `closed` promise. Works whatever is locked (A-14).
+    pub fn close(&self) -> SocketPromise {
+        self.shared().app_command(AppCommand::Close);
+        self.closed()
+    }
+
+    /// `halfClose()`: FIN after the queued writes; receiving continues. Never fails (A-51).
+    pub fn half_close(&self) {
+        self.shared().app_command(AppCommand::HalfClose);
+    }
+
+    /// Extension (EXT-03): abandons the connection with RST; everything pending rejects
+    /// `AbortError`.
+    pub fn reset(&self) {
+        self.shared().app_command(AppCommand::Reset);
+    }
+
+    /// The readable stream. `TypeError` while another readable of this socket is held.
+    pub fn readable(&self) -> Result<TcpReadable, SocketError> {
+        let mut inner = lock(&self.shared().inner);
+        if inner.app.reader_locked {
+            return Err(SocketError::with_cause(ErrorName::TypeError, Cause::StreamLocked));
+        }
+        inner.app.reader_locked = true;
+        Ok(TcpReadable { handle: self.handle.clone(), ended: false })
+    }
+
+    /// The writable stream. `TypeError` while another writable of this socket is held.
+    pub fn writable(&self) -> Result<TcpWritable, SocketError> {
+        let mut inner = lock(&self.shared().inner);
+        if inner.app.writer_locked {
+            return Err(SocketError::with_cause(ErrorName::TypeError, Cause::StreamLocked));
+        }
+        inner.app.writer_locked = true;
+        Ok(TcpWritable { handle: self.handle.clone(), pending_flush: None })
+    }
+
+    /// Both streams as one `tokio::io::AsyncRead + AsyncWrite` value (for codecs, TLS, `copy`…).
+    pub fn into_io(self) -> Result<TcpIo, SocketError> {
+        let readable = self.readable()?;
+        let writable = self.writable()?;
+        Ok(TcpIo { readable, writable, leftover: Bytes::new(), in_write: None })
+    }
+
+    /// Option values read back from the OS (or the simulator's model) and the library's queues.
+    pub fn diag(&self) -> TcpSocketDiag {
+        let inner = lock(&self.shared().inner);
+        let options = inner.io.transport.as_ref().map(|t| t.diag()).unwrap_or_else(|| inner.io.diag.clone());
+        TcpSocketDiag {
+            state_log: inner.app.state_log.as_ref().map(StateLog::to_vec).unwrap_or_default(),
+            queued_read_bytes: inner.machine.queued_read_bytes(),
+            queued_write_bytes: inner.machine.queued_write_bytes(),
+            read_interest: inner.machine.read_interest(),
+            transport_open: inner.io.transport.is_some(),
+            options,
+        }
+    }
+}
+
+impl std::fmt::Debug for TcpSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpSocket")
+            .field("id", &self.shared().id)
+            .field("remote", &format_args!("{}:{}", self.remote_address(), self.remote_port()))
+            .field("ready_state", &self.ready_state())
+            .finish()
+    }
+}
+
+/// What [`TcpSocket::diag`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpSocketDiag {
+    /// Every readyState the socket has had, in order.
+    pub state_log: Vec<ReadyState>,
+    /// Bytes waiting in the readable.
+    pub queued_read_bytes: usize,
+    /// Bytes of unsettled writes.
+    pub queued_write_bytes: usize,
+    /// Whether the library is reading from the transport.
+    pub read_interest: bool,
+    /// Whether the library still holds an OS (or simulator) socket.
+    pub transport_open: bool,
+    /// Option values read back.
+    pub options: TcpDiag,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // GEN-12: the last handle gone runs close() in the background (bounded by the close
+        // timeout); the driver task keeps the shared state until the socket is closed.
+        self.shared.app_command(AppCommand::Close);
+    }
+}
+
+impl TcpShared {
+    fn app_command(&self, cmd: AppCommand) {
+        let mut inner = lock(&self.inner);
+        let now = self.net.now();
+        // Commands that reach here never fail synchronously (start_tls has its own path).
+        let _ = inner.machine.handle(now, Input::App(cmd));
+        inner.process(self);
+    }
+
+    fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, SocketError>> {
+        let mut inner = lock(&self.inner);
+        for _ in 0..2 {
+            inner.app.read_result = None;
+            inner.app.readable_signal = false;
+            let now = self.net.now();
+            let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
+            inner.process(self);
+            if let Some(result) = inner.app.read_result.take() {
+                return Poll::Ready(match result {
+                    ReadResult::Chunk(bytes) => Ok(Some(bytes)),
+                    ReadResult::Done => Ok(None),
+                    ReadResult::Error(e) => Err(e),
+                    ReadResult::Message(m) => Ok(Some(m.data)),
+                });
+            }
+            if !inner.app.readable_signal {
+                break;
+            }
+        }
+        inner.app.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn write(&self, data: Bytes) -> u64 {
+        let mut inner = lock(&self.inner);
+        let id = inner.app.writes.next_id();
+        let now = self.net.now();
+        let _ = inner.machine.handle(now, Input::App(AppCommand::Write { id: WriteId(id), data }));
+        inner.process(self);
+        id
+    }
+}
+
+impl PromiseSource for TcpShared {
+    fn poll_promise(&self, which: Which, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
+        let outcome = match which {
+            Which::Opened => inner.machine.opened(),
+            Which::Closed => inner.machine.closed(),
+        };
+        inner.app.promises.poll(which, outcome, cx)
+    }
+}
+
+impl Inner {
+    /// Runs the machine's outputs and the transport until nothing more can happen without
+    /// waiting. Transport polls use the driver's waker (DESIGN §5: one poller per direction).
+    fn process(&mut self, shared: &TcpShared) {
+        let mut budget = STEP_BUDGET;
+        loop {
+            while let Some(out) = self.machine.poll_output() {
+                self.apply(shared, out);
+            }
+            let Some(waker) = self.io.driver.clone() else { break };
+            let mut cx = Context::from_waker(&waker);
+            let Some(event) = self.io.poll_once(&mut cx) else { break };
+            let now = shared.net.now();
+            let _ = self.machine.handle(now, Input::Io(event));
+            budget -= 1;
+            if budget == 0 {
+                // Let other tasks run; the driver picks up where this left off.
+                waker.wake_by_ref();
+                while let Some(out) = self.machine.poll_output() {
+                    self.apply(shared, out);
+                }
+                break;
+            }
+        }
+        // A timer the driver has not armed yet (close() armed the close timeout, say).
+        let wanted = self.machine.poll_timeout().map(|d| d.at);
+        if wanted != self.io.armed {
+            if let Some(w) = &self.io.driver {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    fn apply(&mut self, shared: &TcpShared, out: Output) {
+        match out {
+            Output::Io(cmd) => self.io.apply(shared, cmd),
+            Output::Event(ev) => self.app_event(shared, ev),
+        }
+    }
+
+    fn app_event(&mut self, shared: &TcpShared, ev: Event) {
+        match ev {
+            Event::StateChanged { from, to } => {
+                tracing::debug!(parent: &shared.span, %from, %to, "ready_state");
+                if let Some(log) = &mut self.app.state_log {
+                    log.push(to);
+                }
+            }
+            Event::Opened(result) => {
+                if let Some(local) = self.machine.local_addr() {
+                    shared.span.record("local", tracing::field::display(local));
+                }
+                tracing::debug!(parent: &shared.span, ok = result.is_ok(), "opened");
+                self.app.promises.opened.wake_all();
+            }
+            Event::Closed(result) => {
+                match &result {
+                    Ok(()) => tracing::debug!(parent: &shared.span, "closed"),
+                    Err(e) => tracing::debug!(parent: &shared.span, error = %e, "closed"),
+                }
+                self.app.promises.closed.wake_all();
+            }
+            Event::Read(result) => self.app.read_result = Some(result),
+            Event::Readable => {
+                self.app.readable_signal = true;
+                if let Some(w) = self.app.reader.take() {
+                    w.wake();
+                }
+            }
+            Event::WriteSettled { id, result } => self.app.writes.settle(id.0, result),
+            Event::WritableReady => self.app.writes.ready.wake_all(),
+            _ => {}
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.machine.ready_state() == ReadyState::Closed && self.io.released
+    }
+}
+
+impl TransportSide {
+    fn apply(&mut self, shared: &TcpShared, cmd: IoCommand) {
+        match cmd {
+            IoCommand::Resolve { name } => self.resolving = Some(shared.net.resolve(&name)),
+            IoCommand::Connect { remote, local, config } => {
+                self.connecting = Some(shared.net.backend().connect(remote, local, config));
+            }
+            IoCommand::Send { id, data } => self.sending = Some((id, data)),
+            IoCommand::ShutdownWrite => self.shutdown_pending = true,
+            IoCommand::ReadInterest(on) => self.read_interest = on,
+            IoCommand::SetKeepAlive(keep_alive) => {
+                if let Some(t) = &mut self.transport {
+                    if let Err(e) = t.set_keep_alive(keep_alive) {
+                        tracing::debug!(parent: &shared.span, error = %e, "keep-alive not applied");
+                    }
+                    self.diag = t.diag();
+                }
+            }
+            IoCommand::TlsHandshake => {
+                // Only reachable with TLS support, which the constructor checks (NotSupportedError).
+                tracing::debug!(parent: &shared.span, "TLS handshake asked of a backend without TLS");
+            }
+            IoCommand::Close => self.release(None),
+            IoCommand::Reset => self.release(Some(())),
+            _ => {}
+        }
+    }
+
+    fn release(&mut self, reset: Option<()>) {
+        self.resolving = None;
+        self.connecting = None;
+        self.sending = None;
+        self.shutdown_pending = false;
+        self.read_interest = false;
+        if let Some(t) = self.transport.take() {
+            self.diag = t.diag();
+            if reset.is_some() {
+                t.reset();
+            }
+        }
+        self.released = true;
+    }
+
+    /// One step of I/O: the first report a pending operation has, if any.
+    fn poll_once(&mut self, cx: &mut Context<'_>) -> Option<IoEvent> {
+        if let Some(fut) = &mut self.resolving {
+            if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                self.resolving = None;
+                return Some(match result {
+                    Ok(addrs) => IoEvent::Resolved { addrs },
+                    Err(cause) => IoEvent::ResolveFailed { cause },
+                });
+            }
+        }
+        if let Some(fut) = &mut self.connecting {
+            if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                self.connecting = None;
+                return Some(match result {
+                    Ok(t) => match (t.local_addr(), t.peer_addr()) {
+                        (Ok(local), Ok(remote)) => {
+                            self.diag = t.diag();
+                            self.transport = Some(t);
+                            IoEvent::Connected { local, remote }
+                        }
+                        (Err(e), _) | (_, Err(e)) => IoEvent::ConnectFailed { cause: crate::backend::cause_of(&e) },
+                    },
+                    Err(cause) => IoEvent::ConnectFailed { cause },
+                });
+            }
+        }
+        let transport = self.transport.as_mut()?;
+        if let Some((id, data)) = &mut self.sending {
+            loop {
+                match transport.poll_write(cx, data) {
+                    Poll::Ready(Ok(0)) => {
+                        self.sending = None;
+                        return Some(IoEvent::Failed { cause: Cause::Reset });
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        let _ = data.split_to(n);
+                        if data.is_empty() {
+                            let id = *id;
+                            self.sending = None;
+                            return Some(IoEvent::Wrote { id });
+                        }
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.sending = None;
+                        return Some(IoEvent::Failed { cause: crate::backend::cause_of(&e) });
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        } else if self.shutdown_pending {
+            match transport.poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.shutdown_pending = false;
+                    return Some(IoEvent::WriteShutdown);
+                }
+                Poll::Ready(Err(e)) => {
+                    self.shutdown_pending = false;
+                    return Some(IoEvent::Failed { cause: crate::backend::cause_of(&e) });
+                }
+                Poll::Pending => {}
+            }
+        }
+        if self.read_interest {
+            if self.read_buf.capacity() < READ_CHUNK / 4 {
+                self.read_buf.reserve(READ_CHUNK);
+            }
+            let spare = self.read_buf.spare_capacity_mut();
+            let mut buf = ReadBuf::uninit(spare);
+            match transport.poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    if n == 0 {
+                        self.read_interest = false;
+                        return Some(IoEvent::PeerFin);
+                    }
+                    // SAFETY: `ReadBuf::filled` guarantees the first `n` bytes of the spare
+                    // capacity were initialised by the read.
+                    unsafe { self.read_buf.set_len(n) };
+                    // A fresh `Bytes` that no one will write to again (GEN-08).
+                    return Some(IoEvent::Received(self.read_buf.split().freeze()));
+                }
+                Poll::Ready(Err(e)) => {
+                    self.read_interest = false;
+                    return Some(IoEvent::Failed { cause: crate::backend::cause_of(&e) });
+                }
+                Poll::Pending => {}
+            }
+        }
+        None
+    }
+}
+
+/// The driver: polls the transport when the application is not doing so, and fires timers.
+async fn drive(shared: Arc<TcpShared>) {
+    let mut sleep = Box::pin(tokio::time::sleep(std::time::Duration::from_secs(0)));
+    let mut armed: Option<tcpudp_core::Instant> = None;
+    std::future::poll_fn(|cx| {
+        let mut inner = lock(&shared.inner);
+        if !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            inner.io.driver = Some(cx.waker().clone());
+        }
+        // Bounded: each Timeout clears at least the deadline it fired for.
+        for _ in 0..4 {
+            let now = shared.net.now();
+            match inner.machine.poll_timeout() {
+                Some(d) if d.at <= now => {
+                    let _ = inner.machine.handle(now, Input::Timeout);
+                }
+                _ => break,
+            }
+        }
+        inner.process(&shared);
+        if inner.finished() {
+            inner.io.driver = None;
+            return Poll::Ready(());
+        }
+        match inner.machine.poll_timeout() {
+            Some(d) => {
+                if armed != Some(d.at) {
+                    sleep.as_mut().reset(shared.net.to_tokio(d.at));
+                    armed = Some(d.at);
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    armed = None;
+                    cx.waker().wake_by_ref();
+                }
+            }
+            None => armed = None,
+        }
+        inner.io.armed = armed;
+        Poll::Pending
+    })
+    .instrument_in(&shared.span)
+    .await
+}
+
+/// Runs a future inside a span without pulling in `tracing-futures`.
+trait InSpan: Future + Sized {
+    fn instrument_in(self, span: &tracing::Span) -> InSpanFuture<Self> {
+        InSpanFuture { inner: Box::pin(self), span: span.clone() }
+    }
+}
+
+impl<F: Future> InSpan for F {}
+
+struct InSpanFuture<F> {
+    inner: Pin<Box<F>>,
+    span: tracing::Span,
+}
+
+impl<F: Future> Future for InSpanFuture<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _enter = this.span.enter();
+        this.inner.as_mut().poll(cx)
+    }
+}
+
+/// The readable stream of a TCP socket (the lock on it while held).
+///
+/// `read()` gives `Ok(Some(chunk))`, `Ok(None)` at the end, or the stored error on every call
+/// after a failure (INV-06). As a [`futures_core::Stream`] it yields an error once, then ends.
+pub struct TcpReadable {
+    handle: Arc<Handle>,
+    ended: bool,
+}
+
+impl TcpReadable {
+    /// Reads the next chunk. Cancel-safe: dropping the future loses nothing (GEN-11).
+    pub fn read(&mut self) -> ReadFuture<'_> {
+        ReadFuture { readable: self }
+    }
+
+    /// Readable cancel: the same steps as `close()` (TCP-CLOSE-01).
+    pub fn cancel(&self) -> SocketPromise {
+        self.handle.shared.app_command(AppCommand::Close);
+        SocketPromise::new(self.handle.shared.clone(), Which::Closed)
+    }
+
+    /// The socket this readable belongs to.
+    pub fn socket(&self) -> TcpSocket {
+        TcpSocket { handle: self.handle.clone() }
+    }
+}
+
+impl Drop for TcpReadable {
+    fn drop(&mut self) {
+        lock(&self.handle.shared.inner).app.reader_locked = false;
+    }
+}
+
+/// The future of [`TcpReadable::read`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct ReadFuture<'a> {
+    readable: &'a mut TcpReadable,
+}
+
+impl Future for ReadFuture<'_> {
+    type Output = Result<Option<Bytes>, SocketError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.readable.handle.shared.poll_read(cx)
+    }
+}
+
+impl futures_core::Stream for TcpReadable {
+    type Item = Result<Bytes, SocketError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.handle.shared.poll_read(cx) {
+            Poll::Ready(Ok(Some(chunk))) => Poll::Ready(Some(Ok(chunk))),
+            Poll::Ready(Ok(None)) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl futures_core::FusedStream for TcpReadable {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
+
+/// The writable stream of a TCP socket (the lock on it while held).
+pub struct TcpWritable {
+    handle: Arc<Handle>,
+    pending_flush: Option<u64>,
+}
+
+impl TcpWritable {
+    /// Queues `chunk` at once and returns its promise (GEN-10: dropping it does not cancel the
+    /// write). Writes settle in order (INV-11).
+    pub fn write(&self, chunk: impl Into<Bytes>) -> WriteFuture {
+        let id = self.handle.shared.write(chunk.into());
+        WriteFuture { shared: self.handle.shared.clone(), id, done: false }
+    }
+
+    /// The desired size: high-water mark minus queued bytes (backpressure when ≤ 0).
+    pub fn desired_size(&self) -> i64 {
+        lock(&self.handle.shared.inner).machine.desired_size()
+    }
+
+    /// Resolves when the desired size is above zero (Streams' `writer.ready`).
+    pub fn ready(&self) -> ReadyFuture {
+        ReadyFuture { shared: self.handle.shared.clone() }
+    }
+
+    /// `writer.close()`: half-close after the queued writes (TCP-WRITE-CLOSE-01); resolves when
+    /// every write before it has settled, with the last failure if any.
+    pub fn close(&self) -> FlushFuture {
+        self.handle.shared.app_command(AppCommand::WriterClose);
+        let upto = lock(&self.handle.shared.inner).app.writes.last_id();
+        FlushFuture { shared: self.handle.shared.clone(), upto }
+    }
+
+    /// `writer.abort(reason)`: discards queued writes (they reject `AbortError` with `reason`),
+    /// then FIN — not RST (A-18).
+    pub fn abort(&self, reason: Option<&str>) {
+        self.handle.shared.app_command(AppCommand::WriterAbort { reason: reason.map(Into::into) });
+    }
+
+    /// The socket this writable belongs to.
+    pub fn socket(&self) -> TcpSocket {
+        TcpSocket { handle: self.handle.clone() }
+    }
+}
+
+impl Drop for TcpWritable {
+    fn drop(&mut self) {
+        lock(&self.handle.shared.inner).app.writer_locked = false;
+    }
+}
+
+/// A write's promise.
+#[must_use = "the write happens anyway; await this to learn its outcome"]
+pub struct WriteFuture {
+    shared: Arc<TcpShared>,
+    id: u64,
+    done: bool,
+}
+
+impl Future for WriteFuture {
+    type Output = Result<(), SocketError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = lock(&self.shared.inner).app.writes.poll(self.id, cx);
+        if result.is_ready() {
+            self.done = true;
+        }
+        result
+    }
+}
+
+impl Drop for WriteFuture {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(&self.shared.inner).app.writes.forget(self.id);
+        }
+    }
+}
+
+/// Resolves when the writable has room.
+#[must_use = "futures do nothing unless awaited"]
+pub struct ReadyFuture {
+    shared: Arc<TcpShared>,
+}
+
+impl Future for ReadyFuture {
+    type Output = Result<(), SocketError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut inner = lock(&self.shared.inner);
+        if inner.machine.desired_size() > 0 || inner.machine.ready_state() == ReadyState::Closed {
+            return Poll::Ready(Ok(()));
+        }
+        inner.app.writes.ready.register(cx.waker());
+        Poll::Pending
+    }
+}
+
+/// Resolves when every write up to a point has settled.
+#[must_use = "futures do nothing unless awaited"]
+pub struct FlushFuture {
+    shared: Arc<TcpShared>,
+    upto: u64,
+}
+
+impl Future for FlushFuture {
+    type Output = Result<(), SocketError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        lock(&self.shared.inner).app.writes.poll_flushed(self.upto, cx)
+    }
+}
+
+impl futures_sink::Sink<Bytes> for TcpWritable {
+    type Error = SocketError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        Pin::new(&mut ReadyFuture { shared: self.handle.shared.clone() }).poll(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), SocketError> {
+        let id = self.handle.shared.write(item);
+        self.pending_flush = Some(id);
+        Ok(())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        let Some(upto) = self.pending_flush else { return Poll::Ready(Ok(())) };
+        let result = lock(&self.handle.shared.inner).app.writes.poll_flushed(upto, cx);
+        if result.is_ready() {
+            self.pending_flush = None;
+        }
+        result
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        if self.pending_flush.is_none() {
+            self.handle.shared.app_command(AppCommand::WriterClose);
+            let upto = lock(&self.handle.shared.inner).app.writes.last_id();
+            self.pending_flush = Some(upto);
+        }
+        self.poll_flush(cx)
+    }
+}
+
+/// A TCP socket as `tokio::io::AsyncRead + AsyncWrite` (from [`TcpSocket::into_io`]).
+pub struct TcpIo {
+    readable: TcpReadable,
+    writable: TcpWritable,
+    leftover: Bytes,
+    in_write: Option<u64>,
+}
+
+impl TcpIo {
+    /// The socket.
+    pub fn socket(&self) -> TcpSocket {
+        self.readable.socket()
+    }
+}
+
+impl tokio::io::AsyncRead for TcpIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.leftover.is_empty() {
+            match self.readable.handle.shared.poll_read(cx) {
+                Poll::Ready(Ok(Some(chunk))) => self.leftover = chunk,
+                Poll::Ready(Ok(None)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = self.leftover.len().min(buf.remaining());
+        let chunk = self.leftover.split_to(n);
+        buf.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for TcpIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let shared = self.writable.handle.shared.clone();
+        {
+            let mut inner = lock(&shared.inner);
+            if inner.machine.desired_size() <= 0 && inner.machine.ready_state() != ReadyState::Closed {
+                inner.app.writes.ready.register(cx.waker());
+                return Poll::Pending;
+            }
+        }
+        // Report an earlier write's failure here, since AsyncWrite has no per-write promise.
+        if let Some(id) = self.in_write {
+            if let Poll::Ready(Err(e)) = lock(&shared.inner).app.writes.poll(id, cx) {
+                self.in_write = None;
+                return Poll::Ready(Err(e.into()));
+            }
+        }
+        let id = shared.write(Bytes::copy_from_slice(data));
+        if let Some(previous) = self.in_write.replace(id) {
+            lock(&shared.inner).app.writes.forget(previous);
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let upto = lock(&self.writable.handle.shared.inner).app.writes.last_id();
+        lock(&self.writable.handle.shared.inner).app.writes.poll_flushed(upto, cx).map_err(Into::into)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let shared = &self.writable.handle.shared;
+        shared.app_command(AppCommand::WriterClose);
+        let upto = lock(&shared.inner).app.writes.last_id();
+        lock(&shared.inner).app.writes.poll_flushed(upto, cx).map_err(Into::into)
+    }
+}
