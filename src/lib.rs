@@ -33,13 +33,13 @@ mod tcp;
 pub use network::Network;
 pub use policy::{Policy, PromptFn, TcpPermission, TcpServerPermission, UdpPermission};
 pub use server::{ListenFuture, ServerDiag, TcpServerSocket};
-pub use shared::SocketPromise;
-pub use tcp::{FlushFuture, ReadFuture, ReadyFuture, TcpIo, TcpReadable, TcpSocket, TcpSocketDiag, TcpWritable, WriteFuture};
+pub use shared::{FlushFuture, ReadyFuture, SocketPromise, WriteFuture};
+pub use tcp::{ReadFuture, TcpIo, TcpReadable, TcpSocket, TcpSocketDiag, TcpWritable};
 
+pub use tcpudp_core as core_machines;
 pub use tcpudp_core::options::{KeepAliveMode, TcpOptions, TcpServerOptions, UdpOptions};
 pub use tcpudp_core::permission::{
     PermissionKind, PermissionRequest, PermissionState, TcpPermissionOptions, TcpServerPermissionOptions,
     UdpPermissionOptions,
 };
 pub use tcpudp_core::{Cause, ErrorName, ReadyState, SocketError, TlsCause};
-pub use tcpudp_core as core_machines;

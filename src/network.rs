@@ -39,7 +39,11 @@ impl Network {
 
     /// As [`new`](Self::new), with the multicast interface every UDP socket uses for joins, leaves
     /// and group sends unless its options name one. Tests pin it to 127.0.0.1.
-    pub fn with_multicast_interface(backend: impl Backend, policy: Policy, interface: Option<IpAddr>) -> Network {
+    pub fn with_multicast_interface(
+        backend: impl Backend,
+        policy: Policy,
+        interface: Option<IpAddr>,
+    ) -> Network {
         Network {
             inner: Arc::new(NetworkInner {
                 backend: Arc::new(backend),

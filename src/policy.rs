@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tcpudp_core::permission::{
-    PermissionKind, PermissionRequest, PermissionState, PermissionStore, RequestStep, Rule, TcpPermissionOptions,
-    TcpServerPermissionOptions, UdpPermissionOptions,
+    PermissionKind, PermissionRequest, PermissionState, PermissionStore, RequestStep, Rule,
+    TcpPermissionOptions, TcpServerPermissionOptions, UdpPermissionOptions,
 };
 use tcpudp_core::SocketError;
 use tokio::sync::{oneshot, Notify};
@@ -63,7 +63,9 @@ impl Policy {
 
     /// Nothing decided: constructors throw `SecurityError` (state "prompt") until
     /// `requestPermission` asks `prompt` and the user grants.
-    pub fn prompt(prompt: impl Fn(&PermissionRequest) -> BoxFuture<'static, bool> + Send + Sync + 'static) -> Self {
+    pub fn prompt(
+        prompt: impl Fn(&PermissionRequest) -> BoxFuture<'static, bool> + Send + Sync + 'static,
+    ) -> Self {
         let policy = Self::from_store(PermissionStore::new());
         *lock(&policy.inner.prompt) = Some(Arc::new(prompt));
         policy

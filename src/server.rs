@@ -386,7 +386,9 @@ impl Future for ListenFuture {
         let shared = self.shared.clone();
         let mut inner = lock(&shared.inner);
         let Some(slot) = inner.listens.get_mut(&self.id) else {
-            return Poll::Ready(Err(SocketError::invalid_state().with_message("listen() polled after completion")));
+            return Poll::Ready(Err(
+                SocketError::invalid_state().with_message("listen() polled after completion")
+            ));
         };
         match slot.result.take() {
             None => {
@@ -424,7 +426,8 @@ impl Drop for ListenFuture {
             Some(Err(_)) => {}
             None => {
                 let now = shared.net.now();
-                let _ = inner.machine.handle(now, Input::App(AppCommand::CancelListen { id: ListenId(self.id) }));
+                let _ =
+                    inner.machine.handle(now, Input::App(AppCommand::CancelListen { id: ListenId(self.id) }));
             }
         }
         inner.process(&shared);

@@ -190,3 +190,89 @@ impl StateLog {
         self.0.clone()
     }
 }
+
+/// A socket whose write promises can be polled (TCP and UDP share the futures below).
+pub(crate) trait WriteSource: Send + Sync + 'static {
+    fn poll_write(&self, id: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>>;
+    fn forget_write(&self, id: u64);
+    fn poll_flushed(&self, upto: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>>;
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>>;
+}
+
+/// A write's promise. The write happens whether or not this is awaited (GEN-10).
+#[must_use = "the write happens anyway; await this to learn its outcome"]
+pub struct WriteFuture {
+    source: Arc<dyn WriteSource>,
+    id: u64,
+    done: bool,
+}
+
+impl WriteFuture {
+    pub(crate) fn new(source: Arc<dyn WriteSource>, id: u64) -> Self {
+        WriteFuture { source, id, done: false }
+    }
+}
+
+impl Future for WriteFuture {
+    type Output = Result<(), SocketError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = self.source.poll_write(self.id, cx);
+        if result.is_ready() {
+            self.done = true;
+        }
+        result
+    }
+}
+
+impl Drop for WriteFuture {
+    fn drop(&mut self) {
+        if !self.done {
+            self.source.forget_write(self.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteFuture").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// Resolves when the writable has room (desired size above zero).
+#[must_use = "futures do nothing unless awaited"]
+pub struct ReadyFuture {
+    source: Arc<dyn WriteSource>,
+}
+
+impl ReadyFuture {
+    pub(crate) fn new(source: Arc<dyn WriteSource>) -> Self {
+        ReadyFuture { source }
+    }
+}
+
+impl Future for ReadyFuture {
+    type Output = Result<(), SocketError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.source.poll_ready(cx)
+    }
+}
+
+/// Resolves when every write up to a point has settled, with the last failure if any.
+#[must_use = "futures do nothing unless awaited"]
+pub struct FlushFuture {
+    source: Arc<dyn WriteSource>,
+    upto: u64,
+}
+
+impl FlushFuture {
+    pub(crate) fn new(source: Arc<dyn WriteSource>, upto: u64) -> Self {
+        FlushFuture { source, upto }
+    }
+}
+
+impl Future for FlushFuture {
+    type Output = Result<(), SocketError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.source.poll_flushed(self.upto, cx)
+    }
+}

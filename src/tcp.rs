@@ -15,14 +15,17 @@ use bytes::{Bytes, BytesMut};
 use tcpudp_core::checks;
 use tcpudp_core::options::{AcceptedSpec, TcpOptions};
 use tcpudp_core::{
-    AppCommand, Cause, ErrorName, Event, Input, IoCommand, IoEvent, Output, ReadResult, ReadyState, SocketError,
-    TcpMachine, WriteId,
+    AppCommand, Cause, ErrorName, Event, Input, IoCommand, IoEvent, Output, ReadResult, ReadyState,
+    SocketError, TcpMachine, WriteId,
 };
 use tokio::io::ReadBuf;
 
 use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
 use crate::network::Network;
-use crate::shared::{lock, PromiseSource, PromiseWaiters, SocketPromise, StateLog, Which, WriteBook};
+use crate::shared::{
+    lock, FlushFuture, PromiseSource, PromiseWaiters, ReadyFuture, SocketPromise, StateLog, Which, WriteBook,
+    WriteFuture, WriteSource,
+};
 
 /// Largest read from the transport at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -120,7 +123,12 @@ impl TcpSocket {
     /// interval), `TypeError` (a zero buffer size), `NotSupportedError` (TLS without support).
     /// Nothing is sent when it fails (GEN-01). The socket starts "opening"; the connection is made
     /// in the background.
-    pub fn new(net: &Network, remote_address: &str, remote_port: u16, options: TcpOptions) -> Result<Self, SocketError> {
+    pub fn new(
+        net: &Network,
+        remote_address: &str,
+        remote_port: u16,
+        options: TcpOptions,
+    ) -> Result<Self, SocketError> {
         let spec = checks::tcp_spec(&mut net.checks(), remote_address, remote_port, &options)?;
         let attrs = Attributes {
             remote_address: remote_address.to_owned(),
@@ -150,7 +158,12 @@ impl TcpSocket {
         Self::start(net, attrs, machine, Some(transport))
     }
 
-    fn start(net: &Network, attrs: Attributes, machine: TcpMachine, transport: Option<Box<dyn TcpTransport>>) -> Self {
+    fn start(
+        net: &Network,
+        attrs: Attributes,
+        machine: TcpMachine,
+        transport: Option<Box<dyn TcpTransport>>,
+    ) -> Self {
         let id = net.next_id();
         let span = tracing::debug_span!(
             "socket",
@@ -397,6 +410,29 @@ impl PromiseSource for TcpShared {
     }
 }
 
+impl WriteSource for TcpShared {
+    fn poll_write(&self, id: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        lock(&self.inner).app.writes.poll(id, cx)
+    }
+
+    fn forget_write(&self, id: u64) {
+        lock(&self.inner).app.writes.forget(id);
+    }
+
+    fn poll_flushed(&self, upto: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        lock(&self.inner).app.writes.poll_flushed(upto, cx)
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        let mut inner = lock(&self.inner);
+        if inner.machine.desired_size() > 0 || inner.machine.ready_state() == ReadyState::Closed {
+            return Poll::Ready(Ok(()));
+        }
+        inner.app.writes.ready.register(cx.waker());
+        Poll::Pending
+    }
+}
+
 impl Inner {
     /// Runs the machine's outputs and the transport until nothing more can happen without
     /// waiting. Transport polls use the driver's waker (DESIGN §5: one poller per direction).
@@ -541,7 +577,9 @@ impl TransportSide {
                             self.transport = Some(t);
                             IoEvent::Connected { local, remote }
                         }
-                        (Err(e), _) | (_, Err(e)) => IoEvent::ConnectFailed { cause: crate::backend::cause_of(&e) },
+                        (Err(e), _) | (_, Err(e)) => {
+                            IoEvent::ConnectFailed { cause: crate::backend::cause_of(&e) }
+                        }
                     },
                     Err(cause) => IoEvent::ConnectFailed { cause },
                 });
@@ -765,7 +803,7 @@ impl TcpWritable {
     /// write). Writes settle in order (INV-11).
     pub fn write(&self, chunk: impl Into<Bytes>) -> WriteFuture {
         let id = self.handle.shared.write(chunk.into());
-        WriteFuture { shared: self.handle.shared.clone(), id, done: false }
+        WriteFuture::new(self.handle.shared.clone(), id)
     }
 
     /// The desired size: high-water mark minus queued bytes (backpressure when ≤ 0).
@@ -775,7 +813,7 @@ impl TcpWritable {
 
     /// Resolves when the desired size is above zero (Streams' `writer.ready`).
     pub fn ready(&self) -> ReadyFuture {
-        ReadyFuture { shared: self.handle.shared.clone() }
+        ReadyFuture::new(self.handle.shared.clone())
     }
 
     /// `writer.close()`: half-close after the queued writes (TCP-WRITE-CLOSE-01); resolves when
@@ -783,7 +821,7 @@ impl TcpWritable {
     pub fn close(&self) -> FlushFuture {
         self.handle.shared.app_command(AppCommand::WriterClose);
         let upto = lock(&self.handle.shared.inner).app.writes.last_id();
-        FlushFuture { shared: self.handle.shared.clone(), upto }
+        FlushFuture::new(self.handle.shared.clone(), upto)
     }
 
     /// `writer.abort(reason)`: discards queued writes (they reject `AbortError` with `reason`),
@@ -804,70 +842,11 @@ impl Drop for TcpWritable {
     }
 }
 
-/// A write's promise.
-#[must_use = "the write happens anyway; await this to learn its outcome"]
-pub struct WriteFuture {
-    shared: Arc<TcpShared>,
-    id: u64,
-    done: bool,
-}
-
-impl Future for WriteFuture {
-    type Output = Result<(), SocketError>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = lock(&self.shared.inner).app.writes.poll(self.id, cx);
-        if result.is_ready() {
-            self.done = true;
-        }
-        result
-    }
-}
-
-impl Drop for WriteFuture {
-    fn drop(&mut self) {
-        if !self.done {
-            lock(&self.shared.inner).app.writes.forget(self.id);
-        }
-    }
-}
-
-/// Resolves when the writable has room.
-#[must_use = "futures do nothing unless awaited"]
-pub struct ReadyFuture {
-    shared: Arc<TcpShared>,
-}
-
-impl Future for ReadyFuture {
-    type Output = Result<(), SocketError>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut inner = lock(&self.shared.inner);
-        if inner.machine.desired_size() > 0 || inner.machine.ready_state() == ReadyState::Closed {
-            return Poll::Ready(Ok(()));
-        }
-        inner.app.writes.ready.register(cx.waker());
-        Poll::Pending
-    }
-}
-
-/// Resolves when every write up to a point has settled.
-#[must_use = "futures do nothing unless awaited"]
-pub struct FlushFuture {
-    shared: Arc<TcpShared>,
-    upto: u64,
-}
-
-impl Future for FlushFuture {
-    type Output = Result<(), SocketError>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        lock(&self.shared.inner).app.writes.poll_flushed(self.upto, cx)
-    }
-}
-
 impl futures_sink::Sink<Bytes> for TcpWritable {
     type Error = SocketError;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
-        Pin::new(&mut ReadyFuture { shared: self.handle.shared.clone() }).poll(cx)
+        self.handle.shared.poll_ready(cx)
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), SocketError> {
@@ -878,7 +857,7 @@ impl futures_sink::Sink<Bytes> for TcpWritable {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
         let Some(upto) = self.pending_flush else { return Poll::Ready(Ok(())) };
-        let result = lock(&self.handle.shared.inner).app.writes.poll_flushed(upto, cx);
+        let result = self.handle.shared.poll_flushed(upto, cx);
         if result.is_ready() {
             self.pending_flush = None;
         }
@@ -911,7 +890,11 @@ impl TcpIo {
 }
 
 impl tokio::io::AsyncRead for TcpIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.leftover.is_empty() {
             match self.readable.handle.shared.poll_read(cx) {
                 Poll::Ready(Ok(Some(chunk))) => self.leftover = chunk,
