@@ -29,12 +29,14 @@ mod policy;
 mod server;
 mod shared;
 mod tcp;
+mod udp;
 
 pub use network::Network;
 pub use policy::{Policy, PromptFn, TcpPermission, TcpServerPermission, UdpPermission};
 pub use server::{ListenFuture, ServerDiag, TcpServerSocket};
 pub use shared::{FlushFuture, ReadyFuture, SocketPromise, WriteFuture};
 pub use tcp::{ReadFuture, TcpIo, TcpReadable, TcpSocket, TcpSocketDiag, TcpWritable};
+pub use udp::{Datagram, UdpMessage, UdpReadFuture, UdpReadable, UdpSocket, UdpSocketDiag, UdpWritable};
 
 pub use tcpudp_core as core_machines;
 pub use tcpudp_core::options::{KeepAliveMode, TcpOptions, TcpServerOptions, UdpOptions};

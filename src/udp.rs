@@ -1,0 +1,773 @@
+//! `UDPSocket`: read RULES.md §3 and DESIGN §3.8 before editing.
+//!
+//! The constructor binds synchronously (its result is the machine's first input); multicast joins
+//! and leaves act on the OS socket at once and report OS refusals synchronously (A-31). Writes run
+//! their destination and permission checks here, then queue in the machine, so every write —
+//! rejected or sent — settles in order (INV-11) and only that write fails (A-28).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use tcpudp_core::address::{canonical, parse_multicast_group};
+use tcpudp_core::checks;
+use tcpudp_core::options::UdpOptions;
+use tcpudp_core::permission::PermissionRequest;
+use tcpudp_core::{
+    AppCommand, Cause, Destination, ErrorName, Event, Input, IoCommand, IoEvent, Output, ReadResult,
+    ReadyState, SocketError, UdpMachine, WriteId,
+};
+use tokio::io::ReadBuf;
+
+use crate::backend::{cause_of, BoxFuture, UdpBind, UdpDiag, UdpTransport};
+use crate::network::Network;
+use crate::shared::{
+    lock, FlushFuture, PromiseSource, PromiseWaiters, ReadyFuture, SocketPromise, StateLog, Which, WriteBook,
+    WriteFuture, WriteSource,
+};
+
+/// Room for the largest datagram.
+const DATAGRAM_ROOM: usize = 65_536;
+
+/// A datagram to send: the spec's `UDPMessage` as a write takes it. Missing destination fields
+/// fall back, each on its own, to the socket's `remoteAddress`/`remotePort` (UDP-WRITE-05).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Datagram {
+    /// The payload, sent as exactly one datagram.
+    pub data: Bytes,
+    /// Destination address (host name or IP literal), overriding the default.
+    pub remote_address: Option<String>,
+    /// Destination port, overriding the default.
+    pub remote_port: Option<u16>,
+}
+
+impl Datagram {
+    /// A datagram to the socket's default destination.
+    pub fn new(data: impl Into<Bytes>) -> Self {
+        Datagram { data: data.into(), remote_address: None, remote_port: None }
+    }
+
+    /// A datagram to `address:port`.
+    pub fn to(data: impl Into<Bytes>, address: impl Into<String>, port: u16) -> Self {
+        Datagram { data: data.into(), remote_address: Some(address.into()), remote_port: Some(port) }
+    }
+}
+
+/// A received datagram: the whole payload and its source (UDP-READ-01..03).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpMessage {
+    /// The payload.
+    pub data: Bytes,
+    /// The source address and port.
+    pub from: SocketAddr,
+}
+
+impl UdpMessage {
+    /// `remoteAddress`: the source address in canonical text (AMB-54).
+    pub fn remote_address(&self) -> String {
+        canonical(self.from.ip())
+    }
+
+    /// `remotePort`: the source port.
+    pub fn remote_port(&self) -> u16 {
+        self.from.port()
+    }
+}
+
+/// A `UDPSocket`.
+///
+/// ```no_run
+/// # async fn demo(net: tcpudp::Network) -> Result<(), tcpudp::SocketError> {
+/// use tcpudp::{Datagram, UdpOptions, UdpSocket};
+/// let sock = UdpSocket::new(&net, UdpOptions::default())?;
+/// sock.opened().await?;
+/// sock.writable()?.write(Datagram::to(&b"hello"[..], "127.0.0.1", 9999)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct UdpSocket {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<UdpShared>,
+}
+
+pub(crate) struct UdpShared {
+    id: u64,
+    net: Network,
+    options: UdpOptions,
+    inner: Mutex<Inner>,
+    span: tracing::Span,
+}
+
+struct Inner {
+    machine: UdpMachine,
+    io: UdpIo,
+    promises: PromiseWaiters,
+    writes: WriteBook,
+    read_result: Option<ReadResult>,
+    readable_signal: bool,
+    reader: Option<Waker>,
+    reader_locked: bool,
+    writer_locked: bool,
+    state_log: StateLog,
+}
+
+#[derive(Default)]
+struct UdpIo {
+    transport: Option<Box<dyn UdpTransport>>,
+    reports: VecDeque<IoEvent>,
+    resolving_default: Option<BoxFuture<'static, Result<Vec<IpAddr>, Cause>>>,
+    sending: Option<Sending>,
+    read_interest: bool,
+    recv_buf: BytesMut,
+    released: bool,
+    driver: Option<Waker>,
+    received: u64,
+    diag: UdpDiag,
+}
+
+struct Sending {
+    id: WriteId,
+    data: Bytes,
+    to: SendTarget,
+}
+
+enum SendTarget {
+    Addr(SocketAddr),
+    Resolving(u16, BoxFuture<'static, Result<Vec<IpAddr>, Cause>>),
+}
+
+impl UdpSocket {
+    /// `new UDPSocket(options)`. Synchronous errors in the spec's order (UDP-CTOR-20):
+    /// `SecurityError`, `InvalidAccessError` (bad remote, port 0, unusable local address, no
+    /// route). A bind conflict is not thrown: `opened` rejects `NetworkError` (UDP-CTOR-21).
+    pub fn new(net: &Network, options: UdpOptions) -> Result<Self, SocketError> {
+        let mut options = options;
+        if options.multicast_interface.is_none() {
+            options.multicast_interface = net.multicast_interface();
+        }
+        let spec = checks::udp_spec(&mut net.checks(), &options)?;
+        let bind = UdpBind {
+            local: SocketAddr::new(spec.bind_address, spec.local_port),
+            config: spec.config,
+            multicast_loopback: spec.loopback,
+            multicast_ttl: spec.multicast_ttl,
+            multicast_interface: spec.multicast_interface,
+        };
+        let id = net.next_id();
+        let span = tracing::debug_span!(
+            "socket",
+            id,
+            kind = "udp",
+            backend = net.backend_kind().as_str(),
+            local = tracing::field::Empty,
+        );
+        let machine = UdpMachine::new(net.now(), spec);
+        let mut io = UdpIo::default();
+        // DESIGN §3.8: the bind happens now; its outcome is the machine's first input.
+        match net.backend().bind_udp(bind) {
+            Ok(transport) => match transport.local_addr() {
+                Ok(local) => {
+                    io.diag = transport.diag();
+                    io.transport = Some(transport);
+                    io.reports.push_back(IoEvent::Bound { local });
+                }
+                Err(e) => io.reports.push_back(IoEvent::BindFailed { cause: cause_of(&e) }),
+            },
+            Err(cause) => io.reports.push_back(IoEvent::BindFailed { cause }),
+        }
+        let shared = Arc::new(UdpShared {
+            id,
+            net: net.clone(),
+            options,
+            inner: Mutex::new(Inner {
+                machine,
+                io,
+                promises: PromiseWaiters::default(),
+                writes: WriteBook::default(),
+                read_result: None,
+                readable_signal: false,
+                reader: None,
+                reader_locked: false,
+                writer_locked: false,
+                state_log: StateLog::new(ReadyState::Opening),
+            }),
+            span,
+        });
+        lock(&shared.inner).process(&shared);
+        net.spawn(Box::pin(drive(shared.clone())));
+        Ok(UdpSocket { handle: Arc::new(Handle { shared }) })
+    }
+
+    fn shared(&self) -> &Arc<UdpShared> {
+        &self.handle.shared
+    }
+
+    /// `readyState`: "opening", "open" or "closed" (UDP-ATTR-01).
+    pub fn ready_state(&self) -> ReadyState {
+        lock(&self.shared().inner).machine.ready_state()
+    }
+
+    /// `remoteAddress` as given (UDP-CTOR-02/04).
+    pub fn remote_address(&self) -> Option<&str> {
+        self.shared().options.remote_address.as_deref()
+    }
+
+    /// `remotePort` as given.
+    pub fn remote_port(&self) -> Option<u16> {
+        self.shared().options.remote_port
+    }
+
+    /// `localAddress`: as given; else the address bound by routing for an IP-literal remote
+    /// (UDP-CTOR-13); `None` when not tied to an interface (UDP-CTOR-14).
+    pub fn local_address(&self) -> Option<String> {
+        if let Some(given) = &self.shared().options.local_address {
+            return Some(given.clone());
+        }
+        let inner = lock(&self.shared().inner);
+        let bind = inner.machine.spec().bind_address;
+        (!bind.is_unspecified()).then(|| canonical(bind))
+    }
+
+    /// `localPort`: as given, else the bound port once known (A-07).
+    pub fn local_port(&self) -> Option<u16> {
+        if let Some(port) = self.shared().options.local_port.filter(|&p| p != 0) {
+            return Some(port);
+        }
+        lock(&self.shared().inner).machine.local_addr().map(|a| a.port())
+    }
+
+    /// `addressReuse`.
+    pub fn address_reuse(&self) -> bool {
+        self.shared().options.address_reuse
+    }
+
+    /// `loopback` (multicast loopback of this socket's sends).
+    pub fn loopback(&self) -> bool {
+        self.shared().options.loopback
+    }
+
+    /// `opened`.
+    pub fn opened(&self) -> SocketPromise {
+        SocketPromise::new(self.shared().clone(), Which::Opened)
+    }
+
+    /// `closed`.
+    pub fn closed(&self) -> SocketPromise {
+        SocketPromise::new(self.shared().clone(), Which::Closed)
+    }
+
+    /// `close()`: reads end at once, queued datagrams are still sent, then `closed` resolves.
+    pub fn close(&self) -> SocketPromise {
+        self.shared().app_command(AppCommand::Close);
+        self.closed()
+    }
+
+    /// `joinMulticast(group)`: `InvalidAccessError` for a non-multicast address,
+    /// `InvalidStateError` when closed, `NetworkError` when the OS refuses (A-31).
+    pub fn join_multicast(&self, group: &str) -> Result<(), SocketError> {
+        self.membership(group, true)
+    }
+
+    /// `leaveMulticast(group)`; leaving a group never joined is a no-op.
+    pub fn leave_multicast(&self, group: &str) -> Result<(), SocketError> {
+        self.membership(group, false)
+    }
+
+    fn membership(&self, group: &str, join: bool) -> Result<(), SocketError> {
+        let group = parse_multicast_group(group)?;
+        let shared = self.shared();
+        let mut inner = lock(&shared.inner);
+        let now = shared.net.now();
+        let cmd =
+            if join { AppCommand::JoinMulticast { group } } else { AppCommand::LeaveMulticast { group } };
+        inner.machine.handle(now, Input::App(cmd))?;
+        let outcome = match &mut inner.io.transport {
+            Some(t) if join => t.join_multicast(group),
+            Some(t) => match t.leave_multicast(group) {
+                // Leaving a group never joined is fine (UDP-MCAST-05).
+                Err(e)
+                    if e.raw_os_error() == Some(99) || e.kind() == std::io::ErrorKind::AddrNotAvailable =>
+                {
+                    Ok(())
+                }
+                other => other,
+            },
+            None => Ok(()), // The bind failed: the membership goes with the socket (UDP-MCAST-04).
+        };
+        if let Err(e) = outcome {
+            if join {
+                let _ = inner.machine.handle(now, Input::App(AppCommand::LeaveMulticast { group }));
+            }
+            inner.process(shared);
+            return Err(SocketError::network(cause_of(&e)).with_message(e.to_string()));
+        }
+        inner.process(shared);
+        Ok(())
+    }
+
+    /// The readable stream of messages. `TypeError` while another is held.
+    pub fn readable(&self) -> Result<UdpReadable, SocketError> {
+        let mut inner = lock(&self.shared().inner);
+        if inner.reader_locked {
+            return Err(SocketError::with_cause(ErrorName::TypeError, Cause::StreamLocked));
+        }
+        inner.reader_locked = true;
+        Ok(UdpReadable { handle: self.handle.clone(), ended: false })
+    }
+
+    /// The writable stream of datagrams. `TypeError` while another is held.
+    pub fn writable(&self) -> Result<UdpWritable, SocketError> {
+        let mut inner = lock(&self.shared().inner);
+        if inner.writer_locked {
+            return Err(SocketError::with_cause(ErrorName::TypeError, Cause::StreamLocked));
+        }
+        inner.writer_locked = true;
+        Ok(UdpWritable { handle: self.handle.clone() })
+    }
+
+    /// Datagrams the kernel (or emulated) receive buffer dropped because the readable was full,
+    /// current as of the last datagram received (AMB-33).
+    pub fn dropped_datagrams(&self) -> u64 {
+        lock(&self.shared().inner).machine.dropped_datagrams()
+    }
+
+    /// Option values read back and queue sizes.
+    pub fn diag(&self) -> UdpSocketDiag {
+        let inner = lock(&self.shared().inner);
+        let mut options =
+            inner.io.transport.as_ref().map(|t| t.diag()).unwrap_or_else(|| inner.io.diag.clone());
+        options.received = inner.io.received;
+        UdpSocketDiag {
+            state_log: inner.state_log.to_vec(),
+            queued_datagrams: inner.machine.queued_datagrams(),
+            queued_write_bytes: inner.machine.queued_write_bytes(),
+            memberships: inner.machine.memberships().to_vec(),
+            dropped_datagrams: inner.machine.dropped_datagrams(),
+            transport_open: inner.io.transport.is_some(),
+            options,
+        }
+    }
+}
+
+impl std::fmt::Debug for UdpSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpSocket")
+            .field("id", &self.shared().id)
+            .field("ready_state", &self.ready_state())
+            .finish()
+    }
+}
+
+/// What [`UdpSocket::diag`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UdpSocketDiag {
+    /// Every readyState the socket has had.
+    pub state_log: Vec<ReadyState>,
+    /// Datagrams waiting in the readable.
+    pub queued_datagrams: usize,
+    /// Bytes of unsettled writes.
+    pub queued_write_bytes: usize,
+    /// Groups joined.
+    pub memberships: Vec<IpAddr>,
+    /// `dropped_datagrams()`.
+    pub dropped_datagrams: u64,
+    /// Whether the library still holds an OS (or simulator) socket.
+    pub transport_open: bool,
+    /// Option values read back; `received` counts datagrams the transport delivered.
+    pub options: UdpDiag,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // GEN-12: queued datagrams are still sent, then the socket is released.
+        self.shared.app_command(AppCommand::Close);
+    }
+}
+
+impl UdpShared {
+    fn app_command(&self, cmd: AppCommand) {
+        let mut inner = lock(&self.inner);
+        let now = self.net.now();
+        let _ = inner.machine.handle(now, Input::App(cmd));
+        inner.process(self);
+    }
+
+    fn write(&self, datagram: Datagram) -> u64 {
+        let mut inner = lock(&self.inner);
+        let id = inner.writes.next_id();
+        let dest = inner
+            .machine
+            .destination_for(datagram.remote_address.as_deref(), datagram.remote_port)
+            .and_then(|dest| self.permitted(dest));
+        let now = self.net.now();
+        let cmd = AppCommand::SendDatagram { id: WriteId(id), data: datagram.data, dest };
+        let _ = inner.machine.handle(now, Input::App(cmd));
+        inner.process(self);
+        id
+    }
+
+    /// UDP-WRITE-04: the effective destination must be permitted (prompt counts as not).
+    fn permitted(&self, dest: Destination) -> Result<Destination, SocketError> {
+        let request = match &dest {
+            Destination::Addr(addr) => PermissionRequest::udp_write(&addr.ip().to_string(), addr.port()),
+            Destination::Name(name, port) => PermissionRequest::udp_write(name.as_str(), *port),
+        };
+        if self.net.policy().state(&request).is_granted() {
+            Ok(dest)
+        } else {
+            Err(SocketError::security().with_message("sending to this destination is not permitted"))
+        }
+    }
+
+    fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<UdpMessage>, SocketError>> {
+        let mut inner = lock(&self.inner);
+        for _ in 0..2 {
+            inner.read_result = None;
+            inner.readable_signal = false;
+            let now = self.net.now();
+            let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
+            inner.process(self);
+            if let Some(result) = inner.read_result.take() {
+                return Poll::Ready(match result {
+                    ReadResult::Message(m) => Ok(Some(UdpMessage { data: m.data, from: m.from })),
+                    ReadResult::Done => Ok(None),
+                    ReadResult::Error(e) => Err(e),
+                    ReadResult::Chunk(data) => {
+                        Ok(Some(UdpMessage { data, from: SocketAddr::from(([0, 0, 0, 0], 0)) }))
+                    }
+                });
+            }
+            if !inner.readable_signal {
+                break;
+            }
+        }
+        inner.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl PromiseSource for UdpShared {
+    fn poll_promise(&self, which: Which, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
+        let outcome = match which {
+            Which::Opened => inner.machine.opened(),
+            Which::Closed => inner.machine.closed(),
+        };
+        inner.promises.poll(which, outcome, cx)
+    }
+}
+
+impl WriteSource for UdpShared {
+    fn poll_write(&self, id: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        lock(&self.inner).writes.poll(id, cx)
+    }
+
+    fn forget_write(&self, id: u64) {
+        lock(&self.inner).writes.forget(id);
+    }
+
+    fn poll_flushed(&self, upto: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        lock(&self.inner).writes.poll_flushed(upto, cx)
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        let mut inner = lock(&self.inner);
+        if inner.machine.desired_size() > 0 || inner.machine.ready_state() == ReadyState::Closed {
+            return Poll::Ready(Ok(()));
+        }
+        inner.writes.ready.register(cx.waker());
+        Poll::Pending
+    }
+}
+
+impl Inner {
+    fn process(&mut self, shared: &UdpShared) {
+        for _ in 0..64 {
+            while let Some(out) = self.machine.poll_output() {
+                self.apply(shared, out);
+            }
+            let report = match self.io.reports.pop_front() {
+                Some(report) => report,
+                None => {
+                    let Some(waker) = self.io.driver.clone() else { break };
+                    let mut cx = Context::from_waker(&waker);
+                    match self.io.poll_once(&mut cx) {
+                        Some(report) => report,
+                        None => break,
+                    }
+                }
+            };
+            let now = shared.net.now();
+            let _ = self.machine.handle(now, Input::Io(report));
+        }
+        while let Some(out) = self.machine.poll_output() {
+            self.apply(shared, out);
+        }
+    }
+
+    fn apply(&mut self, shared: &UdpShared, out: Output) {
+        match out {
+            Output::Io(IoCommand::Resolve { name }) => {
+                self.io.resolving_default = Some(shared.net.resolve(&name))
+            }
+            Output::Io(IoCommand::SendTo { id, dest, data }) => {
+                let to = match dest {
+                    Destination::Addr(addr) => SendTarget::Addr(addr),
+                    Destination::Name(name, port) => SendTarget::Resolving(port, shared.net.resolve(&name)),
+                };
+                self.io.sending = Some(Sending { id, data, to });
+            }
+            Output::Io(IoCommand::ReadInterest(on)) => self.io.read_interest = on,
+            Output::Io(IoCommand::Close) | Output::Io(IoCommand::Reset) => {
+                if let Some(t) = self.io.transport.take() {
+                    self.io.diag = t.diag();
+                }
+                self.io.sending = None;
+                self.io.resolving_default = None;
+                self.io.read_interest = false;
+                self.io.released = true;
+            }
+            Output::Io(_) => {}
+            Output::Event(Event::StateChanged { from, to }) => {
+                tracing::debug!(parent: &shared.span, %from, %to, "ready_state");
+                self.state_log.push(to);
+            }
+            Output::Event(Event::Opened(result)) => {
+                if let Some(local) = self.machine.local_addr() {
+                    shared.span.record("local", tracing::field::display(local));
+                }
+                tracing::debug!(parent: &shared.span, ok = result.is_ok(), "opened");
+                self.promises.opened.wake_all();
+            }
+            Output::Event(Event::Closed(result)) => {
+                tracing::debug!(parent: &shared.span, ok = result.is_ok(), "closed");
+                self.promises.closed.wake_all();
+            }
+            Output::Event(Event::Read(result)) => self.read_result = Some(result),
+            Output::Event(Event::Readable) => {
+                self.readable_signal = true;
+                if let Some(w) = self.reader.take() {
+                    w.wake();
+                }
+            }
+            Output::Event(Event::WriteSettled { id, result }) => self.writes.settle(id.0, result),
+            Output::Event(Event::WritableReady) => self.writes.ready.wake_all(),
+            Output::Event(_) => {}
+        }
+    }
+}
+
+impl UdpIo {
+    fn poll_once(&mut self, cx: &mut Context<'_>) -> Option<IoEvent> {
+        if let Some(fut) = &mut self.resolving_default {
+            if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                self.resolving_default = None;
+                return Some(match result {
+                    Ok(addrs) => IoEvent::Resolved { addrs },
+                    Err(cause) => IoEvent::ResolveFailed { cause },
+                });
+            }
+        }
+        let transport = self.transport.as_mut()?;
+        if let Some(sending) = &mut self.sending {
+            let id = sending.id;
+            if let SendTarget::Resolving(port, fut) = &mut sending.to {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok(addrs)) => {
+                        let family_v4 = transport.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+                        match addrs.into_iter().find(|ip| ip.is_ipv4() == family_v4) {
+                            Some(ip) => sending.to = SendTarget::Addr(SocketAddr::new(ip, *port)),
+                            None => {
+                                self.sending = None;
+                                return Some(IoEvent::SendFailed { id, cause: Cause::FamilyMismatch });
+                            }
+                        }
+                    }
+                    Poll::Ready(Err(cause)) => {
+                        self.sending = None;
+                        return Some(IoEvent::SendFailed { id, cause });
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if let SendTarget::Addr(addr) = sending.to {
+                match transport.poll_send_to(cx, &sending.data, addr) {
+                    Poll::Ready(Ok(())) => {
+                        self.sending = None;
+                        return Some(IoEvent::Sent { id });
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.sending = None;
+                        return Some(IoEvent::SendFailed { id, cause: cause_of(&e) });
+                    }
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if self.read_interest {
+            if self.recv_buf.capacity() < DATAGRAM_ROOM {
+                self.recv_buf.reserve(DATAGRAM_ROOM);
+            }
+            let mut buf = ReadBuf::uninit(self.recv_buf.spare_capacity_mut());
+            match transport.poll_recv_from(cx, &mut buf) {
+                Poll::Ready(Ok(meta)) => {
+                    let n = buf.filled().len().min(meta.len);
+                    // SAFETY: the first `n` bytes of the spare capacity were filled by the read.
+                    unsafe { self.recv_buf.set_len(n) };
+                    self.received += 1;
+                    let data = self.recv_buf.split().freeze();
+                    return Some(IoEvent::Datagram {
+                        data,
+                        from: meta.from,
+                        dropped_total: meta.dropped_total,
+                    });
+                }
+                Poll::Ready(Err(e)) => {
+                    use std::io::ErrorKind::*;
+                    let cause = cause_of(&e);
+                    // A-35: ICMP-derived errors are per datagram, never fatal.
+                    return Some(match e.kind() {
+                        ConnectionRefused | HostUnreachable | NetworkUnreachable | ConnectionReset => {
+                            IoEvent::TransientError { cause }
+                        }
+                        _ => IoEvent::Failed { cause },
+                    });
+                }
+                Poll::Pending => {}
+            }
+        }
+        None
+    }
+}
+
+async fn drive(shared: Arc<UdpShared>) {
+    std::future::poll_fn(|cx| {
+        let mut inner = lock(&shared.inner);
+        if !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            inner.io.driver = Some(cx.waker().clone());
+        }
+        inner.process(&shared);
+        if inner.machine.ready_state() == ReadyState::Closed && inner.io.released {
+            inner.io.driver = None;
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The readable stream of a UDP socket: one [`UdpMessage`] per datagram.
+pub struct UdpReadable {
+    handle: Arc<Handle>,
+    ended: bool,
+}
+
+impl UdpReadable {
+    /// The next message; `Ok(None)` once closed. Cancel-safe (GEN-11).
+    pub fn read(&mut self) -> UdpReadFuture<'_> {
+        UdpReadFuture { readable: self }
+    }
+
+    /// Readable cancel: the same steps as `close()`.
+    pub fn cancel(&self) -> SocketPromise {
+        self.handle.shared.app_command(AppCommand::Close);
+        SocketPromise::new(self.handle.shared.clone(), Which::Closed)
+    }
+}
+
+impl Drop for UdpReadable {
+    fn drop(&mut self) {
+        lock(&self.handle.shared.inner).reader_locked = false;
+    }
+}
+
+/// The future of [`UdpReadable::read`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct UdpReadFuture<'a> {
+    readable: &'a mut UdpReadable,
+}
+
+impl Future for UdpReadFuture<'_> {
+    type Output = Result<Option<UdpMessage>, SocketError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.readable.handle.shared.poll_read(cx)
+    }
+}
+
+impl futures_core::Stream for UdpReadable {
+    type Item = Result<UdpMessage, SocketError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.handle.shared.poll_read(cx) {
+            Poll::Ready(Ok(Some(m))) => Poll::Ready(Some(Ok(m))),
+            Poll::Ready(Ok(None)) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl futures_core::FusedStream for UdpReadable {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
+
+/// The writable stream of a UDP socket.
+pub struct UdpWritable {
+    handle: Arc<Handle>,
+}
+
+impl UdpWritable {
+    /// Sends one datagram (queued at once; GEN-10). A rejected write fails alone (A-28).
+    pub fn write(&self, datagram: Datagram) -> WriteFuture {
+        let id = self.handle.shared.write(datagram);
+        WriteFuture::new(self.handle.shared.clone(), id)
+    }
+
+    /// The desired size in bytes.
+    pub fn desired_size(&self) -> i64 {
+        lock(&self.handle.shared.inner).machine.desired_size()
+    }
+
+    /// Resolves when the desired size is above zero.
+    pub fn ready(&self) -> ReadyFuture {
+        ReadyFuture::new(self.handle.shared.clone())
+    }
+
+    /// `writer.close()`: closes only the writable; queued datagrams are still sent (A-53).
+    pub fn close(&self) -> FlushFuture {
+        self.handle.shared.app_command(AppCommand::WriterClose);
+        let upto = lock(&self.handle.shared.inner).writes.last_id();
+        FlushFuture::new(self.handle.shared.clone(), upto)
+    }
+
+    /// `writer.abort(reason)`: drops queued datagrams; their writes reject `AbortError`.
+    pub fn abort(&self, reason: Option<&str>) {
+        self.handle.shared.app_command(AppCommand::WriterAbort { reason: reason.map(Into::into) });
+    }
+}
+
+impl Drop for UdpWritable {
+    fn drop(&mut self) {
+        lock(&self.handle.shared.inner).writer_locked = false;
+    }
+}
