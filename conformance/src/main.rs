@@ -1,1 +1,4 @@
-fn main() {}
+//! `tcpudp-conformance`: the project's main job.
+fn main() {
+    println!("tcpudp-conformance: being built");
+}

@@ -1,0 +1,287 @@
+//! Real UDP sockets. Read DESIGN §3.6, §3.8, §6 and RULES.md UDP-CTOR-22, UDP-READ-04,
+//! UDP-WRITE-07/12/14, UDP-MCAST-*, AMB-09, AMB-32, AMB-33, AMB-35, AMB-46 and AMB-58 before editing.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::task::{Context, Poll};
+
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockRef, Socket, Type};
+use tcpudp::backend::{cause_of, RecvMeta, UdpBind, UdpDiag, UdpTransport};
+use tcpudp_core::Cause;
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+use tokio::runtime::Handle;
+
+use crate::os;
+
+/// Creates and binds a UDP socket with every option of `bind` applied first.
+pub(crate) fn bind(handle: &Handle, bind: UdpBind) -> Result<Box<dyn UdpTransport>, Cause> {
+    match open(handle, bind) {
+        Ok(socket) => Ok(Box::new(socket)),
+        Err(err) => Err(cause_of(&err)),
+    }
+}
+
+fn open(handle: &Handle, bind: UdpBind) -> io::Result<RealUdp> {
+    let v6 = bind.local.is_ipv6();
+    let socket = Socket::new(Domain::for_address(bind.local), Type::DGRAM, Some(Protocol::UDP))?;
+    // Linux shares a UDP port between sockets that all set SO_REUSEADDR (AMB-46).
+    socket.set_reuse_address(bind.config.address_reuse)?;
+    if let Some(size) = bind.config.send_buffer_size {
+        socket.set_send_buffer_size(size)?;
+    }
+    if let Some(size) = bind.config.receive_buffer_size {
+        socket.set_recv_buffer_size(size)?;
+    }
+    let interface = bind.multicast_interface.map(|ip| ip.to_canonical());
+    let membership = if v6 {
+        socket.set_only_v6(true)?;
+        socket.set_multicast_loop_v6(bind.multicast_loopback)?;
+        socket.set_multicast_hops_v6(bind.multicast_ttl)?;
+        let index = match interface {
+            Some(ip) => os::interface_index_of(ip)?,
+            None => 0,
+        };
+        if index != 0 {
+            socket.set_multicast_if_v6(index)?;
+        }
+        #[cfg(target_os = "linux")]
+        if let Err(err) = socket.set_multicast_all_v6(false) {
+            // IPV6_MULTICAST_ALL exists since Linux 4.20; older kernels deliver as before.
+            tracing::debug!(error = %err, "IPV6_MULTICAST_ALL=0 not supported");
+        }
+        MulticastInterface::Index(index)
+    } else {
+        socket.set_multicast_loop_v4(bind.multicast_loopback)?;
+        socket.set_multicast_ttl_v4(bind.multicast_ttl)?;
+        #[cfg(target_os = "linux")]
+        socket.set_multicast_all_v4(false)?;
+        match interface {
+            Some(IpAddr::V4(ip)) => {
+                socket.set_multicast_if_v4(&ip)?;
+                MulticastInterface::Address(ip)
+            }
+            Some(ip @ IpAddr::V6(_)) => {
+                let index = os::interface_index_of(ip)?;
+                os::set_multicast_if_v4_index(&socket, index)?;
+                MulticastInterface::Index(index)
+            }
+            None => MulticastInterface::Address(Ipv4Addr::UNSPECIFIED),
+        }
+    };
+    #[cfg(unix)]
+    os::enable_drop_count(&socket)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&bind.local.into())?;
+    let _runtime = handle.enter();
+    let socket = UdpSocket::from_std(socket.into())?;
+    Ok(RealUdp {
+        socket,
+        v6,
+        interface,
+        membership,
+        joined: Vec::new(),
+        received: 0,
+        drops: DropCounter::default(),
+    })
+}
+
+/// The interface used for memberships (and already applied as IP_MULTICAST_IF).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MulticastInterface {
+    /// IPv4 socket, interface named by address; 0.0.0.0 is the OS's choice.
+    Address(Ipv4Addr),
+    /// Interface index; 0 is the OS's choice.
+    Index(u32),
+}
+
+/// Extends the kernel's 32-bit SO_RXQ_OVFL counter to a monotonic 64-bit total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DropCounter {
+    last: u32,
+    total: u64,
+}
+
+impl DropCounter {
+    /// Takes the counter carried by one datagram (absent: no drop had happened when it was
+    /// queued) and returns the running total.
+    fn update(&mut self, carried: Option<u32>) -> u64 {
+        if let Some(now) = carried {
+            self.total += u64::from(now.wrapping_sub(self.last));
+            self.last = now;
+        }
+        self.total
+    }
+}
+
+/// One bound UDP socket.
+#[derive(Debug)]
+pub(crate) struct RealUdp {
+    socket: UdpSocket,
+    v6: bool,
+    /// The configured multicast interface (canonical), for `diag`.
+    interface: Option<IpAddr>,
+    membership: MulticastInterface,
+    /// Groups this socket joined: joining twice and leaving a group never joined are no-ops
+    /// (UDP-MCAST-05).
+    joined: Vec<IpAddr>,
+    received: u64,
+    drops: DropCounter,
+}
+
+impl RealUdp {
+    fn membership(&self, group: IpAddr, join: bool) -> io::Result<()> {
+        let socket = SockRef::from(&self.socket);
+        match (group, self.membership) {
+            (IpAddr::V4(group), MulticastInterface::Address(interface)) if !self.v6 => {
+                if join {
+                    socket.join_multicast_v4(&group, &interface)
+                } else {
+                    socket.leave_multicast_v4(&group, &interface)
+                }
+            }
+            (IpAddr::V4(group), MulticastInterface::Index(index)) if !self.v6 => {
+                let interface = InterfaceIndexOrAddress::Index(index);
+                if join {
+                    socket.join_multicast_v4_n(&group, &interface)
+                } else {
+                    socket.leave_multicast_v4_n(&group, &interface)
+                }
+            }
+            (IpAddr::V6(group), MulticastInterface::Index(index)) if self.v6 => {
+                if join {
+                    socket.join_multicast_v6(&group, index)
+                } else {
+                    socket.leave_multicast_v6(&group, index)
+                }
+            }
+            _ => Err(family_mismatch()),
+        }
+    }
+}
+
+/// The error of a group of the other address family (EAFNOSUPPORT, so `cause_of` says
+/// `FamilyMismatch`).
+fn family_mismatch() -> io::Error {
+    #[cfg(unix)]
+    return io::Error::from_raw_os_error(libc::EAFNOSUPPORT);
+    #[cfg(not(unix))]
+    return io::Error::new(io::ErrorKind::InvalidInput, "group of the other address family");
+}
+
+impl UdpTransport for RealUdp {
+    #[cfg(unix)]
+    fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>> {
+        use std::os::fd::AsRawFd;
+        use tokio::io::Interest;
+
+        let fd = self.socket.as_raw_fd();
+        loop {
+            std::task::ready!(self.socket.poll_recv_ready(cx))?;
+            // SAFETY: recv_datagram only writes into these bytes and reports how many it
+            // initialised; nothing de-initialises them.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            match self.socket.try_io(Interest::READABLE, || os::recv_datagram(fd, unfilled)) {
+                Ok(datagram) => {
+                    // SAFETY: the kernel wrote `len` payload bytes at the start of the unfilled part.
+                    unsafe { buf.assume_init(datagram.len) };
+                    buf.advance(datagram.len);
+                    self.received += 1;
+                    let dropped_total = self.drops.update(datagram.drops);
+                    return Poll::Ready(Ok(RecvMeta { len: datagram.len, from: datagram.from, dropped_total }));
+                }
+                // Readiness was stale: tokio cleared it, wait for the next edge.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                // Includes ICMP-derived ECONNREFUSED / EHOSTUNREACH / ENETUNREACH, which the API
+                // layer skips as transient (AMB-35).
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>> {
+        let before = buf.filled().len();
+        let from = std::task::ready!(self.socket.poll_recv_from(cx, buf))?;
+        self.received += 1;
+        let len = buf.filled().len() - before;
+        Poll::Ready(Ok(RecvMeta { len, from: os::canonical(from), dropped_total: 0 }))
+    }
+
+    fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
+        // EMSGSIZE (over 65,507 bytes on IPv4, 65,527 on IPv6) and a destination of the other
+        // family (EAFNOSUPPORT / ENETUNREACH) come back as errors of this send only.
+        self.socket.poll_send_to(cx, data, dest).map_ok(|_| ())
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr().map(os::canonical)
+    }
+
+    fn join_multicast(&mut self, group: IpAddr) -> io::Result<()> {
+        if self.joined.contains(&group) {
+            return Ok(());
+        }
+        self.membership(group, true)?;
+        self.joined.push(group);
+        Ok(())
+    }
+
+    fn leave_multicast(&mut self, group: IpAddr) -> io::Result<()> {
+        let Some(position) = self.joined.iter().position(|joined| *joined == group) else {
+            return Ok(());
+        };
+        self.membership(group, false)?;
+        self.joined.swap_remove(position);
+        Ok(())
+    }
+
+    fn diag(&self) -> UdpDiag {
+        let socket = SockRef::from(&self.socket);
+        let (multicast_loopback, multicast_ttl, multicast_interface) = if self.v6 {
+            let interface = socket
+                .multicast_if_v6()
+                .ok()
+                .filter(|&index| index != 0)
+                .and_then(|index| os::interface_address(index, self.interface, true));
+            (socket.multicast_loop_v6().ok(), socket.multicast_hops_v6().ok(), interface)
+        } else {
+            let interface = match (socket.multicast_if_v4(), self.membership) {
+                (Ok(ip), _) if !ip.is_unspecified() => Some(IpAddr::V4(ip)),
+                // Set by index: the kernel reports 0.0.0.0, so name the interface by an address.
+                (Ok(_), MulticastInterface::Index(index)) if index != 0 => {
+                    os::interface_address(index, self.interface, false)
+                }
+                _ => None,
+            };
+            (socket.multicast_loop_v4().ok(), socket.multicast_ttl_v4().ok(), interface)
+        };
+        UdpDiag {
+            address_reuse: socket.reuse_address().ok(),
+            multicast_loopback,
+            multicast_ttl,
+            multicast_interface,
+            send_buffer_size: socket.send_buffer_size().ok(),
+            receive_buffer_size: socket.recv_buffer_size().ok(),
+            received: self.received,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // rule: UDP-READ-04
+    #[test]
+    fn test_drop_counter_extends_and_wraps() {
+        let mut counter = DropCounter::default();
+        assert_eq!(counter.update(None), 0);
+        assert_eq!(counter.update(Some(5)), 5);
+        assert_eq!(counter.update(None), 5);
+        assert_eq!(counter.update(Some(7)), 7);
+        counter.last = u32::MAX - 1;
+        counter.total = u64::from(u32::MAX - 1);
+        assert_eq!(counter.update(Some(3)), u64::from(u32::MAX) + 4);
+    }
+}
