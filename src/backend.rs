@@ -131,6 +131,13 @@ pub trait ListenerTransport: Send + 'static {
     /// Accepts the next connection from the backlog.
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Box<dyn TcpTransport>>>;
 
+    /// A fatal error of the listening socket itself (network loss), polled while no `listen()`
+    /// waits too. Default: never.
+    fn poll_error(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let _ = cx;
+        Poll::Pending
+    }
+
     /// The bound address and port.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
@@ -215,7 +222,7 @@ pub fn cause_of(err: &io::Error) -> Cause {
         ConnectionReset | ConnectionAborted | BrokenPipe => Cause::Reset,
         TimedOut => Cause::TimedOut,
         AddrInUse => Cause::AddressInUse,
-        AddrNotAvailable | NetworkUnreachable | HostUnreachable => Cause::Unreachable,
+        AddrNotAvailable | NetworkUnreachable | HostUnreachable | NetworkDown => Cause::Unreachable,
         NotFound => Cause::HostNotFound,
         OutOfMemory => Cause::ResourcesExhausted,
         _ => match err.raw_os_error() {

@@ -24,6 +24,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod backend;
+mod faults;
 mod network;
 mod policy;
 mod server;
@@ -31,6 +32,7 @@ mod shared;
 mod tcp;
 mod udp;
 
+pub use faults::{Faults, HoldTicket};
 pub use network::Network;
 pub use policy::{Policy, PromptFn, TcpPermission, TcpServerPermission, UdpPermission};
 pub use server::{ListenFuture, ServerDiag, TcpServerSocket};

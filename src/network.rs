@@ -10,6 +10,7 @@ use tcpudp_core::permission::{PermissionRequest, PermissionState};
 use tcpudp_core::Cause;
 
 use crate::backend::{Backend, BackendKind, BoxFuture};
+use crate::faults::{FaultBackend, Faults};
 use crate::policy::{Policy, TcpPermission, TcpServerPermission, UdpPermission};
 
 /// A network to make sockets on: real sockets or a simulation, plus the permission policy.
@@ -23,6 +24,7 @@ pub struct Network {
 
 struct NetworkInner {
     backend: Arc<dyn Backend>,
+    faults: Faults,
     policy: Policy,
     epoch: tokio::time::Instant,
     next_id: AtomicU64,
@@ -44,9 +46,11 @@ impl Network {
         policy: Policy,
         interface: Option<IpAddr>,
     ) -> Network {
+        let faults = Faults::default();
         Network {
             inner: Arc::new(NetworkInner {
-                backend: Arc::new(backend),
+                backend: Arc::new(FaultBackend::new(Box::new(backend), faults.clone())),
+                faults,
                 policy,
                 epoch: tokio::time::Instant::now(),
                 next_id: AtomicU64::new(1),
@@ -78,6 +82,11 @@ impl Network {
     /// `navigator.tcpServerPermission`.
     pub fn tcp_server_permission(&self) -> TcpServerPermission {
         TcpServerPermission::new(self.clone())
+    }
+
+    /// The fault hooks of this network (tests), and its count of open OS or simulator sockets.
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
     }
 
     /// The default multicast interface of this network's UDP sockets.

@@ -66,6 +66,7 @@ struct Inner {
 #[derive(Default)]
 struct ServerIo {
     listener: Option<Box<dyn ListenerTransport>>,
+    hold: Option<crate::faults::HoldTicket>,
     accept_interest: bool,
     held: BTreeMap<ConnId, Box<dyn TcpTransport>>,
     next_conn: u64,
@@ -103,7 +104,7 @@ impl TcpServerSocket {
             use_secure_transport: options.use_secure_transport,
             inner: Mutex::new(Inner {
                 machine,
-                io: ServerIo::default(),
+                io: ServerIo { hold: net.faults().hold_ticket(), ..ServerIo::default() },
                 promises: PromiseWaiters::default(),
                 listens: BTreeMap::new(),
                 next_listen: 0,
@@ -248,16 +249,21 @@ impl Inner {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
             }
+            let Some(waker) = self.io.driver.clone() else { break };
+            let mut cx = Context::from_waker(&waker);
+            if let Some(hold) = &self.io.hold {
+                // fault.hold_open(): listening is reported only after release.
+                if hold.poll_released(&mut cx).is_pending() {
+                    break;
+                }
+                self.io.hold = None;
+            }
             let report = match self.io.reports.pop_front() {
                 Some(report) => report,
-                None => {
-                    let Some(waker) = self.io.driver.clone() else { break };
-                    let mut cx = Context::from_waker(&waker);
-                    match self.io.poll_accept(&mut cx) {
-                        Some(report) => report,
-                        None => break,
-                    }
-                }
+                None => match self.io.poll_accept(&mut cx) {
+                    Some(report) => report,
+                    None => break,
+                },
             };
             let now = shared.net.now();
             let _ = self.machine.handle(now, Input::Io(report));
@@ -335,10 +341,13 @@ impl Inner {
 
 impl ServerIo {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Option<IoEvent> {
+        let listener = self.listener.as_mut()?;
+        if let Poll::Ready(e) = listener.poll_error(cx) {
+            return Some(IoEvent::Failed { cause: cause_of(&e) });
+        }
         if !self.accept_interest {
             return None;
         }
-        let listener = self.listener.as_mut()?;
         match listener.poll_accept(cx) {
             Poll::Ready(Ok(transport)) => match (transport.local_addr(), transport.peer_addr()) {
                 (Ok(local), Ok(remote)) => {

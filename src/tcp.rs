@@ -444,7 +444,10 @@ impl Inner {
             }
             let Some(waker) = self.io.driver.clone() else { break };
             let mut cx = Context::from_waker(&waker);
-            let Some(event) = self.io.poll_once(&mut cx) else { break };
+            let Some(mut event) = self.io.poll_once(&mut cx) else { break };
+            if matches!(event, IoEvent::Received(_)) && shared.net.faults().conversion_fails() {
+                event = IoEvent::ConversionFailed;
+            }
             let now = shared.net.now();
             let _ = self.machine.handle(now, Input::Io(event));
             budget -= 1;

@@ -121,6 +121,7 @@ struct Inner {
 #[derive(Default)]
 struct UdpIo {
     transport: Option<Box<dyn UdpTransport>>,
+    hold: Option<crate::faults::HoldTicket>,
     reports: VecDeque<IoEvent>,
     resolving_default: Option<BoxFuture<'static, Result<Vec<IpAddr>, Cause>>>,
     sending: Option<Sending>,
@@ -169,7 +170,7 @@ impl UdpSocket {
             local = tracing::field::Empty,
         );
         let machine = UdpMachine::new(net.now(), spec);
-        let mut io = UdpIo::default();
+        let mut io = UdpIo { hold: net.faults().hold_ticket(), ..UdpIo::default() };
         // DESIGN §3.8: the bind happens now; its outcome is the machine's first input.
         match net.backend().bind_udp(bind) {
             Ok(transport) => match transport.local_addr() {
@@ -495,16 +496,27 @@ impl Inner {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
             }
+            let Some(waker) = self.io.driver.clone() else { break };
+            let mut cx = Context::from_waker(&waker);
+            if let Some(hold) = &self.io.hold {
+                // fault.hold_open(): the bind's outcome is reported only after release.
+                if hold.poll_released(&mut cx).is_pending() {
+                    break;
+                }
+                self.io.hold = None;
+            }
             let report = match self.io.reports.pop_front() {
                 Some(report) => report,
-                None => {
-                    let Some(waker) = self.io.driver.clone() else { break };
-                    let mut cx = Context::from_waker(&waker);
-                    match self.io.poll_once(&mut cx) {
-                        Some(report) => report,
-                        None => break,
-                    }
+                None => match self.io.poll_once(&mut cx) {
+                    Some(report) => report,
+                    None => break,
+                },
+            };
+            let report = match report {
+                IoEvent::Datagram { .. } if shared.net.faults().conversion_fails() => {
+                    IoEvent::ConversionFailed
                 }
+                other => other,
             };
             let now = shared.net.now();
             let _ = self.machine.handle(now, Input::Io(report));

@@ -1,0 +1,550 @@
+//! Fault hooks for conditions loopback cannot produce (RULES.md §0.4 `fault`), on either backend.
+//!
+//! Every [`Network`](crate::Network) wraps its backend in a [`FaultBackend`]: with no fault armed it
+//! only forwards calls and counts live OS (or simulator) sockets, which is what
+//! `Network::faults().open_sockets()` reports (GEN-01, GEN-14). Tests arm faults through
+//! [`Faults`]; a fault is consumed by the first operation it applies to unless said otherwise.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+
+use tcpudp_core::address::HostName;
+use tcpudp_core::options::{KeepAlive, SocketConfig};
+use tcpudp_core::Cause;
+use tokio::io::ReadBuf;
+
+use crate::backend::{
+    Backend, BackendKind, BoxFuture, ListenerTransport, RecvMeta, TcpDiag, TcpTransport, UdpBind, UdpDiag,
+    UdpTransport,
+};
+use crate::shared::lock;
+
+/// The fault controls of one network. Cheap to clone; all clones control the same faults.
+#[derive(Clone, Default)]
+pub struct Faults {
+    inner: Arc<FaultState>,
+}
+
+#[derive(Default)]
+struct FaultState {
+    armed: Mutex<Armed>,
+    hold: HoldGate,
+    open_sockets: AtomicU64,
+    created_sockets: AtomicU64,
+    conversion: AtomicBool,
+}
+
+#[derive(Default)]
+struct Armed {
+    hang_connect: bool,
+    fail_connect: Option<Cause>,
+    fail_bind: Option<Cause>,
+    fail_send: u32,
+    exhaust_accept: u32,
+    fail_membership: bool,
+    recv_errors: VecDeque<io::ErrorKind>,
+    no_route: BTreeSet<IpAddr>,
+    resolves: BTreeMap<String, Result<Vec<IpAddr>, Cause>>,
+    held_names: BTreeSet<String>,
+    lookups: Vec<String>,
+    links: Vec<Weak<Link>>,
+}
+
+/// Per-transport fault state: a dropped link fails every later operation.
+#[derive(Default)]
+struct Link {
+    dropped: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Link {
+    fn check(&self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.dropped.load(Ordering::SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::NetworkDown, "link dropped (fault)"));
+        }
+        let mut slot = lock(&self.waker);
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+        Ok(())
+    }
+}
+
+/// "Held" sockets stay opening until released. Wakers, not a thread or a timer, so a simulation
+/// stays deterministic.
+#[derive(Default)]
+struct HoldGate {
+    held: AtomicBool,
+    generation: AtomicU64,
+    waiters: Mutex<Vec<Waker>>,
+}
+
+impl HoldGate {
+    fn wake_all(&self) {
+        for w in lock(&self.waiters).drain(..) {
+            w.wake();
+        }
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut waiters = lock(&self.waiters);
+        if !waiters.iter().any(|w| w.will_wake(waker)) {
+            waiters.push(waker.clone());
+        }
+    }
+}
+
+/// A socket created while opening was held: its opening is reported only after release.
+#[derive(Clone)]
+pub struct HoldTicket {
+    state: Arc<FaultState>,
+    generation: u64,
+}
+
+impl HoldTicket {
+    /// Ready once the hold this ticket was taken under has been released.
+    pub(crate) fn poll_released(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.released() {
+            return Poll::Ready(());
+        }
+        self.state.hold.register(cx.waker());
+        // Checked again after registering, so a release in between is not lost.
+        if self.released() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn released(&self) -> bool {
+        let gate = &self.state.hold;
+        gate.generation.load(Ordering::SeqCst) > self.generation || !gate.held.load(Ordering::SeqCst)
+    }
+}
+
+impl Faults {
+    /// Sockets created from now on stay "opening" until [`release_open`](Self::release_open):
+    /// setup, listen, connect and resolution are not reported.
+    pub fn hold_open(&self) {
+        self.inner.hold.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets held sockets finish opening.
+    pub fn release_open(&self) {
+        let gate = &self.inner.hold;
+        gate.held.store(false, Ordering::SeqCst);
+        gate.generation.fetch_add(1, Ordering::SeqCst);
+        gate.wake_all();
+    }
+
+    /// A ticket for a socket being created now, if opening is held.
+    pub(crate) fn hold_ticket(&self) -> Option<HoldTicket> {
+        let gate = &self.inner.hold;
+        gate.held.load(Ordering::SeqCst).then(|| HoldTicket {
+            state: self.inner.clone(),
+            generation: gate.generation.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Every later connect hangs (until the connect timeout).
+    pub fn hang_connect(&self) {
+        lock(&self.inner.armed).hang_connect = true;
+    }
+
+    /// The next connect fails with `cause`.
+    pub fn fail_connect(&self, cause: Cause) {
+        lock(&self.inner.armed).fail_connect = Some(cause);
+    }
+
+    /// The next UDP bind or server listen fails with `cause`.
+    pub fn fail_bind(&self, cause: Cause) {
+        lock(&self.inner.armed).fail_bind = Some(cause);
+    }
+
+    /// The next send (TCP write or UDP datagram) fails.
+    pub fn fail_send(&self) {
+        lock(&self.inner.armed).fail_send += 1;
+    }
+
+    /// The next accept cannot be served (as EMFILE).
+    pub fn exhaust_accept(&self) {
+        lock(&self.inner.armed).exhaust_accept += 1;
+    }
+
+    /// The next multicast membership call fails.
+    pub fn fail_membership(&self) {
+        lock(&self.inner.armed).fail_membership = true;
+    }
+
+    /// The next UDP receive reports one transient error of this kind.
+    pub fn recv_error(&self, kind: io::ErrorKind) {
+        lock(&self.inner.armed).recv_errors.push_back(kind);
+    }
+
+    /// Routing finds no interface for `addr`.
+    pub fn no_route(&self, addr: IpAddr) {
+        lock(&self.inner.armed).no_route.insert(addr);
+    }
+
+    /// The resolver answers `name` with `result` (the only source of names but "localhost").
+    pub fn resolve(&self, name: &str, result: Result<Vec<IpAddr>, Cause>) {
+        lock(&self.inner.armed).resolves.insert(name.to_ascii_lowercase(), result);
+    }
+
+    /// Lookups of `name` wait until [`release_resolve`](Self::release_resolve).
+    pub fn hold_resolve(&self, name: &str) {
+        lock(&self.inner.armed).held_names.insert(name.to_ascii_lowercase());
+    }
+
+    /// Lets held lookups of `name` answer.
+    pub fn release_resolve(&self, name: &str) {
+        lock(&self.inner.armed).held_names.remove(&name.to_ascii_lowercase());
+        self.inner.hold.wake_all();
+    }
+
+    /// Every host name looked up so far, in order.
+    pub fn lookups(&self) -> Vec<String> {
+        lock(&self.inner.armed).lookups.clone()
+    }
+
+    /// Received data on every socket fails conversion from now on (only a fault can do this).
+    pub fn fail_conversion(&self) {
+        self.inner.conversion.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether received data should fail conversion.
+    pub(crate) fn conversion_fails(&self) -> bool {
+        self.inner.conversion.load(Ordering::SeqCst)
+    }
+
+    /// Every existing socket's link goes down: each later operation on it fails.
+    pub fn drop_link(&self) {
+        let links: Vec<_> = lock(&self.inner.armed).links.iter().filter_map(Weak::upgrade).collect();
+        for link in links {
+            link.dropped.store(true, Ordering::SeqCst);
+            if let Some(w) = lock(&link.waker).take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// OS (or simulator) sockets the library holds now.
+    pub fn open_sockets(&self) -> u64 {
+        self.inner.open_sockets.load(Ordering::SeqCst)
+    }
+
+    /// OS (or simulator) sockets the library has created so far (connect, listen, bind, accept).
+    pub fn created_sockets(&self) -> u64 {
+        self.inner.created_sockets.load(Ordering::SeqCst)
+    }
+
+    fn new_link(&self) -> Arc<Link> {
+        let link = Arc::new(Link::default());
+        let mut armed = lock(&self.inner.armed);
+        armed.links.retain(|l| l.strong_count() > 0);
+        armed.links.push(Arc::downgrade(&link));
+        self.inner.created_sockets.fetch_add(1, Ordering::SeqCst);
+        self.inner.open_sockets.fetch_add(1, Ordering::SeqCst);
+        link
+    }
+
+    fn take_send_failure(&self) -> bool {
+        let mut armed = lock(&self.inner.armed);
+        if armed.fail_send > 0 {
+            armed.fail_send -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults").field("open_sockets", &self.open_sockets()).finish_non_exhaustive()
+    }
+}
+
+/// A backend with the fault hooks in front of it.
+pub(crate) struct FaultBackend {
+    inner: Box<dyn Backend>,
+    faults: Faults,
+}
+
+impl FaultBackend {
+    pub(crate) fn new(inner: Box<dyn Backend>, faults: Faults) -> Self {
+        FaultBackend { inner, faults }
+    }
+}
+
+impl Backend for FaultBackend {
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self.inner.spawn(task);
+    }
+
+    fn probe_local(&self, ip: IpAddr) -> Result<(), Cause> {
+        self.inner.probe_local(ip)
+    }
+
+    fn route(&self, remote: IpAddr) -> Option<IpAddr> {
+        if lock(&self.faults.inner.armed).no_route.contains(&remote) {
+            return None;
+        }
+        self.inner.route(remote)
+    }
+
+    fn resolve(&self, name: &HostName) -> BoxFuture<'static, Result<Vec<IpAddr>, Cause>> {
+        let key = name.as_str().to_ascii_lowercase();
+        let ticket = self.faults.hold_ticket();
+        let (scripted, faults) = {
+            let mut armed = lock(&self.faults.inner.armed);
+            armed.lookups.push(key.clone());
+            (armed.resolves.get(&key).cloned(), self.faults.clone())
+        };
+        let real = match scripted {
+            Some(_) => None,
+            None => Some(self.inner.resolve(name)),
+        };
+        Box::pin(async move {
+            if let Some(ticket) = ticket {
+                std::future::poll_fn(|cx| ticket.poll_released(cx)).await;
+            }
+            // hold_resolve: wait until the name is released (the connect timeout bounds it).
+            std::future::poll_fn(|cx| {
+                if !lock(&faults.inner.armed).held_names.contains(&key) {
+                    return Poll::Ready(());
+                }
+                faults.inner.hold.register(cx.waker());
+                if lock(&faults.inner.armed).held_names.contains(&key) {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            match (scripted, real) {
+                (Some(result), _) => result,
+                (None, Some(fut)) => fut.await,
+                (None, None) => Err(Cause::HostNotFound),
+            }
+        })
+    }
+
+    fn connect(
+        &self,
+        remote: SocketAddr,
+        local: Option<SocketAddr>,
+        config: SocketConfig,
+    ) -> BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>> {
+        let ticket = self.faults.hold_ticket();
+        let (hang, fail) = {
+            let mut armed = lock(&self.faults.inner.armed);
+            (armed.hang_connect, armed.fail_connect.take())
+        };
+        let faults = self.faults.clone();
+        let connect = (!hang && fail.is_none()).then(|| self.inner.connect(remote, local, config));
+        Box::pin(async move {
+            if let Some(ticket) = ticket {
+                std::future::poll_fn(|cx| ticket.poll_released(cx)).await;
+            }
+            if let Some(cause) = fail {
+                return Err(cause);
+            }
+            let Some(connect) = connect else {
+                return std::future::pending().await; // hang_connect: only the connect timeout ends it.
+            };
+            let transport = connect.await?;
+            Ok(Box::new(FaultTcp::new(transport, faults)) as Box<dyn TcpTransport>)
+        })
+    }
+
+    fn listen(
+        &self,
+        local: SocketAddr,
+        address_reuse: bool,
+        backlog: u32,
+    ) -> Result<Box<dyn ListenerTransport>, Cause> {
+        if let Some(cause) = lock(&self.faults.inner.armed).fail_bind.take() {
+            return Err(cause);
+        }
+        let inner = self.inner.listen(local, address_reuse, backlog)?;
+        Ok(Box::new(FaultListener { link: self.faults.new_link(), inner, faults: self.faults.clone() }))
+    }
+
+    fn bind_udp(&self, bind: UdpBind) -> Result<Box<dyn UdpTransport>, Cause> {
+        if let Some(cause) = lock(&self.faults.inner.armed).fail_bind.take() {
+            return Err(cause);
+        }
+        let inner = self.inner.bind_udp(bind)?;
+        Ok(Box::new(FaultUdp { link: self.faults.new_link(), inner, faults: self.faults.clone() }))
+    }
+
+    fn tls_supported(&self) -> bool {
+        self.inner.tls_supported()
+    }
+}
+
+struct FaultTcp {
+    link: Arc<Link>,
+    /// `None` once reset.
+    inner: Option<Box<dyn TcpTransport>>,
+    faults: Faults,
+}
+
+impl FaultTcp {
+    fn new(inner: Box<dyn TcpTransport>, faults: Faults) -> Self {
+        FaultTcp { link: faults.new_link(), inner: Some(inner), faults }
+    }
+
+    fn inner(&mut self) -> io::Result<&mut Box<dyn TcpTransport>> {
+        self.inner.as_mut().ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "reset"))
+    }
+}
+
+impl Drop for FaultTcp {
+    fn drop(&mut self) {
+        self.faults.inner.open_sockets.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl TcpTransport for FaultTcp {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.link.check(cx)?;
+        self.inner()?.poll_read(cx, buf)
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.link.check(cx)?;
+        if self.faults.take_send_failure() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "send failed (fault)")));
+        }
+        self.inner()?.poll_write(cx, data)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.link.check(cx)?;
+        self.inner()?.poll_shutdown(cx)
+    }
+
+    fn reset(mut self: Box<Self>) {
+        if let Some(inner) = self.inner.take() {
+            inner.reset();
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.as_ref().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?.local_addr()
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.as_ref().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?.peer_addr()
+    }
+
+    fn set_keep_alive(&mut self, keep_alive: Option<KeepAlive>) -> io::Result<()> {
+        self.inner()?.set_keep_alive(keep_alive)
+    }
+
+    fn diag(&self) -> TcpDiag {
+        self.inner.as_ref().map(|t| t.diag()).unwrap_or_default()
+    }
+}
+
+struct FaultListener {
+    link: Arc<Link>,
+    inner: Box<dyn ListenerTransport>,
+    faults: Faults,
+}
+
+impl Drop for FaultListener {
+    fn drop(&mut self) {
+        self.faults.inner.open_sockets.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl ListenerTransport for FaultListener {
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Box<dyn TcpTransport>>> {
+        self.link.check(cx)?;
+        {
+            let mut armed = lock(&self.faults.inner.armed);
+            if armed.exhaust_accept > 0 {
+                armed.exhaust_accept -= 1;
+                return Poll::Ready(Err(io::Error::from_raw_os_error(24))); // EMFILE
+            }
+        }
+        match self.inner.poll_accept(cx) {
+            Poll::Ready(Ok(t)) => Poll::Ready(Ok(Box::new(FaultTcp::new(t, self.faults.clone())))),
+            other => other,
+        }
+    }
+
+    fn poll_error(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        match self.link.check(cx) {
+            Err(e) => Poll::Ready(e),
+            Ok(()) => self.inner.poll_error(cx),
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+struct FaultUdp {
+    link: Arc<Link>,
+    inner: Box<dyn UdpTransport>,
+    faults: Faults,
+}
+
+impl Drop for FaultUdp {
+    fn drop(&mut self) {
+        self.faults.inner.open_sockets.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl UdpTransport for FaultUdp {
+    fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>> {
+        self.link.check(cx)?;
+        if let Some(kind) = lock(&self.faults.inner.armed).recv_errors.pop_front() {
+            return Poll::Ready(Err(io::Error::new(kind, "receive error (fault)")));
+        }
+        self.inner.poll_recv_from(cx, buf)
+    }
+
+    fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
+        self.link.check(cx)?;
+        if self.faults.take_send_failure() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::Other, "send failed (fault)")));
+        }
+        self.inner.poll_send_to(cx, data, dest)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn join_multicast(&mut self, group: IpAddr) -> io::Result<()> {
+        if std::mem::take(&mut lock(&self.faults.inner.armed).fail_membership) {
+            return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "membership refused (fault)"));
+        }
+        self.inner.join_multicast(group)
+    }
+
+    fn leave_multicast(&mut self, group: IpAddr) -> io::Result<()> {
+        if std::mem::take(&mut lock(&self.faults.inner.armed).fail_membership) {
+            return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "membership refused (fault)"));
+        }
+        self.inner.leave_multicast(group)
+    }
+
+    fn diag(&self) -> UdpDiag {
+        self.inner.diag()
+    }
+}
