@@ -81,7 +81,8 @@ fn run_sim(world: World) -> Result<(), String> {
     for (name, body) in world.hosts {
         let (directory, policy, host) = (directory.clone(), world.policy.clone(), name.clone());
         sim.host(name, move || {
-            let (body, directory, policy, host) = (body.clone(), directory.clone(), policy.clone(), host.clone());
+            let (body, directory, policy, host) =
+                (body.clone(), directory.clone(), policy.clone(), host.clone());
             async move {
                 let net = tcpudp_net_sim::network(&host, policy())?;
                 body(Ctx { net, name: host, backend, directory }).await

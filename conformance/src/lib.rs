@@ -14,8 +14,13 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod harness;
+pub mod scenario;
+pub mod scenarios;
+pub mod trace;
 mod world;
 
+pub use scenario::{Action, Fault, Scenario, Step};
+pub use trace::{Observation, Trace, TraceEvent};
 pub use world::{BackendChoice, Body, BodyResult, Ctx, Directory, World};
 
 /// Defines each `fn name(world: &mut World) { … }` and a `#[test]` for it on each backend:

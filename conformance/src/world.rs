@@ -145,7 +145,11 @@ pub struct Directory {
 
 impl Directory {
     fn channel(&self, key: &str) -> Rc<watch::Sender<Option<u16>>> {
-        self.entries.borrow_mut().entry(key.to_owned()).or_insert_with(|| Rc::new(watch::channel(None).0)).clone()
+        self.entries
+            .borrow_mut()
+            .entry(key.to_owned())
+            .or_insert_with(|| Rc::new(watch::channel(None).0))
+            .clone()
     }
 
     fn publish(&self, key: &str, port: u16) {
