@@ -521,7 +521,7 @@ impl UdpTransport for FaultUdp {
     fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
         self.link.check(cx)?;
         if self.faults.take_send_failure() {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::Other, "send failed (fault)")));
+            return Poll::Ready(Err(io::Error::other("send failed (fault)")));
         }
         self.inner.poll_send_to(cx, data, dest)
     }

@@ -33,7 +33,10 @@ fn run_real(world: World) -> Result<(), String> {
     local.block_on(&rt, async move {
         let directory = Directory::default();
         let ctx = |name: &str| -> Result<Ctx, String> {
-            let net = tcpudp_net_real::network(policy()).map_err(|e| e.to_string())?;
+            // DESIGN §6: multicast never leaves the machine; the interface is pinned to loopback.
+            let loopback = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+            let net = tcpudp_net_real::network_with_multicast_interface(policy(), loopback)
+                .map_err(|e| e.to_string())?;
             Ok(Ctx { net, name: name.to_owned(), backend, directory: directory.clone() })
         };
         let mut host_tasks = Vec::new();

@@ -137,14 +137,17 @@ impl Ctx {
     }
 }
 
+/// One published key: its port once known.
+type Slot = Rc<watch::Sender<Option<u16>>>;
+
 /// Ports published by hosts, shared by everyone in one world.
 #[derive(Clone, Default)]
 pub struct Directory {
-    entries: Rc<RefCell<BTreeMap<String, Rc<watch::Sender<Option<u16>>>>>>,
+    entries: Rc<RefCell<BTreeMap<String, Slot>>>,
 }
 
 impl Directory {
-    fn channel(&self, key: &str) -> Rc<watch::Sender<Option<u16>>> {
+    fn channel(&self, key: &str) -> Slot {
         self.entries
             .borrow_mut()
             .entry(key.to_owned())

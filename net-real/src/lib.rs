@@ -38,7 +38,9 @@ mod udp;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use tcpudp::backend::{Backend, BackendKind, BoxFuture, ListenerTransport, TcpTransport, UdpBind, UdpTransport};
+use tcpudp::backend::{
+    Backend, BackendKind, BoxFuture, ListenerTransport, TcpTransport, UdpBind, UdpTransport,
+};
 use tcpudp::{Network, Policy};
 use tcpudp_core::address::HostName;
 use tcpudp_core::options::SocketConfig;
@@ -55,7 +57,10 @@ pub fn network(policy: Policy) -> Result<Network, SocketError> {
 
 /// As [`network`], with the multicast interface every UDP socket uses for joins, leaves and group
 /// sends unless its options name one (AMB-58). Tests pin it to 127.0.0.1.
-pub fn network_with_multicast_interface(policy: Policy, interface: Option<IpAddr>) -> Result<Network, SocketError> {
+pub fn network_with_multicast_interface(
+    policy: Policy,
+    interface: Option<IpAddr>,
+) -> Result<Network, SocketError> {
     let backend = RealBackend::new()?;
     Ok(Network::with_multicast_interface(backend, policy, interface))
 }
@@ -154,6 +159,7 @@ mod tests {
         assert!(err.message().is_some_and(|m| m.contains("tokio runtime")));
     }
 
+    // rule: UDP-MCAST-08
     #[tokio::test]
     async fn test_inside_runtime_network_is_real() {
         let net = network(Policy::allow_all()).expect("inside a runtime");

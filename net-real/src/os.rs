@@ -96,7 +96,11 @@ mod unix {
 
     /// An address of the interface with `index`: `preferred` when that interface owns it, else
     /// its first address of `family_v6`'s family, else its first address.
-    pub(crate) fn interface_address(index: u32, preferred: Option<IpAddr>, family_v6: bool) -> Option<IpAddr> {
+    pub(crate) fn interface_address(
+        index: u32,
+        preferred: Option<IpAddr>,
+        family_v6: bool,
+    ) -> Option<IpAddr> {
         if let Some(ip) = preferred {
             if interface_index_of(ip).ok() == Some(index) {
                 return Some(ip);
@@ -117,7 +121,12 @@ mod unix {
         same_family.or(any)
     }
 
-    fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    fn setsockopt_int(
+        fd: RawFd,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
         // SAFETY: the option value is a c_int living on the stack for the duration of the call.
         let rc = unsafe {
             libc::setsockopt(
@@ -154,7 +163,8 @@ mod unix {
         let mreqn = libc::ip_mreqn {
             imr_multiaddr: libc::in_addr { s_addr: 0 },
             imr_address: libc::in_addr { s_addr: 0 },
-            imr_ifindex: libc::c_int::try_from(index).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+            imr_ifindex: libc::c_int::try_from(index)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
         };
         // SAFETY: the option value is an ip_mreqn living on the stack for the duration of the call.
         let rc = unsafe {
@@ -220,8 +230,9 @@ mod unix {
             }
         };
         // SAFETY: the kernel filled `storage` with a sockaddr of `msg_namelen` bytes.
-        let from = unsafe { storage_to_socket_addr(&storage, msg.msg_namelen) }
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP source address"))?;
+        let from = unsafe { storage_to_socket_addr(&storage, msg.msg_namelen) }.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP source address")
+        })?;
         let drops = drop_count(&msg);
         Ok(Datagram { len: n.min(buf.len()), from: canonical(from), drops })
     }
@@ -252,7 +263,10 @@ mod unix {
 
     /// # Safety
     /// `storage` must hold a sockaddr of `len` bytes written by the kernel.
-    unsafe fn storage_to_socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    unsafe fn storage_to_socket_addr(
+        storage: &libc::sockaddr_storage,
+        len: libc::socklen_t,
+    ) -> Option<SocketAddr> {
         let len = len as usize;
         match i32::from(storage.ss_family) {
             libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {

@@ -105,6 +105,7 @@ mod tests {
         assert!(ips.iter().all(|ip| ip.is_loopback()), "{ips:?}");
         assert!(ips.contains(&"127.0.0.1".parse().unwrap()), "{ips:?}");
         let mut deduped = ips.clone();
+        deduped.sort();
         deduped.dedup();
         assert_eq!(deduped.len(), ips.len());
     }

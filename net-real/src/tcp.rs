@@ -30,7 +30,11 @@ pub(crate) async fn connect(
 }
 
 /// A socket of `remote`'s family with every option of `config`, bound to `local` when given.
-fn configured_socket(remote: SocketAddr, local: Option<SocketAddr>, config: SocketConfig) -> io::Result<TcpSocket> {
+fn configured_socket(
+    remote: SocketAddr,
+    local: Option<SocketAddr>,
+    config: SocketConfig,
+) -> io::Result<TcpSocket> {
     let socket = Socket::new(Domain::for_address(remote), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(config.address_reuse)?;
     if remote.is_ipv6() {
@@ -113,7 +117,8 @@ impl TcpTransport for RealTcp {
             None if self.keep_alive_tuned => params = params.with_time(defaults.idle),
             None => {}
         }
-        params = with_interval(params, keep_alive.interval, self.keep_alive_tuned, defaults.interval, &mut tuned);
+        params =
+            with_interval(params, keep_alive.interval, self.keep_alive_tuned, defaults.interval, &mut tuned);
         params = with_retries(params, keep_alive.count);
         socket.set_tcp_keepalive(&params)?;
         self.keep_alive_tuned |= tuned;

@@ -188,7 +188,11 @@ impl UdpTransport for RealUdp {
                     buf.advance(datagram.len);
                     self.received += 1;
                     let dropped_total = self.drops.update(datagram.drops);
-                    return Poll::Ready(Ok(RecvMeta { len: datagram.len, from: datagram.from, dropped_total }));
+                    return Poll::Ready(Ok(RecvMeta {
+                        len: datagram.len,
+                        from: datagram.from,
+                        dropped_total,
+                    }));
                 }
                 // Readiness was stale: tokio cleared it, wait for the next edge.
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
