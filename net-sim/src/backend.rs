@@ -56,9 +56,8 @@ impl SimBackend {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             not_supported(format!("tcpudp_net_sim::network({host_name:?}) needs the host's tokio runtime"))
         })?;
-        let ip = lookup(host_name).ok_or_else(|| {
-            invalid_access(format!("the simulation has no host named {host_name:?}"))
-        })?;
+        let ip = lookup(host_name)
+            .ok_or_else(|| invalid_access(format!("the simulation has no host named {host_name:?}")))?;
         Ok(SimBackend { host: Arc::new(HostCtx { name: host_name.to_owned(), ip }), runtime })
     }
 
@@ -169,9 +168,8 @@ impl Backend for SimBackend {
     fn bind_udp(&self, bind: UdpBind) -> Result<Box<dyn UdpTransport>, Cause> {
         sim_guard()?;
         let target = self.host.bind_target(bind.local)?;
-        let socket = poll_now(turmoil::net::UdpSocket::bind(target))
-            .ok_or(Cause::Other)?
-            .map_err(|e| cause_of(&e))?;
+        let socket =
+            poll_now(turmoil::net::UdpSocket::bind(target)).ok_or(Cause::Other)?.map_err(|e| cause_of(&e))?;
         let bound = socket.local_addr().map_err(|e| cause_of(&e))?;
         let reported = self.host.reported_local(bind.local, bound);
         let udp = SimUdp::new(Arc::clone(&self.host), socket, reported, bind).map_err(|e| cause_of(&e))?;

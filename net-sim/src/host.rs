@@ -83,9 +83,10 @@ impl HostCtx {
 
     /// Where a TCP connect to `remote` really goes, or why it cannot be attempted.
     ///
-    /// The wildcard means this host (as on Linux). An address of the other family, or one that is
-    /// neither loopback, nor this host, nor in turmoil's DNS, fails here: turmoil would refuse it
-    /// only after registering a stream socket it never removes (a leaked port).
+    /// The wildcard means this host (as on Linux). An address of the other family, a multicast
+    /// group, or an address that is neither loopback, nor this host, nor in turmoil's DNS, fails
+    /// here: turmoil would refuse it only after registering a stream socket it never removes (a
+    /// leaked port).
     pub(crate) fn connect_target(&self, remote: SocketAddr) -> Result<SocketAddr, Cause> {
         let ip = remote.ip();
         if !self.same_family(ip) {
@@ -94,9 +95,12 @@ impl HostCtx {
         if ip.is_unspecified() {
             return Ok(SocketAddr::new(self.loopback(), remote.port()));
         }
-        if ip.is_loopback() || ip == self.ip || ip.is_multicast() {
-            // Multicast is refused by turmoil without side effects (no link to it).
+        if ip.is_loopback() || ip == self.ip {
             return Ok(remote);
+        }
+        if ip.is_multicast() {
+            // TCP to a group: Linux says ENETUNREACH; turmoil would leak a port, then refuse.
+            return Err(Cause::Unreachable);
         }
         sim_guard()?;
         if turmoil::reverse_lookup(ip).is_some() {

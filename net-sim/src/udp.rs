@@ -108,7 +108,11 @@ impl UdpTransport for SimUdp {
         if data.len() > max {
             return Poll::Ready(Err(io_error(Cause::MessageTooLarge, "datagram too large")));
         }
-        let dest = if dest.ip().is_unspecified() { SocketAddr::new(self.host.loopback(), dest.port()) } else { dest };
+        let dest = if dest.ip().is_unspecified() {
+            SocketAddr::new(self.host.loopback(), dest.port())
+        } else {
+            dest
+        };
         match self.socket.try_send_to(data, dest) {
             Ok(_) => Poll::Ready(Ok(())),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Poll::Ready(Ok(())),
