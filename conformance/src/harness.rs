@@ -13,6 +13,11 @@ pub fn check(backend: BackendChoice, name: &str, build: fn(&mut World)) {
 
 /// Builds and runs a world; `Err` describes the first failure.
 pub fn run(backend: BackendChoice, seed: u64, build: fn(&mut World)) -> Result<(), String> {
+    run_with(backend, seed, build)
+}
+
+/// As [`run`], with any builder (the scenario interpreter captures its scenario).
+pub fn run_with(backend: BackendChoice, seed: u64, build: impl FnOnce(&mut World)) -> Result<(), String> {
     let mut world = World::new(backend, seed);
     build(&mut world);
     match backend {

@@ -14,6 +14,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod harness;
+pub mod interpreter;
 pub mod scenario;
 pub mod scenarios;
 pub mod trace;

@@ -1,0 +1,373 @@
+//! The scenario interpreter: runs a [`Scenario`] through the public API on any backend and records
+//! a [`Trace`]. It is also the dynamic layer of the spec's WebIDL conversions: a chunk that is not
+//! a byte array rejects `TypeError` here (GEN-07, TCP-WRITE-03, UDP-WRITE-01), since Rust's types
+//! make that impossible in the typed API.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tcpudp::{
+    Datagram, ReadyState, SocketError, TcpReadable, TcpServerSocket, TcpSocket, TcpWritable, UdpReadable,
+    UdpSocket, UdpWritable,
+};
+use tokio::sync::Notify;
+
+use crate::harness;
+use crate::scenario::{Action, Fault, Scenario};
+use crate::trace::{Observation, Trace, TraceEvent};
+use crate::world::{BackendChoice, BodyResult, Ctx, World};
+
+/// Hang guard for one awaited step (simulated time in the simulator; generous on real sockets).
+const STEP_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `scenario` on `backend`: the trace, and `Err` with the first failure.
+pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), String>) {
+    let shared = Rc::new(Shared {
+        scenario: scenario.clone(),
+        cursor: RefCell::new(0),
+        moved: Notify::new(),
+        trace: RefCell::new(Trace::new(&scenario.name, backend.as_str(), scenario.seed)),
+        failure: RefCell::new(None),
+    });
+    if let Some(fault) = scenario.steps.iter().find_map(|s| match &s.action {
+        Action::Fault(f) if !supports(backend, f) => Some(f.clone()),
+        _ => None,
+    }) {
+        let why = format!("skip: {} cannot inject {fault:?}", backend.as_str());
+        return (shared.trace.borrow().clone(), Err(why));
+    }
+    let for_world = shared.clone();
+    let outcome = harness::run_with(backend, scenario.seed, move |world: &mut World| {
+        for host in &for_world.scenario.hosts {
+            let shared = for_world.clone();
+            let me = host.clone();
+            world.client(host, move |ctx| host_body(shared.clone(), me.clone(), ctx));
+        }
+    });
+    let failure = shared.failure.borrow().clone();
+    let trace = shared.trace.borrow().clone();
+    match (failure, outcome) {
+        (Some(f), _) => (trace, Err(f)),
+        (None, Err(e)) => (trace, Err(e)),
+        (None, Ok(())) => (trace, Ok(())),
+    }
+}
+
+/// Whether a backend can inject `fault` (DESIGN §8 capability table). The simulator's fault API
+/// is not wired into scenarios yet; the library's own hooks work everywhere.
+pub fn supports(_backend: BackendChoice, fault: &Fault) -> bool {
+    matches!(fault, Fault::DropLink { .. })
+}
+
+struct Shared {
+    scenario: Scenario,
+    cursor: RefCell<usize>,
+    moved: Notify,
+    trace: RefCell<Trace>,
+    failure: RefCell<Option<String>>,
+}
+
+enum Sock {
+    Tcp { sock: TcpSocket, reader: Option<TcpReadable>, writer: Option<TcpWritable> },
+    Server(TcpServerSocket),
+    Udp { sock: UdpSocket, reader: Option<UdpReadable>, writer: Option<UdpWritable> },
+}
+
+impl Sock {
+    fn state(&self) -> ReadyState {
+        match self {
+            Sock::Tcp { sock, .. } => sock.ready_state(),
+            Sock::Server(s) => s.ready_state(),
+            Sock::Udp { sock, .. } => sock.ready_state(),
+        }
+    }
+}
+
+struct Host {
+    shared: Rc<Shared>,
+    me: String,
+    ctx: Ctx,
+    sockets: BTreeMap<String, Sock>,
+    states: BTreeMap<String, ReadyState>,
+}
+
+async fn host_body(shared: Rc<Shared>, me: String, ctx: Ctx) -> BodyResult {
+    let total = shared.scenario.steps.len();
+    let mut host = Host {
+        shared: shared.clone(),
+        me: me.clone(),
+        ctx,
+        sockets: BTreeMap::new(),
+        states: BTreeMap::new(),
+    };
+    for index in 0..total {
+        if shared.scenario.steps[index].host != me {
+            continue;
+        }
+        wait_for(&shared, index).await;
+        if shared.failure.borrow().is_some() {
+            break;
+        }
+        let step = shared.scenario.steps[index].clone();
+        tokio::time::sleep(Duration::from_millis(step.after_ms)).await;
+        let result = tokio::time::timeout(STEP_LIMIT, host.execute(&step.action)).await;
+        let result = result.unwrap_or_else(|_| Err(format!("step {index} did not finish")));
+        host.record_states();
+        if let Err(message) = result {
+            host.observe("", Observation::Failure { message: format!("step {index}: {message}") });
+            shared.failure.borrow_mut().get_or_insert(format!("step {index} ({:?}): {message}", step.action));
+        }
+        *shared.cursor.borrow_mut() = index + 1;
+        shared.moved.notify_waiters();
+    }
+    // Keep this host's sockets alive until every host is done.
+    wait_for(&shared, total).await;
+    Ok(())
+}
+
+async fn wait_for(shared: &Shared, index: usize) {
+    loop {
+        let notified = shared.moved.notified();
+        let cursor = *shared.cursor.borrow();
+        if cursor >= index || shared.failure.borrow().is_some() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+fn outcome_text(result: &Result<(), SocketError>) -> String {
+    match result {
+        Ok(()) => "ok".into(),
+        Err(e) => e.name().into(),
+    }
+}
+
+/// The dynamic layer: only an array of byte values is a byte buffer (GEN-07).
+fn bytes_of(value: &serde_json::Value) -> Result<Bytes, SocketError> {
+    let items =
+        value.as_array().ok_or_else(|| SocketError::type_error().with_message("chunk is not bytes"))?;
+    items
+        .iter()
+        .map(|v| v.as_u64().and_then(|n| u8::try_from(n).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .map(Bytes::from)
+        .ok_or_else(|| SocketError::type_error().with_message("chunk is not bytes"))
+}
+
+impl Host {
+    fn observe(&self, socket: &str, what: Observation) {
+        let at_micros = match self.ctx.backend() {
+            BackendChoice::Sim => turmoil::sim_elapsed().map_or(0, |d| d.as_micros() as u64),
+            BackendChoice::Real => 0, // Wall-clock times would make real traces differ run to run.
+        };
+        self.shared.trace.borrow_mut().events.push(TraceEvent {
+            at_micros,
+            host: self.me.clone(),
+            socket: socket.into(),
+            what,
+        });
+    }
+
+    fn record_states(&mut self) {
+        let now: Vec<(String, ReadyState)> =
+            self.sockets.iter().map(|(n, s)| (n.clone(), s.state())).collect();
+        for (name, state) in now {
+            if self.states.get(&name) != Some(&state) {
+                self.states.insert(name.clone(), state);
+                self.observe(&name, Observation::State { state: state.to_string() });
+            }
+        }
+    }
+
+    fn tcp(
+        &mut self,
+        name: &str,
+    ) -> Result<(&TcpSocket, &mut Option<TcpReadable>, &mut Option<TcpWritable>), String> {
+        match self.sockets.get_mut(name) {
+            Some(Sock::Tcp { sock, reader, writer }) => Ok((sock, reader, writer)),
+            _ => Err(format!("no TCP socket {name}")),
+        }
+    }
+
+    async fn execute(&mut self, action: &Action) -> Result<(), String> {
+        match action {
+            Action::Listen { server, options, publish } => {
+                let s = TcpServerSocket::new(&self.ctx.net, options.clone()).map_err(|e| e.to_string())?;
+                let opened = s.opened().await;
+                self.observe(server, Observation::Opened { outcome: outcome_text(&opened) });
+                if let Some(port) = s.local_port() {
+                    self.ctx.publish(publish, port);
+                }
+                self.sockets.insert(server.clone(), Sock::Server(s));
+            }
+            Action::Accept { server, socket } => {
+                let Some(Sock::Server(s)) = self.sockets.get(server) else {
+                    return Err(format!("no server {server}"));
+                };
+                let conn = s.listen().await.map_err(|e| e.to_string())?;
+                self.sockets.insert(socket.clone(), Sock::Tcp { sock: conn, reader: None, writer: None });
+            }
+            Action::Connect { socket, to_host, port_key, options } => {
+                let port = self.ctx.lookup(port_key).await;
+                let address = self.ctx.address_of(to_host);
+                let sock = TcpSocket::new(&self.ctx.net, &address, port, options.clone())
+                    .map_err(|e| e.to_string())?;
+                self.sockets.insert(socket.clone(), Sock::Tcp { sock, reader: None, writer: None });
+            }
+            Action::Bind { socket, options, publish } => {
+                let sock = UdpSocket::new(&self.ctx.net, options.clone()).map_err(|e| e.to_string())?;
+                let opened = sock.opened().await;
+                self.observe(socket, Observation::Opened { outcome: outcome_text(&opened) });
+                if let Some(port) = sock.local_port() {
+                    self.ctx.publish(publish, port);
+                }
+                self.sockets.insert(socket.clone(), Sock::Udp { sock, reader: None, writer: None });
+            }
+            Action::Write { socket, data } => {
+                let settled = match bytes_of(data) {
+                    Err(e) => Err(e),
+                    Ok(bytes) => match self.sockets.get_mut(socket) {
+                        Some(Sock::Tcp { sock, writer, .. }) => {
+                            let w = take_or_open(writer, || sock.writable())?;
+                            w.write(bytes).await
+                        }
+                        Some(Sock::Udp { sock, writer, .. }) => {
+                            let w = take_or_open(writer, || sock.writable())?;
+                            w.write(Datagram::new(bytes)).await
+                        }
+                        _ => return Err(format!("no socket {socket} to write")),
+                    },
+                };
+                self.observe(socket, Observation::WriteSettled { outcome: outcome_text(&settled) });
+            }
+            Action::SendTo { socket, to_host, port_key, data } => {
+                let port = self.ctx.lookup(port_key).await;
+                let address = self.ctx.address_of(to_host);
+                let Some(Sock::Udp { sock, writer, .. }) = self.sockets.get_mut(socket) else {
+                    return Err(format!("no UDP socket {socket}"));
+                };
+                let w = take_or_open(writer, || sock.writable())?;
+                let settled = w.write(Datagram::to(Bytes::from(data.clone()), address, port)).await;
+                self.observe(socket, Observation::WriteSettled { outcome: outcome_text(&settled) });
+            }
+            Action::Read { socket, bytes, expect } => {
+                let got = self.read(socket, Some(*bytes)).await?;
+                if let Some(expect) = expect {
+                    if &got != expect {
+                        return Err(format!("read {got:?}, expected {expect:?}"));
+                    }
+                }
+            }
+            Action::ReadToEnd { socket } => {
+                self.read(socket, None).await?;
+            }
+            Action::HalfClose { socket } => self.tcp(socket)?.0.half_close(),
+            Action::Reset { socket } => self.tcp(socket)?.0.reset(),
+            Action::Close { socket } => match self.sockets.get(socket) {
+                Some(Sock::Tcp { sock, .. }) => drop(sock.close()),
+                Some(Sock::Server(s)) => drop(s.close()),
+                Some(Sock::Udp { sock, .. }) => drop(sock.close()),
+                None => return Err(format!("no socket {socket}")),
+            },
+            Action::AwaitOpened { socket, expect } | Action::AwaitClosed { socket, expect } => {
+                let opened = matches!(action, Action::AwaitOpened { .. });
+                let promise = match (self.sockets.get(socket), opened) {
+                    (Some(Sock::Tcp { sock, .. }), true) => sock.opened(),
+                    (Some(Sock::Tcp { sock, .. }), false) => sock.closed(),
+                    (Some(Sock::Server(s)), true) => s.opened(),
+                    (Some(Sock::Server(s)), false) => s.closed(),
+                    (Some(Sock::Udp { sock, .. }), true) => sock.opened(),
+                    (Some(Sock::Udp { sock, .. }), false) => sock.closed(),
+                    (None, _) => return Err(format!("no socket {socket}")),
+                };
+                let outcome = outcome_text(&promise.await);
+                let what = if opened {
+                    Observation::Opened { outcome: outcome.clone() }
+                } else {
+                    Observation::Closed { outcome: outcome.clone() }
+                };
+                self.observe(socket, what);
+                if &outcome != expect {
+                    return Err(format!(
+                        "{} was {outcome}, expected {expect}",
+                        if opened { "opened" } else { "closed" }
+                    ));
+                }
+            }
+            Action::ExpectState { socket, state } => {
+                let actual =
+                    self.sockets.get(socket).map(Sock::state).ok_or(format!("no socket {socket}"))?;
+                if actual.as_str() != state {
+                    return Err(format!("state {actual}, expected {state}"));
+                }
+            }
+            Action::Fault(fault) => {
+                self.observe("", Observation::Fault { description: format!("{fault:?}") });
+                match fault {
+                    Fault::DropLink { host } if host == &self.me => self.ctx.net.faults().drop_link(),
+                    Fault::DropLink { .. } => return Err("drop_link must run on its own host".into()),
+                    other => return Err(format!("unsupported fault {other:?}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read(&mut self, socket: &str, want: Option<usize>) -> Result<Vec<u8>, String> {
+        let mut got = Vec::new();
+        let mut observations = Vec::new();
+        match self.sockets.get_mut(socket) {
+            Some(Sock::Tcp { sock, reader, .. }) => {
+                let r = take_or_open(reader, || sock.readable())?;
+                while want.is_none_or(|n| got.len() < n) {
+                    match r.read().await {
+                        Ok(Some(chunk)) => {
+                            got.extend_from_slice(&chunk);
+                            observations.push(Observation::Read { data: chunk.to_vec(), from: None });
+                        }
+                        Ok(None) => {
+                            observations.push(Observation::ReadDone);
+                            break;
+                        }
+                        Err(e) => {
+                            observations.push(Observation::ReadError { name: e.name().into() });
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(Sock::Udp { sock, reader, .. }) => {
+                let r = take_or_open(reader, || sock.readable())?;
+                match r.read().await {
+                    Ok(Some(m)) => {
+                        got.extend_from_slice(&m.data);
+                        let from = Some(format!("{}:{}", m.remote_address(), m.remote_port()));
+                        observations.push(Observation::Read { data: m.data.to_vec(), from });
+                    }
+                    Ok(None) => observations.push(Observation::ReadDone),
+                    Err(e) => observations.push(Observation::ReadError { name: e.name().into() }),
+                }
+            }
+            _ => return Err(format!("no socket {socket} to read")),
+        }
+        for o in observations {
+            self.observe(socket, o);
+        }
+        Ok(got)
+    }
+}
+
+/// The held stream, opened on first use (the streams lock stays with the scenario's socket).
+fn take_or_open<T>(
+    slot: &mut Option<T>,
+    open: impl FnOnce() -> Result<T, SocketError>,
+) -> Result<&mut T, String> {
+    if slot.is_none() {
+        *slot = Some(open().map_err(|e| e.to_string())?);
+    }
+    slot.as_mut().ok_or_else(|| "stream unavailable".to_string())
+}
