@@ -59,7 +59,15 @@ pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), St
 /// Whether a backend can inject `fault` (DESIGN §8 capability table). The simulator's fault API
 /// is not wired into scenarios yet; the library's own hooks work everywhere.
 pub fn supports(_backend: BackendChoice, fault: &Fault) -> bool {
-    matches!(fault, Fault::DropLink { .. })
+    matches!(
+        fault,
+        Fault::DropLink { .. }
+            | Fault::HoldOpen { .. }
+            | Fault::ReleaseOpen { .. }
+            | Fault::FailBind { .. }
+            | Fault::FailConnect { .. }
+            | Fault::FailConversion { .. }
+    )
 }
 
 struct Shared {
@@ -195,12 +203,14 @@ impl Host {
 
     async fn execute(&mut self, action: &Action) -> Result<(), String> {
         match action {
-            Action::Listen { server, options, publish } => {
+            Action::Listen { server, options, publish, wait } => {
                 let s = TcpServerSocket::new(&self.ctx.net, options.clone()).map_err(|e| e.to_string())?;
-                let opened = s.opened().await;
-                self.observe(server, Observation::Opened { outcome: outcome_text(&opened) });
-                if let Some(port) = s.local_port() {
-                    self.ctx.publish(publish, port);
+                if *wait {
+                    let opened = s.opened().await;
+                    self.observe(server, Observation::Opened { outcome: outcome_text(&opened) });
+                    if let Some(port) = s.local_port() {
+                        self.ctx.publish(publish, port);
+                    }
                 }
                 self.sockets.insert(server.clone(), Sock::Server(s));
             }
@@ -218,12 +228,14 @@ impl Host {
                     .map_err(|e| e.to_string())?;
                 self.sockets.insert(socket.clone(), Sock::Tcp { sock, reader: None, writer: None });
             }
-            Action::Bind { socket, options, publish } => {
+            Action::Bind { socket, options, publish, wait } => {
                 let sock = UdpSocket::new(&self.ctx.net, options.clone()).map_err(|e| e.to_string())?;
-                let opened = sock.opened().await;
-                self.observe(socket, Observation::Opened { outcome: outcome_text(&opened) });
-                if let Some(port) = sock.local_port() {
-                    self.ctx.publish(publish, port);
+                if *wait {
+                    let opened = sock.opened().await;
+                    self.observe(socket, Observation::Opened { outcome: outcome_text(&opened) });
+                    if let Some(port) = sock.local_port() {
+                        self.ctx.publish(publish, port);
+                    }
                 }
                 self.sockets.insert(socket.clone(), Sock::Udp { sock, reader: None, writer: None });
             }
@@ -307,9 +319,24 @@ impl Host {
             }
             Action::Fault(fault) => {
                 self.observe("", Observation::Fault { description: format!("{fault:?}") });
+                let faults = self.ctx.net.faults();
                 match fault {
-                    Fault::DropLink { host } if host == &self.me => self.ctx.net.faults().drop_link(),
-                    Fault::DropLink { .. } => return Err("drop_link must run on its own host".into()),
+                    Fault::DropLink { host }
+                    | Fault::HoldOpen { host }
+                    | Fault::ReleaseOpen { host }
+                    | Fault::FailBind { host }
+                    | Fault::FailConnect { host }
+                    | Fault::FailConversion { host }
+                        if host != &self.me =>
+                    {
+                        return Err("a library fault hook runs on its own host".into())
+                    }
+                    Fault::DropLink { .. } => faults.drop_link(),
+                    Fault::HoldOpen { .. } => faults.hold_open(),
+                    Fault::ReleaseOpen { .. } => faults.release_open(),
+                    Fault::FailBind { .. } => faults.fail_bind(tcpudp::Cause::AddressInUse),
+                    Fault::FailConnect { .. } => faults.fail_connect(tcpudp::Cause::Refused),
+                    Fault::FailConversion { .. } => faults.fail_conversion(),
                     other => return Err(format!("unsupported fault {other:?}")),
                 }
             }

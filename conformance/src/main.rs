@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tcpudp_conformance::harness::{run, seed_of};
-use tcpudp_conformance::{scenarios, BackendChoice};
+use tcpudp_conformance::{interpreter, scenarios, BackendChoice, Scenario};
 
 #[derive(Parser)]
 #[command(name = "tcpudp-conformance", about = "Conformance of tcpudp to the W3C TCP and UDP Socket API")]
@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the scenarios and print the rule × backend matrix (the default).
     Run(RunArgs),
+    /// Disable each transition row of RULES.md §9 in turn and report the rows no scenario catches.
+    Mutants,
 }
 
 #[derive(clap::Args, Clone)]
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(args)) => args,
+        Some(Command::Mutants) => return mutants(),
         None => cli.run,
     };
     let backends: Vec<BackendChoice> = match args.backend {
@@ -54,7 +57,34 @@ fn main() -> ExitCode {
     // rule id -> backend -> (status, scenarios)
     let mut matrix: BTreeMap<&str, BTreeMap<&str, (&str, Vec<&str>)>> = BTreeMap::new();
     let mut failures = 0;
+    let mut runs = 0;
+    for scenario in &json_scenarios() {
+        for &backend in &backends {
+            runs += 1;
+            let (_, outcome) = interpreter::run(scenario, backend);
+            let status = match &outcome {
+                Ok(()) => "pass",
+                Err(e) if e.starts_with("skip:") => "skip",
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("FAIL {} on {}: {e}", scenario.name, backend.as_str());
+                    "fail"
+                }
+            };
+            println!("{:<5} {:<4} {}", status, backend.as_str(), scenario.name);
+            for rule in &scenario.rules {
+                let rule: &'static str = all_rule(rule);
+                let cell =
+                    matrix.entry(rule).or_default().entry(backend.as_str()).or_insert(("pass", Vec::new()));
+                if status == "fail" || (status == "skip" && cell.0 == "pass" && cell.1.is_empty()) {
+                    cell.0 = status;
+                }
+                cell.1.push(leak(&scenario.name));
+            }
+        }
+    }
     for scenario in scenarios::ALL {
+        runs += backends.len();
         for &backend in &backends {
             let outcome = run(backend, seed_of(scenario.name), scenario.build);
             let status = match &outcome {
@@ -111,7 +141,7 @@ fn main() -> ExitCode {
         "{covered}/{} rules exercised by the built-in scenarios; the workspace tests (cargo test --workspace) check more",
         all_rules.len()
     );
-    println!("{} scenario runs, {failures} failed", scenarios::ALL.len() * backends.len());
+    println!("{runs} scenario runs, {failures} failed");
     if let Some(path) = args.json {
         let doc = serde_json::json!({ "rules": json_rules });
         if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap_or_default()) {
@@ -120,6 +150,85 @@ fn main() -> ExitCode {
         }
     }
     if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The JSON scenarios shipped in `conformance/scenarios/`.
+fn json_scenarios() -> Vec<Scenario> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!("no scenario folder at {}", dir.display());
+        return Vec::new();
+    };
+    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| match std::fs::read_to_string(p).map(|t| Scenario::from_json(&t)) {
+            Ok(Ok(s)) => Some(s),
+            other => {
+                eprintln!("cannot read {}: {other:?}", p.display());
+                None
+            }
+        })
+        .collect()
+}
+
+/// A rule ID as a `'static` string from the catalog (scenario files name rules as owned strings).
+fn all_rule(rule: &str) -> &'static str {
+    include_str!("../rules.tsv")
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .find(|id| *id == rule)
+        .unwrap_or_else(|| leak(rule))
+}
+
+fn leak(text: &str) -> &'static str {
+    // The command runs once and exits: a few leaked names cost nothing.
+    Box::leak(text.to_owned().into_boxed_str())
+}
+
+/// Each §9 row disabled in turn; the rows no scenario catches are printed. Exit 1 if any.
+fn mutants() -> ExitCode {
+    use tcpudp_core::state::mutation;
+    use tcpudp_core::Row;
+    let scenarios = json_scenarios();
+    let mut uncaught = Vec::new();
+    for row in Row::ALL {
+        mutation::disable(Some(*row));
+        let mut caught_by = None;
+        for scenario in &scenarios {
+            if let (_, Err(e)) = interpreter::run(scenario, BackendChoice::Sim) {
+                if !e.starts_with("skip:") {
+                    caught_by = Some(scenario.name.clone());
+                    break;
+                }
+            }
+        }
+        if caught_by.is_none() {
+            for registered in scenarios::ALL {
+                if run(BackendChoice::Sim, seed_of(registered.name), registered.build).is_err() {
+                    caught_by = Some(registered.name.to_owned());
+                    break;
+                }
+            }
+        }
+        match caught_by {
+            Some(name) => println!("caught     {row:<32} by {name}"),
+            None => {
+                println!("NOT CAUGHT {row}");
+                uncaught.push(*row);
+            }
+        }
+    }
+    mutation::disable(None);
+    println!();
+    println!("{} of {} rows caught", Row::ALL.len() - uncaught.len(), Row::ALL.len());
+    if uncaught.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -42,14 +42,27 @@ pub struct Step {
 #[non_exhaustive]
 #[allow(missing_docs)] // Field names say what they hold; each variant documents its meaning.
 pub enum Action {
-    /// A `TCPServerSocket`, its port published under `publish`.
-    Listen { server: String, options: TcpServerOptions, publish: String },
+    /// A `TCPServerSocket`, its port published under `publish` once open (unless `wait` is false:
+    /// then nothing is awaited or published).
+    Listen {
+        server: String,
+        options: TcpServerOptions,
+        publish: String,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
     /// `listen()` on `server`; the accepted socket is named `socket`.
     Accept { server: String, socket: String },
     /// A `TCPSocket` to `to_host` at the port published under `port_key`.
     Connect { socket: String, to_host: String, port_key: String, options: TcpOptions },
-    /// A `UDPSocket`, its port published under `publish`.
-    Bind { socket: String, options: UdpOptions, publish: String },
+    /// A `UDPSocket`, its port published under `publish` once open (unless `wait` is false).
+    Bind {
+        socket: String,
+        options: UdpOptions,
+        publish: String,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
     /// A write of bytes (TCP) or a datagram to the socket's default destination (UDP). `data` may
     /// be any JSON value: anything but a byte array rejects `TypeError` (GEN-07, the dynamic layer).
     Write { socket: String, data: serde_json::Value },
@@ -101,6 +114,20 @@ pub enum Fault {
     UdpImpair { a: String, b: String, loss: u32, duplicate: u32, reorder: u32 },
     /// Every link of a host's network drops (the library's own fault hook).
     DropLink { host: String },
+    /// Sockets the host creates from now on stay "opening" (library hook).
+    HoldOpen { host: String },
+    /// Held sockets finish opening.
+    ReleaseOpen { host: String },
+    /// The host's next UDP bind or server listen fails (address in use).
+    FailBind { host: String },
+    /// The host's next connect is refused.
+    FailConnect { host: String },
+    /// Data the host receives from now on fails conversion.
+    FailConversion { host: String },
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Scenario {

@@ -180,6 +180,28 @@ impl Row {
     }
 }
 
+/// Mutation testing (feature `mutations`): one §9 row can be disabled for every machine created
+/// afterwards, so the conformance suite can show that some scenario notices (`mutants`). Off unless
+/// set; machines built before the call keep the setting they were built with.
+#[cfg(feature = "mutations")]
+pub mod mutation {
+    use super::Row;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static DISABLED: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    /// Disables `row` (or nothing) for machines created from now on.
+    pub fn disable(row: Option<Row>) {
+        let index = row.and_then(|r| Row::ALL.iter().position(|x| *x == r)).unwrap_or(usize::MAX);
+        DISABLED.store(index, Ordering::SeqCst);
+    }
+
+    /// The row disabled for new machines, if any.
+    pub fn disabled() -> Option<Row> {
+        Row::ALL.get(DISABLED.load(Ordering::SeqCst)).copied()
+    }
+}
+
 impl fmt::Display for Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

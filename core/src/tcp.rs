@@ -166,10 +166,7 @@ impl TcpMachine {
                 Err(SocketError::invalid_state().with_message("the socket is already constructed"))
             }
             Input::App(cmd) => self.handle_app(now, cmd),
-            Input::Io(ev) => {
-                self.handle_io(now, ev);
-                Ok(())
-            }
+            Input::Io(ev) => self.handle_io(now, ev),
             Input::Timeout => {
                 self.handle_timeout(now);
                 Ok(())
@@ -313,7 +310,7 @@ impl TcpMachine {
     }
 
     fn write(&mut self, id: WriteId, data: Bytes) {
-        let mut reject = self.writable.refuse.clone().or_else(|| self.writable.discard.clone());
+        let mut reject = self.writable.discard.clone().or_else(|| self.writable.refuse.clone());
         if self.writable.last_id.is_some_and(|last| id <= last) {
             reject = Some(SocketError::type_error().with_message("write ids must increase"));
         } else {
@@ -458,9 +455,24 @@ impl TcpMachine {
 
     // ---- backend events ------------------------------------------------------------------
 
-    fn handle_io(&mut self, now: Instant, ev: IoEvent) {
+    fn handle_io(&mut self, now: Instant, ev: IoEvent) -> Result<(), SocketError> {
+        if matches!(
+            ev,
+            IoEvent::Listening { .. }
+                | IoEvent::ListenFailed { .. }
+                | IoEvent::Accepted { .. }
+                | IoEvent::AcceptFailed { .. }
+                | IoEvent::Bound { .. }
+                | IoEvent::BindFailed { .. }
+                | IoEvent::Datagram { .. }
+                | IoEvent::Sent { .. }
+                | IoEvent::SendFailed { .. }
+                | IoEvent::TransientError { .. }
+        ) {
+            return Err(SocketError::type_error().with_message("not a TCPSocket event"));
+        }
         if self.phase == Phase::Gone {
-            return; // Late reports for a released socket change nothing (INV-17).
+            return Ok(()); // Late reports for a released socket change nothing (INV-17).
         }
         match ev {
             IoEvent::Resolved { addrs } if self.phase == Phase::Resolving => {
@@ -498,10 +510,20 @@ impl TcpMachine {
             }
             IoEvent::TlsFailed { cause } if self.phase == Phase::Handshaking => {
                 let err = SocketError::network(Cause::Tls(cause));
-                if self.state.get() == ReadyState::Opening {
-                    self.fail_opening(err);
-                } else {
-                    self.fail_connection(Row::TcpOpenStartTlsFails, err, IoCommand::Reset);
+                match self.state.get() {
+                    ReadyState::Opening => self.fail_opening(err),
+                    ReadyState::Open => {
+                        self.fail_connection(Row::TcpOpenStartTlsFails, err, IoCommand::Reset)
+                    }
+                    // start_tls(), then halfClose() or close() while the upgrade ran: the connection
+                    // is lost in the state it reached (A-22, TCP-READ-ERR-02).
+                    ReadyState::HalfClosed => {
+                        self.fail_connection(Row::TcpHalfClosedConnectionLost, err, IoCommand::Reset)
+                    }
+                    ReadyState::Closing => {
+                        self.fail_connection(Row::TcpClosingHandshakeFails, err, IoCommand::Reset)
+                    }
+                    ReadyState::Closed => {}
                 }
             }
             IoEvent::Received(data) => self.received(data),
@@ -524,8 +546,9 @@ impl TcpMachine {
                     _ => {} // Opening has no data; after close() data is discarded unread.
                 }
             }
-            _ => {} // Not for this phase (a late or foreign report): ignored.
+            _ => {} // Not for this phase (a late report): ignored.
         }
+        Ok(())
     }
 
     fn try_candidates(&mut self, candidates: Vec<IpAddr>, if_none: Cause) {

@@ -1,0 +1,696 @@
+//! `tcpudp-conformance bench`: our public API beside raw tokio, raw turmoil and the bare core
+//! (issue #6).
+//!
+//! Every real and simulated workload runs twice per round, in the same process: once through
+//! `tcpudp` exactly as a user writes it, once through raw code doing the same protocol steps (both
+//! wait for the peer's FIN on close). Rounds alternate (ours, raw, ours, raw, …) and each round
+//! gives one ratio ours/raw of throughputs; the median, min and max of those ratios are the
+//! result, so a ratio ≥ 1 means "as fast as raw". Only same-run ratios mean anything: loopback
+//! figures on a small machine swing widely with CPU placement (pin with `taskset -c 0`).
+//!
+//! The core part drives a bare [`tcpudp_core::TcpMachine`] on the data path; the memory part
+//! counts the live heap (the counting allocator of [`alloc`], installed by `main.rs`) with N idle
+//! connections open through `tcpudp` and through raw tokio.
+
+pub(crate) mod alloc;
+mod core;
+mod memory;
+mod node;
+mod sim;
+mod tcp;
+mod udp;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Errors of one benchmark step.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A benchmark step's result.
+pub(crate) type BenchResult<T> = Result<T, BoxError>;
+
+/// The hang guard of one side of one round (never a measurement).
+const ROUND_GUARD: Duration = Duration::from_secs(600);
+
+/// Arguments of `tcpudp-conformance bench`.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct BenchArgs {
+    /// Multiplies every default size (e.g. 0.01 for a quick run); explicit sizes below win.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Rounds per workload and runtime (each round runs ours, then raw).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// TCP bulk: bytes per round (default 1 GiB), written in 64 KiB writes.
+    #[arg(long)]
+    bulk_bytes: Option<u64>,
+    /// TCP ping-pong: round trips of 64 B per round (default 100,000).
+    #[arg(long)]
+    pingpong_trips: Option<u64>,
+    /// TCP connect + accept + close: connections per round (default 10,000).
+    #[arg(long)]
+    connects: Option<u64>,
+    /// UDP: 1200-byte datagrams per round (default 500,000).
+    #[arg(long)]
+    udp_datagrams: Option<u64>,
+    /// Simulated TCP bulk: bytes per round (default 64 MiB).
+    #[arg(long)]
+    sim_bulk_bytes: Option<u64>,
+    /// Simulated connects per round (default 2,000).
+    #[arg(long)]
+    sim_connects: Option<u64>,
+    /// Simulated UDP datagrams per round (default 50,000).
+    #[arg(long)]
+    sim_datagrams: Option<u64>,
+    /// Core: machine inputs per round (default 40,000,000).
+    #[arg(long)]
+    core_inputs: Option<u64>,
+    /// Memory: at most this many idle connections (default 10,000; also capped by the
+    /// descriptor limit).
+    #[arg(long)]
+    idle_connections: Option<u64>,
+    /// Only these parts, comma-separated: tcp-bulk, tcp-pingpong, tcp-connect, udp,
+    /// sim-tcp-bulk, sim-udp, sim-connect, core, memory.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Skip the (informational) multi-thread runtime pass.
+    #[arg(long)]
+    no_multi_thread: bool,
+    /// Also run the real workloads on Node's `net`/`dgram` (needs `node` on PATH; a separate
+    /// process, so its column is indicative only).
+    #[arg(long)]
+    node: bool,
+    /// Exit with status 1 when a target is missed.
+    #[arg(long)]
+    strict: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The sizes of one run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sizes {
+    pub(crate) bulk_bytes: u64,
+    pub(crate) chunk: usize,
+    pub(crate) pingpong_trips: u64,
+    pub(crate) message: usize,
+    pub(crate) connects: u64,
+    pub(crate) udp_datagrams: u64,
+    pub(crate) datagram: usize,
+    pub(crate) sim_bulk_bytes: u64,
+    pub(crate) sim_connects: u64,
+    pub(crate) sim_datagrams: u64,
+    pub(crate) core_inputs: u64,
+    pub(crate) idle_connections: u64,
+}
+
+impl Sizes {
+    fn from_args(args: &BenchArgs) -> Sizes {
+        let scale = if args.scale.is_finite() && args.scale > 0.0 { args.scale } else { 1.0 };
+        let scaled = |explicit: Option<u64>, default: u64, min: u64| -> u64 {
+            explicit.unwrap_or_else(|| ((default as f64 * scale).round() as u64).max(min)).max(1)
+        };
+        let chunk = 64 * 1024;
+        Sizes {
+            bulk_bytes: scaled(args.bulk_bytes, 1 << 30, chunk as u64),
+            chunk,
+            pingpong_trips: scaled(args.pingpong_trips, 100_000, 1),
+            message: 64,
+            connects: scaled(args.connects, 10_000, 1),
+            udp_datagrams: scaled(args.udp_datagrams, 500_000, 1),
+            datagram: 1200,
+            sim_bulk_bytes: scaled(args.sim_bulk_bytes, 64 << 20, chunk as u64),
+            sim_connects: scaled(args.sim_connects, 2_000, 1),
+            sim_datagrams: scaled(args.sim_datagrams, 50_000, 1),
+            core_inputs: scaled(args.core_inputs, 40_000_000, 4_000),
+            idle_connections: scaled(args.idle_connections, 10_000, 1),
+        }
+    }
+}
+
+/// One side of one round: how much was done, in how long.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sample {
+    /// Units done (bytes, round trips, connections, datagrams received).
+    pub(crate) units: f64,
+    /// Seconds it took (wall clock).
+    pub(crate) secs: f64,
+    /// UDP: the fraction of datagrams sent that never arrived.
+    pub(crate) loss: Option<f64>,
+}
+
+impl Sample {
+    pub(crate) fn new(units: u64, elapsed: Duration) -> Sample {
+        Sample { units: units as f64, secs: elapsed.as_secs_f64().max(1e-9), loss: None }
+    }
+
+    pub(crate) fn rate(&self) -> f64 {
+        self.units / self.secs
+    }
+}
+
+/// What a workload is, for reporting.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Workload {
+    pub(crate) name: &'static str,
+    pub(crate) unit: Unit,
+    pub(crate) target: f64,
+}
+
+/// The unit a workload's throughput is counted in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unit {
+    Bytes,
+    RoundTrips,
+    Connections,
+    Datagrams,
+}
+
+impl Unit {
+    fn format(self, per_sec: f64) -> String {
+        match self {
+            Unit::Bytes => format!("{:.2} GiB/s", per_sec / f64::from(1u32 << 30)),
+            Unit::RoundTrips => format!("{:.0} rt/s", per_sec),
+            Unit::Connections => format!("{:.0} conn/s", per_sec),
+            Unit::Datagrams => format!("{:.0} dgram/s", per_sec),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Bytes => "bytes",
+            Unit::RoundTrips => "round trips",
+            Unit::Connections => "connections",
+            Unit::Datagrams => "datagrams",
+        }
+    }
+}
+
+pub(crate) const TCP_BULK: Workload = Workload { name: "tcp-bulk", unit: Unit::Bytes, target: 0.95 };
+pub(crate) const TCP_PINGPONG: Workload =
+    Workload { name: "tcp-pingpong", unit: Unit::RoundTrips, target: 0.85 };
+pub(crate) const TCP_CONNECT: Workload =
+    Workload { name: "tcp-connect", unit: Unit::Connections, target: 0.85 };
+pub(crate) const UDP: Workload = Workload { name: "udp", unit: Unit::Datagrams, target: 0.90 };
+pub(crate) const SIM_TCP_BULK: Workload = Workload { name: "sim-tcp-bulk", unit: Unit::Bytes, target: 0.80 };
+pub(crate) const SIM_UDP: Workload = Workload { name: "sim-udp", unit: Unit::Datagrams, target: 0.80 };
+pub(crate) const SIM_CONNECT: Workload =
+    Workload { name: "sim-connect", unit: Unit::Connections, target: 0.80 };
+
+/// Core target: inputs per second through `handle` + `poll_output`.
+const CORE_INPUTS_TARGET: f64 = 20e6;
+/// Memory target: bytes of our own state per idle TCP socket.
+const IDLE_BYTES_TARGET: f64 = 2048.0;
+
+/// The rounds of one workload on one runtime.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Rounds {
+    pub(crate) ours: Vec<Sample>,
+    pub(crate) raw: Vec<Sample>,
+}
+
+impl Rounds {
+    fn ratios(&self) -> Vec<f64> {
+        self.ours.iter().zip(&self.raw).map(|(o, r)| o.rate() / r.rate()).collect()
+    }
+
+    fn summary(&self) -> Option<Summary> {
+        let ratio = Stats::of(self.ratios())?;
+        let ours = Stats::of(self.ours.iter().map(Sample::rate).collect())?;
+        let raw = Stats::of(self.raw.iter().map(Sample::rate).collect())?;
+        let loss = |s: &[Sample]| {
+            let v: Vec<f64> = s.iter().filter_map(|x| x.loss).collect();
+            (!v.is_empty()).then(|| v.iter().cloned().fold(0.0, f64::max))
+        };
+        Some(Summary { ratio, ours, raw, loss_ours: loss(&self.ours), loss_raw: loss(&self.raw) })
+    }
+}
+
+/// Median, min and max.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stats {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+}
+
+impl Stats {
+    pub(crate) fn of(mut values: Vec<f64>) -> Option<Stats> {
+        values.retain(|v| v.is_finite());
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
+        Some(Stats { median, min: values[0], max: values[n - 1] })
+    }
+}
+
+/// A workload's result on one runtime.
+#[derive(Clone, Copy, Debug)]
+struct Summary {
+    ratio: Stats,
+    ours: Stats,
+    raw: Stats,
+    loss_ours: Option<f64>,
+    loss_raw: Option<f64>,
+}
+
+/// Which tokio runtime a real workload runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    CurrentThread,
+    MultiThread,
+}
+
+impl Flavor {
+    fn runtime(self) -> BenchResult<tokio::runtime::Runtime> {
+        let mut builder = match self {
+            Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+            Flavor::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        };
+        Ok(builder.enable_all().build()?)
+    }
+}
+
+/// Runs `ours` and `raw` alternately, `rounds` times each, on a fresh runtime of `flavor` per side
+/// and round. A warm-up pair (a tenth of the size, not counted) runs first.
+fn alternate<O, OF, R, RF>(flavor: Flavor, rounds: usize, ours: O, raw: R) -> BenchResult<Rounds>
+where
+    O: Fn(bool) -> OF,
+    OF: Future<Output = BenchResult<Sample>>,
+    R: Fn(bool) -> RF,
+    RF: Future<Output = BenchResult<Sample>>,
+{
+    let once = |fut: std::pin::Pin<Box<dyn Future<Output = BenchResult<Sample>> + '_>>| -> BenchResult<Sample> {
+        let rt = flavor.runtime()?;
+        let sample = rt.block_on(async { tokio::time::timeout(ROUND_GUARD, fut).await })??;
+        // Dropping the runtime here ends whatever the round left behind (drivers, listeners).
+        drop(rt);
+        Ok(sample)
+    };
+    once(Box::pin(ours(true)))?;
+    once(Box::pin(raw(true)))?;
+    let mut out = Rounds::default();
+    for _ in 0..rounds {
+        out.ours.push(once(Box::pin(ours(false)))?);
+        out.raw.push(once(Box::pin(raw(false)))?);
+    }
+    Ok(out)
+}
+
+/// Runs simulated rounds alternately (a turmoil simulation per side and round).
+fn alternate_sim(
+    rounds: usize,
+    ours: impl Fn(bool) -> BenchResult<Sample>,
+    raw: impl Fn(bool) -> BenchResult<Sample>,
+) -> BenchResult<Rounds> {
+    ours(true)?;
+    raw(true)?;
+    let mut out = Rounds::default();
+    for _ in 0..rounds {
+        out.ours.push(ours(false)?);
+        out.raw.push(raw(false)?);
+    }
+    Ok(out)
+}
+
+/// Scales a size down for the warm-up pair.
+pub(crate) fn warm(size: u64, warmup: bool, min: u64) -> u64 {
+    if warmup {
+        (size / 10).max(min).min(size)
+    } else {
+        size
+    }
+}
+
+/// One workload's results.
+struct WorkloadResult {
+    workload: Workload,
+    current: Summary,
+    multi: Option<Summary>,
+}
+
+/// The whole run's results.
+#[derive(Default)]
+struct Report {
+    workloads: Vec<WorkloadResult>,
+    core: Option<core::CoreResult>,
+    memory: Option<memory::MemoryResult>,
+    node: Vec<(Workload, f64)>,
+    failures: Vec<String>,
+}
+
+/// `tcpudp-conformance bench`.
+pub(crate) fn run(args: BenchArgs) -> ExitCode {
+    let sizes = Sizes::from_args(&args);
+    let rounds = args.rounds.max(1);
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    if !alloc::installed() {
+        eprintln!("warning: the counting allocator is not installed; core and memory figures are wrong");
+    }
+    let machine = machine_line();
+    println!("tcpudp bench: {machine}");
+    println!(
+        "rounds {rounds} (ours, raw alternating, same process); sizes: bulk {} MiB, ping-pong {} x {} B, \
+         connects {}, udp {} x {} B, sim bulk {} MiB, sim connects {}, sim udp {}, core {} inputs",
+        sizes.bulk_bytes >> 20,
+        sizes.pingpong_trips,
+        sizes.message,
+        sizes.connects,
+        sizes.udp_datagrams,
+        sizes.datagram,
+        sizes.sim_bulk_bytes >> 20,
+        sizes.sim_connects,
+        sizes.sim_datagrams,
+        sizes.core_inputs,
+    );
+    println!();
+    let started = Instant::now();
+    let mut report = Report::default();
+
+    type RealPair = (Workload, fn(Sizes, bool) -> tcp::BoxFut, fn(Sizes, bool) -> tcp::BoxFut);
+    let real: [RealPair; 4] = [
+        (TCP_BULK, tcp::bulk_ours, tcp::bulk_raw),
+        (TCP_PINGPONG, tcp::pingpong_ours, tcp::pingpong_raw),
+        (TCP_CONNECT, tcp::connect_ours, tcp::connect_raw),
+        (UDP, udp::udp_ours, udp::udp_raw),
+    ];
+    for (workload, ours, raw) in real {
+        if !wanted(workload.name) {
+            continue;
+        }
+        let mut flavors = vec![Flavor::CurrentThread];
+        if !args.no_multi_thread {
+            flavors.push(Flavor::MultiThread);
+        }
+        let mut summaries = Vec::new();
+        for flavor in flavors {
+            eprint!("{} ({:?}) ...", workload.name, flavor);
+            let result = alternate(flavor, rounds, |w| ours(sizes, w), |w| raw(sizes, w));
+            match result.map(|r| r.summary()) {
+                Ok(Some(summary)) => {
+                    eprintln!(" ratio {:.3}", summary.ratio.median);
+                    summaries.push(summary);
+                }
+                Ok(None) => {
+                    eprintln!(" no samples");
+                    report.failures.push(format!("{} ({flavor:?}): no samples", workload.name));
+                }
+                Err(e) => {
+                    eprintln!(" failed: {e}");
+                    report.failures.push(format!("{} ({flavor:?}): {e}", workload.name));
+                }
+            }
+        }
+        let mut it = summaries.into_iter();
+        if let Some(current) = it.next() {
+            report.workloads.push(WorkloadResult { workload, current, multi: it.next() });
+        }
+    }
+
+    type SimPair = (Workload, fn(Sizes, bool) -> BenchResult<Sample>, fn(Sizes, bool) -> BenchResult<Sample>);
+    let simulated: [SimPair; 3] = [
+        (SIM_TCP_BULK, sim::bulk_ours, sim::bulk_raw),
+        (SIM_UDP, sim::udp_ours, sim::udp_raw),
+        (SIM_CONNECT, sim::connect_ours, sim::connect_raw),
+    ];
+    for (workload, ours, raw) in simulated {
+        if !wanted(workload.name) {
+            continue;
+        }
+        eprint!("{} ...", workload.name);
+        match alternate_sim(rounds, |w| ours(sizes, w), |w| raw(sizes, w)).map(|r| r.summary()) {
+            Ok(Some(current)) => {
+                eprintln!(" ratio {:.3}", current.ratio.median);
+                report.workloads.push(WorkloadResult { workload, current, multi: None });
+            }
+            Ok(None) => report.failures.push(format!("{}: no samples", workload.name)),
+            Err(e) => {
+                eprintln!(" failed: {e}");
+                report.failures.push(format!("{}: {e}", workload.name));
+            }
+        }
+    }
+
+    if wanted("core") {
+        eprint!("core ...");
+        match core::run(sizes, rounds) {
+            Ok(result) => {
+                eprintln!(" {:.1} M inputs/s", result.inputs_per_sec.median / 1e6);
+                report.core = Some(result);
+            }
+            Err(e) => {
+                eprintln!(" failed: {e}");
+                report.failures.push(format!("core: {e}"));
+            }
+        }
+    }
+    if wanted("memory") {
+        eprint!("memory ...");
+        match memory::run(sizes) {
+            Ok(result) => {
+                eprintln!(" {:.0} B per idle socket", result.per_socket);
+                report.memory = Some(result);
+            }
+            Err(e) => {
+                eprintln!(" failed: {e}");
+                report.failures.push(format!("memory: {e}"));
+            }
+        }
+    }
+    if args.node {
+        match node::run(sizes, &report_rates(&report)) {
+            Ok(rows) => report.node = rows,
+            Err(e) => {
+                eprintln!("node column skipped: {e}");
+            }
+        }
+    }
+
+    println!();
+    let below = print_report(&report);
+    println!();
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = &args.json {
+        let doc = json_report(&report, &machine, rounds);
+        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default()) {
+            eprintln!("cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if !report.failures.is_empty() {
+        for f in &report.failures {
+            eprintln!("FAILED {f}");
+        }
+        return ExitCode::FAILURE;
+    }
+    if args.strict && below > 0 {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Median ours rates of the real workloads (current-thread), for the Node column.
+fn report_rates(report: &Report) -> Vec<(Workload, f64)> {
+    report
+        .workloads
+        .iter()
+        .filter(|w| !w.workload.name.starts_with("sim-"))
+        .map(|w| (w.workload, w.current.ours.median))
+        .collect()
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "OK"
+    } else {
+        "BELOW"
+    }
+}
+
+/// Prints the tables; returns how many figures are below target.
+fn print_report(report: &Report) -> usize {
+    let mut below = 0;
+    println!(
+        "{:<13} {:>6} {:>6} {:>6}  {:>7} {:<5}  {:>16} {:>16}  {:>20}",
+        "workload", "ratio", "min", "max", "target", "", "ours", "raw", "multi-thread ratio"
+    );
+    for w in &report.workloads {
+        let s = &w.current;
+        let ok = s.ratio.median >= w.workload.target;
+        below += usize::from(!ok);
+        let multi = match &w.multi {
+            Some(m) => format!("{:.2} ({:.2}-{:.2})", m.ratio.median, m.ratio.min, m.ratio.max),
+            None if w.workload.name.starts_with("sim-") => "n/a (turmoil)".to_owned(),
+            None => "-".to_owned(),
+        };
+        println!(
+            "{:<13} {:>6.3} {:>6.3} {:>6.3}  {:>7} {:<5}  {:>16} {:>16}  {:>20}",
+            w.workload.name,
+            s.ratio.median,
+            s.ratio.min,
+            s.ratio.max,
+            format!(">={:.2}", w.workload.target),
+            verdict(ok),
+            w.workload.unit.format(s.ours.median),
+            w.workload.unit.format(s.raw.median),
+            multi,
+        );
+        if let (Some(lo), Some(lr)) = (s.loss_ours, s.loss_raw) {
+            println!("{:<13} loss (worst round): ours {:.3}%, raw {:.3}%", "", lo * 100.0, lr * 100.0);
+        }
+    }
+    if let Some(c) = &report.core {
+        let ok = c.inputs_per_sec.median >= CORE_INPUTS_TARGET;
+        below += usize::from(!ok);
+        println!(
+            "core          {:.1} M inputs/s (min {:.1}, max {:.1})   target >=20 M   {}",
+            c.inputs_per_sec.median / 1e6,
+            c.inputs_per_sec.min / 1e6,
+            c.inputs_per_sec.max / 1e6,
+            verdict(ok)
+        );
+        let ok = c.allocs_per_input == 0.0;
+        below += usize::from(!ok);
+        println!(
+            "core          {:.4} allocations per steady-state data input   target 0   {}",
+            c.allocs_per_input,
+            verdict(ok)
+        );
+    }
+    if let Some(m) = &report.memory {
+        let ok = m.per_socket <= IDLE_BYTES_TARGET;
+        below += usize::from(!ok);
+        println!(
+            "memory        {:.0} B of our own state per idle TCP socket ({} sockets: ours {:.0} B, raw tokio {:.0} B each)   target <=2048 B   {}",
+            m.per_socket,
+            m.sockets,
+            m.ours_per_socket,
+            m.raw_per_socket,
+            verdict(ok)
+        );
+    }
+    if !report.node.is_empty() {
+        println!();
+        println!("Node (separate process, indicative): ours / node throughput");
+        for (w, ratio) in &report.node {
+            println!("  {:<13} {:.2}", w.name, ratio);
+        }
+    }
+    below
+}
+
+fn json_report(report: &Report, machine: &str, rounds: usize) -> serde_json::Value {
+    let workloads: Vec<serde_json::Value> = report
+        .workloads
+        .iter()
+        .map(|w| {
+            let s = &w.current;
+            let mut v = serde_json::json!({
+                "name": w.workload.name,
+                "ratio": s.ratio.median,
+                "min": s.ratio.min,
+                "max": s.ratio.max,
+                "target": w.workload.target,
+                "ok": s.ratio.median >= w.workload.target,
+                "unit": w.workload.unit.as_str(),
+                "ours_per_sec": s.ours.median,
+                "raw_per_sec": s.raw.median,
+            });
+            if let Some(m) = &w.multi {
+                v["multi_thread"] =
+                    serde_json::json!({ "ratio": m.ratio.median, "min": m.ratio.min, "max": m.ratio.max });
+            }
+            if let (Some(lo), Some(lr)) = (s.loss_ours, s.loss_raw) {
+                v["loss_ours"] = lo.into();
+                v["loss_raw"] = lr.into();
+            }
+            v
+        })
+        .collect();
+    let mut doc = serde_json::json!({
+        "workloads": workloads,
+        "machine": machine,
+        "date": today(),
+        "rounds": rounds,
+    });
+    if let Some(c) = &report.core {
+        doc["core"] = serde_json::json!({
+            "inputs_per_sec": c.inputs_per_sec.median,
+            "inputs_per_sec_min": c.inputs_per_sec.min,
+            "inputs_per_sec_max": c.inputs_per_sec.max,
+            "allocs_per_input": c.allocs_per_input,
+        });
+    }
+    if let Some(m) = &report.memory {
+        doc["idle_socket_bytes"] = m.per_socket.into();
+        doc["idle_sockets"] = m.sockets.into();
+        doc["idle_connections"] = m.connections.into();
+    }
+    if !report.node.is_empty() {
+        doc["node"] = report.node.iter().map(|(w, r)| serde_json::json!({ "name": w.name, "ratio": r })).collect();
+    }
+    doc
+}
+
+/// "N CPUs, model, Linux release".
+fn machine_line() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| std::env::consts::OS.to_owned());
+    format!("{cpus} CPUs ({model}), Linux {kernel}, {}", today())
+}
+
+/// Today's UTC date as YYYY-MM-DD.
+fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_median_min_max() {
+        let s = Stats::of(vec![3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Stats::of(vec![4.0, 1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(s.median, 2.5);
+        assert!(Stats::of(vec![f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn today_is_a_date() {
+        let d = today();
+        assert_eq!(d.len(), 10);
+        assert!(d.starts_with("20"));
+    }
+}
