@@ -100,6 +100,8 @@ struct TransportSide {
     driver: Option<Waker>,
     armed: Option<tcpudp_core::Instant>,
     diag: TcpDiag,
+    /// TLS hook (issue #7): the handshake in progress, ALPN and `start_tls()` state.
+    tls: crate::tls::TlsSlot,
 }
 
 /// The application side: results and waiters.
@@ -144,7 +146,12 @@ impl TcpSocket {
     }
 
     /// A socket for a connection the server accepted.
-    pub(crate) fn accepted(net: &Network, spec: AcceptedSpec, transport: Box<dyn TcpTransport>) -> Self {
+    pub(crate) fn accepted(
+        net: &Network,
+        spec: AcceptedSpec,
+        transport: Box<dyn TcpTransport>,
+        tls_alpn: Option<Vec<u8>>,
+    ) -> Self {
         let attrs = Attributes {
             remote_address: tcpudp_core::address::canonical(spec.remote.ip()),
             remote_port: spec.remote.port(),
@@ -155,7 +162,10 @@ impl TcpSocket {
             use_secure_transport: spec.tcp.use_secure_transport,
         };
         let machine = TcpMachine::accepted(net.now(), spec);
-        Self::start(net, attrs, machine, Some(transport))
+        let sock = Self::start(net, attrs, machine, Some(transport));
+        // TLS hook (issue #7): an accepted socket runs the server side of `start_tls()`.
+        lock(&sock.shared().inner).io.tls = crate::tls::TlsSlot::accepted(tls_alpn);
+        sock
     }
 
     fn start(
@@ -247,6 +257,26 @@ impl TcpSocket {
     /// `useSecureTransport`.
     pub fn use_secure_transport(&self) -> bool {
         self.shared().attrs.use_secure_transport
+    }
+
+    /// Extension (TLS, issue #7): the ALPN protocol the TLS handshake negotiated, once it is done
+    /// (`None` for plain sockets and when no protocol was agreed).
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        lock(&self.shared().inner).io.tls.alpn()
+    }
+
+    /// Extension (EXT-07): upgrades this open plain socket to TLS in place — the client side,
+    /// or the server side for a socket a server accepted (with server credentials in the TLS
+    /// context). Reads and writes are held until the handshake settles. Bytes already waiting in
+    /// the readable are the first bytes the TLS session reads, so read everything the plain
+    /// protocol sends before the upgrade first. Rejects `InvalidStateError` while a read is
+    /// pending or writes are queued (or when the socket is not open and plain); on a failed
+    /// handshake the socket closes with `NetworkError` (cause TLS). Bounded by the TLS context's
+    /// handshake timeout.
+    pub fn start_tls(&self) -> crate::StartTlsFuture {
+        let shared = self.shared().clone();
+        let early = shared.start_tls();
+        crate::StartTlsFuture::new(shared, early)
     }
 
     /// `opened`: resolves once "open", rejects if opening fails.
@@ -398,6 +428,45 @@ impl TcpShared {
     }
 }
 
+// TLS hook (issue #7): `start_tls()` (EXT-07).
+impl TcpShared {
+    fn start_tls(&self) -> Option<Result<(), SocketError>> {
+        let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
+        if let Err(e) = inner.io.tls.begin_upgrade(&self.net) {
+            return Some(Err(e));
+        }
+        let now = self.net.now();
+        if let Err(e) = inner.machine.handle(now, Input::App(AppCommand::StartTls)) {
+            inner.io.tls.abandon_upgrade();
+            return Some(Err(e));
+        }
+        // Bytes already in the readable are fed to the TLS session first: take them out of the
+        // queue before the handshake command wraps the transport.
+        let mut outputs: Vec<Output> = std::iter::from_fn(|| inner.machine.poll_output()).collect();
+        while inner.machine.queued_read_bytes() > 0 {
+            let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
+            while let Some(out) = inner.machine.poll_output() {
+                match out {
+                    Output::Event(Event::Read(ReadResult::Chunk(data))) => inner.io.tls.push_prefix(data),
+                    other => outputs.push(other),
+                }
+            }
+        }
+        for out in outputs {
+            inner.apply(self, out);
+        }
+        inner.process(self);
+        None
+    }
+}
+
+impl crate::tls::UpgradeSource for TcpShared {
+    fn poll_upgrade(&self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        lock(&self.inner).io.tls.poll_upgrade(cx)
+    }
+}
+
 impl PromiseSource for TcpShared {
     fn poll_promise(&self, which: Which, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
         let mut inner = lock(&self.inner);
@@ -527,6 +596,7 @@ impl TransportSide {
             IoCommand::ShutdownWrite => self.shutdown_pending = true,
             IoCommand::ReadInterest(on) => self.read_interest = on,
             IoCommand::SetKeepAlive(keep_alive) => {
+                self.tls.set_keep_alive(keep_alive); // TLS hook: a handshake may hold the transport.
                 if let Some(t) = &mut self.transport {
                     if let Err(e) = t.set_keep_alive(keep_alive) {
                         tracing::debug!(parent: &shared.span, error = %e, "keep-alive not applied");
@@ -535,8 +605,8 @@ impl TransportSide {
                 }
             }
             IoCommand::TlsHandshake => {
-                // Only reachable with TLS support, which the constructor checks (NotSupportedError).
-                tracing::debug!(parent: &shared.span, "TLS handshake asked of a backend without TLS");
+                // TLS hook (issue #7): the session takes the transport until the handshake settles.
+                self.tls.start(&shared.net, &shared.attrs.remote_address, self.transport.take());
             }
             IoCommand::Close => self.release(None),
             IoCommand::Reset => self.release(Some(())),
@@ -556,6 +626,7 @@ impl TransportSide {
                 t.reset();
             }
         }
+        self.tls.release(reset.is_some()); // TLS hook: a handshake in progress ends too.
         self.released = true;
     }
 
@@ -588,6 +659,12 @@ impl TransportSide {
                 });
             }
         }
+        // TLS hook (issue #7): a handshake in progress reports TlsDone/TlsFailed (or an I/O failure).
+        // Transport errors below go through `tls::io_cause`, which also reads the TLS layer's
+        // causes (`Cause::Tls`, `Cause::Truncated`).
+        if let Some(event) = self.tls.poll(cx, &mut self.transport) {
+            return Some(event);
+        }
         let transport = self.transport.as_mut()?;
         if let Some((id, data)) = &mut self.sending {
             loop {
@@ -606,7 +683,7 @@ impl TransportSide {
                     }
                     Poll::Ready(Err(e)) => {
                         self.sending = None;
-                        return Some(IoEvent::Failed { cause: crate::backend::cause_of(&e) });
+                        return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
                     }
                     Poll::Pending => break,
                 }
@@ -619,7 +696,7 @@ impl TransportSide {
                 }
                 Poll::Ready(Err(e)) => {
                     self.shutdown_pending = false;
-                    return Some(IoEvent::Failed { cause: crate::backend::cause_of(&e) });
+                    return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
                 }
                 Poll::Pending => {}
             }
@@ -645,9 +722,15 @@ impl TransportSide {
                 }
                 Poll::Ready(Err(e)) => {
                     self.read_interest = false;
-                    return Some(IoEvent::Failed { cause: crate::backend::cause_of(&e) });
+                    return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
                 }
-                Poll::Pending => {}
+                Poll::Pending => {
+                    // An idle socket keeps no read buffer of its own (DESIGN §5: ≤ 2 KiB per idle
+                    // socket); the next readable data allocates a fresh one.
+                    if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+                        self.read_buf = BytesMut::new();
+                    }
+                }
             }
         }
         None

@@ -654,7 +654,12 @@ impl UdpIo {
                         _ => IoEvent::Failed { cause },
                     });
                 }
-                Poll::Pending => {}
+                Poll::Pending => {
+                    // An idle socket keeps no receive buffer; the next datagram allocates one.
+                    if self.recv_buf.is_empty() && self.recv_buf.capacity() > 0 {
+                        self.recv_buf = BytesMut::new();
+                    }
+                }
             }
         }
         None
