@@ -30,6 +30,8 @@ mod policy;
 mod server;
 mod shared;
 mod tcp;
+// TLS (issue #7): one layer over every backend's TCP transport.
+mod tls;
 mod udp;
 
 pub use faults::{Faults, HoldTicket};
@@ -38,6 +40,9 @@ pub use policy::{Policy, PromptFn, TcpPermission, TcpServerPermission, UdpPermis
 pub use server::{ListenFuture, ServerDiag, TcpServerSocket};
 pub use shared::{FlushFuture, ReadyFuture, SocketPromise, WriteFuture};
 pub use tcp::{ReadFuture, TcpIo, TcpReadable, TcpSocket, TcpSocketDiag, TcpWritable};
+pub use tls::{
+    StartTlsFuture, TlsContext, TlsContextBuilder, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SIM_EPOCH_SECS,
+};
 pub use udp::{Datagram, UdpMessage, UdpReadFuture, UdpReadable, UdpSocket, UdpSocketDiag, UdpWritable};
 
 pub use tcpudp_core as core_machines;

@@ -29,6 +29,8 @@ struct NetworkInner {
     epoch: tokio::time::Instant,
     next_id: AtomicU64,
     multicast_interface: Option<IpAddr>,
+    /// TLS hook (issue #7): the library context's TLS settings (AMB-44).
+    tls: crate::tls::NetTls,
 }
 
 impl Network {
@@ -47,14 +49,16 @@ impl Network {
         interface: Option<IpAddr>,
     ) -> Network {
         let faults = Faults::default();
+        let epoch = tokio::time::Instant::now();
         Network {
             inner: Arc::new(NetworkInner {
                 backend: Arc::new(FaultBackend::new(Box::new(backend), faults.clone())),
                 faults,
                 policy,
-                epoch: tokio::time::Instant::now(),
+                epoch,
                 next_id: AtomicU64::new(1),
                 multicast_interface: interface,
+                tls: crate::tls::NetTls::new(epoch),
             }),
         }
     }
@@ -92,6 +96,22 @@ impl Network {
     /// The default multicast interface of this network's UDP sockets.
     pub fn multicast_interface(&self) -> Option<IpAddr> {
         self.inner.multicast_interface
+    }
+
+    /// TLS hook (issue #7): replaces this network's TLS context (trust roots, credentials, ALPN…)
+    /// for constructor checks and handshakes from now on. Without one,
+    /// [`TlsContext::default`](crate::TlsContext): the webpki roots and no server credentials.
+    pub fn set_tls(&self, context: crate::TlsContext) {
+        self.inner.tls.set(context);
+    }
+
+    /// This network's TLS context.
+    pub fn tls_context(&self) -> crate::TlsContext {
+        self.inner.tls.context()
+    }
+
+    pub(crate) fn tls(&self) -> &crate::tls::NetTls {
+        &self.inner.tls
     }
 
     pub(crate) fn backend(&self) -> &dyn Backend {
@@ -154,11 +174,13 @@ impl Checks for NetworkChecks<'_> {
         self.net.inner.backend.route(remote)
     }
 
+    // TLS hook (issue #7): TLS is this library's own layer over any backend, so support is the
+    // TLS context's (TCP-CTOR-15), and a server needs its credentials (SRV-CTOR-09).
     fn tls_client_supported(&self) -> bool {
-        self.net.inner.backend.tls_supported()
+        self.net.inner.tls.client_supported()
     }
 
     fn tls_server_configured(&self) -> bool {
-        self.net.inner.backend.tls_supported()
+        self.net.inner.tls.server_configured()
     }
 }

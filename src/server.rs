@@ -73,6 +73,8 @@ struct ServerIo {
     reports: VecDeque<IoEvent>,
     driver: Option<Waker>,
     released: bool,
+    /// TLS hook (issue #7): handshakes of accepted connections, for a TLS server (EXT-08).
+    tls: Option<crate::tls::TlsAcceptor>,
 }
 
 #[derive(Default)]
@@ -104,7 +106,11 @@ impl TcpServerSocket {
             use_secure_transport: options.use_secure_transport,
             inner: Mutex::new(Inner {
                 machine,
-                io: ServerIo { hold: net.faults().hold_ticket(), ..ServerIo::default() },
+                io: ServerIo {
+                    hold: net.faults().hold_ticket(),
+                    tls: options.use_secure_transport.then(|| crate::tls::TlsAcceptor::new(net)),
+                    ..ServerIo::default()
+                },
                 promises: PromiseWaiters::default(),
                 listens: BTreeMap::new(),
                 next_listen: 0,
@@ -291,8 +297,12 @@ impl Inner {
             Output::Io(IoCommand::AcceptInterest(on)) => self.io.accept_interest = on,
             Output::Io(IoCommand::CloseConnection { conn }) => {
                 self.io.held.remove(&conn);
+                if let Some(tls) = &mut self.io.tls {
+                    tls.take_alpn(conn); // TLS hook
+                }
             }
             Output::Io(IoCommand::Close) => {
+                self.io.tls = None; // TLS hook: handshakes in progress end with the server.
                 self.io.listener = None;
                 self.io.accept_interest = false;
                 self.io.held.clear();
@@ -345,15 +355,45 @@ impl ServerIo {
         if let Poll::Ready(e) = listener.poll_error(cx) {
             return Some(IoEvent::Failed { cause: cause_of(&e) });
         }
-        if !self.accept_interest {
-            return None;
-        }
-        match listener.poll_accept(cx) {
+        // TLS hook (issue #7, EXT-08): a connection is reported once its handshake settles (in
+        // completion order); a failed or timed-out handshake is an unservable connection.
+        let mut alpn = None;
+        let next = match self.tls.as_mut().and_then(|tls| tls.poll(cx)) {
+            Some(Ok((transport, negotiated))) => {
+                alpn = negotiated;
+                Poll::Ready(Ok(transport))
+            }
+            Some(Err(cause)) => return Some(IoEvent::AcceptFailed { cause }),
+            None if !self.accept_interest => return None,
+            None => match &mut self.tls {
+                Some(tls) => {
+                    if tls.has_room() {
+                        match listener.poll_accept(cx) {
+                            Poll::Ready(Ok(transport)) => {
+                                // Its handshake starts; poll again for it and the next connection.
+                                tls.admit(transport);
+                                cx.waker().wake_by_ref();
+                            }
+                            Poll::Ready(Err(e)) => {
+                                return Some(IoEvent::AcceptFailed { cause: cause_of(&e) })
+                            }
+                            Poll::Pending => {}
+                        }
+                    }
+                    return None;
+                }
+                None => listener.poll_accept(cx),
+            },
+        };
+        match next {
             Poll::Ready(Ok(transport)) => match (transport.local_addr(), transport.peer_addr()) {
                 (Ok(local), Ok(remote)) => {
                     self.next_conn += 1;
                     let conn = ConnId(self.next_conn);
                     self.held.insert(conn, transport);
+                    if let Some(tls) = &mut self.tls {
+                        tls.record_alpn(conn, alpn); // TLS hook
+                    }
                     Some(IoEvent::Accepted { conn, local, remote })
                 }
                 (Err(e), _) | (_, Err(e)) => Some(IoEvent::AcceptFailed { cause: cause_of(&e) }),
@@ -415,8 +455,9 @@ impl Future for ListenFuture {
                     return Poll::Ready(Err(SocketError::network(tcpudp_core::Cause::Other)));
                 };
                 let spec = inner.machine.accepted_spec(&conn);
+                let alpn = inner.io.tls.as_mut().and_then(|tls| tls.take_alpn(conn.conn)); // TLS hook
                 drop(inner);
-                Poll::Ready(Ok(TcpSocket::accepted(&shared.net, spec, transport)))
+                Poll::Ready(Ok(TcpSocket::accepted(&shared.net, spec, transport, alpn)))
             }
         }
     }

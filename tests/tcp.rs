@@ -120,7 +120,8 @@ on_both_backends! {
             assert_err(TcpSocket::new(&ctx.net, "1.2.3.4.5", 80, ka0.clone()), ErrorName::InvalidAccessError);
             let ka0_tls = TcpOptions { use_secure_transport: true, ..ka0 };
             assert_err(TcpSocket::new(&ctx.net, "127.0.0.1", 80, ka0_tls), ErrorName::InvalidAccessError);
-            // TCP-CTOR-15: no TLS in this build.
+            // TCP-CTOR-15: TLS switched off in this network's context.
+            ctx.net.set_tls(tcpudp::TlsContext::disabled());
             let tls = TcpOptions { use_secure_transport: true, ..TcpOptions::default() };
             assert_err(TcpSocket::new(&ctx.net, "127.0.0.1", 80, tls), ErrorName::NotSupportedError);
             assert!(faults.lookups().is_empty(), "invalid names were looked up: {:?}", faults.lookups());
