@@ -251,7 +251,19 @@ impl PromiseSource for ServerShared {
 
 impl Inner {
     fn process(&mut self, shared: &ServerShared) {
-        for _ in 0..64 {
+        let mut budget = 64;
+        loop {
+            if budget == 0 {
+                // Budget spent with I/O possibly still ready: poll_accept/poll_once returned
+                // Ready, so no waker is registered. Wake the driver so it picks up where this
+                // left off (without this, a burst of > 64 events could stall until some other
+                // wake-up, e.g. a backlog of accepts never served).
+                if let Some(w) = &self.io.driver {
+                    w.wake_by_ref();
+                }
+                break;
+            }
+            budget -= 1;
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
             }

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tcpudp_core::address::{canonical, parse_multicast_group};
 use tcpudp_core::checks;
 use tcpudp_core::options::UdpOptions;
@@ -32,6 +32,12 @@ use crate::shared::{
 
 /// Room for the largest datagram.
 const DATAGRAM_ROOM: usize = 65_536;
+
+thread_local! {
+    /// Where this thread's sockets receive datagrams before the payload is copied out at its exact
+    /// size. One 64 KiB buffer per thread, none per socket.
+    static SCRATCH: std::cell::RefCell<Option<Box<[u8]>>> = const { std::cell::RefCell::new(None) };
+}
 
 /// A datagram to send: the spec's `UDPMessage` as a write takes it. Missing destination fields
 /// fall back, each on its own, to the socket's `remoteAddress`/`remotePort` (UDP-WRITE-05).
@@ -126,7 +132,6 @@ struct UdpIo {
     resolving_default: Option<BoxFuture<'static, Result<Vec<IpAddr>, Cause>>>,
     sending: Option<Sending>,
     read_interest: bool,
-    recv_buf: BytesMut,
     released: bool,
     driver: Option<Waker>,
     received: u64,
@@ -492,7 +497,19 @@ impl WriteSource for UdpShared {
 
 impl Inner {
     fn process(&mut self, shared: &UdpShared) {
-        for _ in 0..64 {
+        let mut budget = 64;
+        loop {
+            if budget == 0 {
+                // Budget spent with I/O possibly still ready: poll_accept/poll_once returned
+                // Ready, so no waker is registered. Wake the driver so it picks up where this
+                // left off (without this, a burst of > 64 events could stall until some other
+                // wake-up, e.g. a backlog of accepts never served).
+                if let Some(w) = &self.io.driver {
+                    w.wake_by_ref();
+                }
+                break;
+            }
+            budget -= 1;
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
             }
@@ -626,17 +643,26 @@ impl UdpIo {
             }
         }
         if self.read_interest {
-            if self.recv_buf.capacity() < DATAGRAM_ROOM {
-                self.recv_buf.reserve(DATAGRAM_ROOM);
-            }
-            let mut buf = ReadBuf::uninit(self.recv_buf.spare_capacity_mut());
-            match transport.poll_recv_from(cx, &mut buf) {
-                Poll::Ready(Ok(meta)) => {
+            // Receive into the thread's scratch buffer and copy the payload out: one exact-size
+            // allocation per datagram. (A fresh 64 KiB buffer per datagram made glibc grow and
+            // trim its heap, with page faults, every few datagrams: half the UDP throughput.)
+            let mut recv = |room: &mut [u8]| {
+                let mut buf = ReadBuf::new(room);
+                transport.poll_recv_from(cx, &mut buf).map_ok(|meta| {
                     let n = buf.filled().len().min(meta.len);
-                    // SAFETY: the first `n` bytes of the spare capacity were filled by the read.
-                    unsafe { self.recv_buf.set_len(n) };
+                    (Bytes::copy_from_slice(&buf.filled()[..n]), meta)
+                })
+            };
+            let polled = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut scratch) => {
+                    recv(scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()))
+                }
+                // Not reachable (transports never call back into sockets), but never panic.
+                Err(_) => recv(&mut vec![0u8; DATAGRAM_ROOM]),
+            });
+            match polled {
+                Poll::Ready(Ok((data, meta))) => {
                     self.received += 1;
-                    let data = self.recv_buf.split().freeze();
                     return Some(IoEvent::Datagram {
                         data,
                         from: meta.from,
@@ -654,12 +680,7 @@ impl UdpIo {
                         _ => IoEvent::Failed { cause },
                     });
                 }
-                Poll::Pending => {
-                    // An idle socket keeps no receive buffer; the next datagram allocates one.
-                    if self.recv_buf.is_empty() && self.recv_buf.capacity() > 0 {
-                        self.recv_buf = BytesMut::new();
-                    }
-                }
+                Poll::Pending => {}
             }
         }
         None
