@@ -473,6 +473,9 @@ on_both_backends! {
                 blocked.set();
                 let end = sent + (1 << 20);
                 stream.write_all(&data[sent..end]).await?;
+                // A FIN into a full window is parked for ever by turmoil (DESIGN §7): send it once
+                // a write credit is free, as real TCP does.
+                stream.writable().await?;
                 stream.shutdown().await?;
                 total.put(end);
                 hold_forever(stream).await
@@ -485,7 +488,8 @@ on_both_backends! {
                 let sock = connect(&ctx, TcpOptions { readable_high_water_mark: hwm, ..TcpOptions::default() }).await?;
                 sock.opened().await?;
                 within(60, "peer blocked", blocked.wait()).await?;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Segments already in flight (up to the link's latency) may still arrive.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 let diag = sock.diag();
                 assert!(diag.queued_read_bytes <= hwm + 64 * 1024, "queued {} bytes", diag.queued_read_bytes);
                 assert!(!diag.read_interest, "still reading with a full queue");

@@ -1066,7 +1066,9 @@ async fn settle_bad_writes(
 /// sending host receive; members on other hosts receive either way. (On real sockets `lo` delivers
 /// regardless; `real_udp.rs` checks this inside a namespace with a veth pair.)
 fn multicast_loopback_is_the_senders_option(world: &mut tcpudp_conformance::World) {
-    for (sender_loopback, round) in [(false, "quiet"), (true, "looped")] {
+    // Each round has its own group: both rounds' members share an ephemeral port number on
+    // different hosts, so one round's group datagram must not count against the other.
+    for (sender_loopback, round, group) in [(false, "quiet", "239.255.0.7"), (true, "looped", "239.255.0.8")] {
         let key = format!("{round}-port");
         let ready = format!("{round}-ready");
         let done = format!("{round}-done");
@@ -1080,7 +1082,7 @@ fn multicast_loopback_is_the_senders_option(world: &mut tcpudp_conformance::Worl
                     mcast(UdpOptions { local_port: Some(port), ..UdpOptions::default() }),
                 )?;
                 within("opened", member.opened()).await??;
-                member.join_multicast("239.255.0.7")?;
+                member.join_multicast(group)?;
                 ctx.publish(&ready, 1);
                 let msg = next_msg(&mut member.readable()?).await?;
                 assert_eq!(&msg.data[..], b"group", "another host receives whatever the sender's loopback");
@@ -1097,7 +1099,7 @@ fn multicast_loopback_is_the_senders_option(world: &mut tcpudp_conformance::Worl
                     UdpSocket::new(&ctx.net, mcast(UdpOptions { loopback: true, ..UdpOptions::default() }))?;
                 within("opened", local.opened()).await??;
                 let port = local.local_port().ok_or("no port")?;
-                local.join_multicast("239.255.0.7")?;
+                local.join_multicast(group)?;
                 ctx.publish(&key, port);
                 let _ = ctx.lookup(&ready).await;
                 let sender = UdpSocket::new(
@@ -1106,7 +1108,7 @@ fn multicast_loopback_is_the_senders_option(world: &mut tcpudp_conformance::Worl
                 )?;
                 assert_eq!(sender.diag().options.multicast_loopback, Some(sender_loopback));
                 let w = sender.writable()?;
-                within("group write", w.write(Datagram::to(&b"group"[..], "239.255.0.7", port))).await??;
+                within("group write", w.write(Datagram::to(&b"group"[..], group, port))).await??;
                 within("marker write", w.write(Datagram::to(&b"marker"[..], LO, port))).await??;
                 let mut reader = local.readable()?;
                 let first = next_msg(&mut reader).await?;

@@ -42,7 +42,7 @@ fn run_real(world: World) -> Result<(), String> {
             let loopback = Some(std::net::IpAddr::from([127, 0, 0, 1]));
             let net = tcpudp_net_real::network_with_multicast_interface(policy(), loopback)
                 .map_err(|e| e.to_string())?;
-            Ok(Ctx { net, name: name.to_owned(), backend, directory: directory.clone() })
+            Ok(Ctx { net, name: name.to_owned(), backend, directory: directory.clone(), faults: None })
         };
         let mut host_tasks = Vec::new();
         for (name, body) in &hosts {
@@ -83,26 +83,34 @@ fn run_real(world: World) -> Result<(), String> {
 }
 
 fn run_sim(world: World) -> Result<(), String> {
-    let mut sim = turmoil::Builder::new().rng_seed(world.seed).simulation_duration(world.duration).build();
+    let World { backend, seed, hosts, clients, policy, duration, link, tick, scheduled } = world;
+    let mut sim = tcpudp_net_sim::SimBuilder::new(seed).link(link).tick(tick).duration(duration).build();
+    let faults = sim.faults();
     let directory = Directory::default();
-    let backend = world.backend;
-    for (name, body) in world.hosts {
-        let (directory, policy, host) = (directory.clone(), world.policy.clone(), name.clone());
-        sim.host(name, move || {
-            let (body, directory, policy, host) =
-                (body.clone(), directory.clone(), policy.clone(), host.clone());
+    for (name, body) in hosts {
+        let (directory, policy, host, faults) =
+            (directory.clone(), policy.clone(), name.clone(), faults.clone());
+        sim.host(&name, move || {
+            let (body, directory, policy, host, faults) =
+                (body.clone(), directory.clone(), policy.clone(), host.clone(), faults.clone());
             async move {
                 let net = tcpudp_net_sim::network(&host, policy())?;
-                body(Ctx { net, name: host, backend, directory }).await
+                body(Ctx { net, name: host, backend, directory, faults: Some(faults) }).await
             }
-        });
+        })
+        .map_err(|e| e.to_string())?;
     }
-    for (name, body) in world.clients {
-        let (directory, policy, host) = (directory.clone(), world.policy.clone(), name.clone());
-        sim.client(name, async move {
+    for (name, body) in clients {
+        let (directory, policy, host, faults) =
+            (directory.clone(), policy.clone(), name.clone(), faults.clone());
+        sim.client(&name, async move {
             let net = tcpudp_net_sim::network(&host, policy())?;
-            body(Ctx { net, name: host, backend, directory }).await
-        });
+            body(Ctx { net, name: host, backend, directory, faults: Some(faults) }).await
+        })
+        .map_err(|e| e.to_string())?;
     }
-    sim.run().map_err(|e| e.to_string())
+    for (at, fault) in scheduled {
+        sim.at(at, fault);
+    }
+    sim.run().map(drop).map_err(|e| e.to_string())
 }

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tcpudp::{Network, Policy};
+use tcpudp_net_sim::{FaultError, LinkProfile, SimFaults};
 use tokio::sync::watch;
 
 /// What a host or client body returns.
@@ -47,7 +48,14 @@ pub struct World {
     pub(crate) clients: Vec<(String, Body)>,
     pub(crate) policy: Rc<dyn Fn() -> Policy>,
     pub(crate) duration: Duration,
+    /// Simulator only: the link profile, the step, and faults scheduled at simulated times.
+    pub(crate) link: LinkProfile,
+    pub(crate) tick: Duration,
+    pub(crate) scheduled: Vec<(Duration, ScheduledFault)>,
 }
+
+/// A fault a world schedules at a simulated time (simulator only).
+pub(crate) type ScheduledFault = Box<dyn FnOnce(&SimFaults) -> Result<(), FaultError>>;
 
 impl World {
     pub(crate) fn new(backend: BackendChoice, seed: u64) -> Self {
@@ -58,6 +66,9 @@ impl World {
             clients: Vec::new(),
             policy: Rc::new(Policy::allow_all),
             duration: Duration::from_secs(600),
+            link: LinkProfile::default(),
+            tick: Duration::from_millis(1),
+            scheduled: Vec::new(),
         }
     }
 
@@ -98,6 +109,25 @@ impl World {
     pub fn duration(&mut self, limit: Duration) {
         self.duration = limit;
     }
+
+    /// Simulator only: every link's latency profile (default: turmoil's 0–100 ms;
+    /// `LinkProfile::fixed` for exact times and no natural reordering). Ignored on real sockets.
+    pub fn link(&mut self, profile: LinkProfile) {
+        self.link = profile;
+    }
+
+    /// Simulator only: turmoil's step (default 1 ms). Timers fire at exact times whatever the
+    /// step; a larger step makes long idle simulations faster. Ignored on real sockets.
+    pub fn tick(&mut self, tick: Duration) {
+        self.tick = tick;
+    }
+
+    /// Simulator only: runs `fault` when simulated time reaches `at` (see
+    /// `tcpudp_net_sim::Simulation::at`). Ignored on real sockets, where bodies should check
+    /// `ctx.sim_faults()` instead when a fault is essential.
+    pub fn at(&mut self, at: Duration, fault: impl FnOnce(&SimFaults) -> Result<(), FaultError> + 'static) {
+        self.scheduled.push((at, Box::new(fault)));
+    }
 }
 
 /// What a host or client body gets.
@@ -109,6 +139,8 @@ pub struct Ctx {
     pub name: String,
     pub(crate) backend: BackendChoice,
     pub(crate) directory: Directory,
+    /// The simulator's fault API (`None` on real sockets).
+    pub(crate) faults: Option<SimFaults>,
 }
 
 impl Ctx {
@@ -124,6 +156,12 @@ impl Ctx {
             BackendChoice::Real => "127.0.0.1".to_owned(),
             BackendChoice::Sim => turmoil::lookup(host).to_string(),
         }
+    }
+
+    /// The simulator's fault API (partitions, loss, resets, crashes; DESIGN §7), or `None` on
+    /// real sockets.
+    pub fn sim_faults(&self) -> Option<&SimFaults> {
+        self.faults.as_ref()
     }
 
     /// Announces a port under `key` (for example a server's listening port).

@@ -5,15 +5,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tcpudp::backend::{
-    cause_of, Backend, BackendKind, BoxFuture, ListenerTransport, TcpTransport, UdpBind, UdpTransport,
+    Backend, BackendKind, BoxFuture, ListenerTransport, TcpTransport, UdpBind, UdpTransport,
 };
 use tcpudp_core::address::HostName;
 use tcpudp_core::options::SocketConfig;
 use tcpudp_core::{Cause, SocketError};
 
 use crate::host::{invalid_access, not_supported, poll_now, sim_guard, HostCtx};
-use crate::tcp::{SimListener, SimTcpStream};
-use crate::udp::SimUdp;
 
 /// The simulated network as one turmoil host sees it.
 ///
@@ -29,6 +27,10 @@ pub struct SimBackend {
 
 impl SimBackend {
     /// The backend of host `host_name`, which must be the turmoil host this code runs on.
+    ///
+    /// It joins the state of the simulation running on this thread (link table, adapter
+    /// tables, trace): the [`Simulation`](crate::Simulation) harness's, or, in a plain
+    /// `turmoil::Sim`, a fallback shared by that simulation's hosts.
     ///
     /// # Errors
     ///
@@ -58,7 +60,10 @@ impl SimBackend {
         })?;
         let ip = lookup(host_name)
             .ok_or_else(|| invalid_access(format!("the simulation has no host named {host_name:?}")))?;
-        Ok(SimBackend { host: Arc::new(HostCtx { name: host_name.to_owned(), ip }), runtime })
+        let net = crate::net::current();
+        net.lock().ensure_host(ip, host_name);
+        let host = HostCtx { name: host_name.to_owned(), ip, net, runtime: runtime.clone() };
+        Ok(SimBackend { host: Arc::new(host), runtime })
     }
 
     /// The host name this backend acts for.
@@ -120,59 +125,40 @@ impl Backend for SimBackend {
         Box::pin(ready(result))
     }
 
-    /// turmoil's `TcpStream::connect`. `local` is ignored: turmoil always picks the host's
-    /// address (loopback for a loopback remote) and the next ephemeral port, and cannot bind a
-    /// client to a chosen port. `config` is recorded for `diag()`; turmoil has no Nagle and no
-    /// buffer sizes.
+    /// A connection through the adapter's TCP model (see the `tcp` module): SYNs on Linux's
+    /// schedule through the link table (a partition or a silent host makes the connect wait
+    /// until it times out; a full accept queue makes it wait for room), then turmoil's connect.
+    /// `local` is ignored: turmoil always picks the host's address (loopback for a loopback
+    /// remote) and the next ephemeral port. `config` is recorded for `diag()`.
     fn connect(
         &self,
         remote: SocketAddr,
         _local: Option<SocketAddr>,
         config: SocketConfig,
     ) -> BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>> {
-        let target = match self.host.connect_target(remote) {
-            Ok(target) => target,
-            Err(cause) => return Box::pin(ready(Err(cause))),
-        };
-        let host = Arc::clone(&self.host);
-        Box::pin(async move {
-            sim_guard()?;
-            let stream = turmoil::net::TcpStream::connect(target).await.map_err(|e| cause_of(&e))?;
-            Ok(Box::new(SimTcpStream::new(host, stream, config)) as Box<dyn TcpTransport>)
-        })
+        crate::tcp::connect(Arc::clone(&self.host), remote, config)
     }
 
-    /// turmoil's `TcpListener::bind`, driven synchronously (it never awaits).
-    ///
-    /// `backlog` is not applied: turmoil's backlog is the simulation's `tcp_capacity` (64 by
-    /// default) and a SYN arriving at a full backlog panics the simulation. `address_reuse` is
-    /// recorded; turmoil allows one TCP bind per port per host regardless.
+    /// turmoil's `TcpListener::bind` (driven synchronously), accepted from at once into the
+    /// adapter's accept queue of `backlog + 1` connections (as Linux; a connect waits while it is
+    /// full). A port with a live listener cannot be bound again; one whose listener closed can,
+    /// even while its connections linger.
     fn listen(
         &self,
         local: SocketAddr,
         address_reuse: bool,
-        _backlog: u32,
+        backlog: u32,
     ) -> Result<Box<dyn ListenerTransport>, Cause> {
-        sim_guard()?;
-        let target = self.host.bind_target(local)?;
-        let listener = poll_now(turmoil::net::TcpListener::bind(target))
-            .ok_or(Cause::Other)?
-            .map_err(|e| cause_of(&e))?;
-        let bound = listener.local_addr().map_err(|e| cause_of(&e))?;
-        let reported = self.host.reported_local(local, bound);
-        Ok(Box::new(SimListener::new(Arc::clone(&self.host), listener, reported, address_reuse)))
+        let listener = crate::tcp::listen(&self.host, local, address_reuse, backlog)?;
+        Ok(Box::new(listener))
     }
 
-    /// turmoil's `UdpSocket::bind`, driven synchronously (it never awaits), with the multicast
-    /// loop flag set; the other options are recorded.
+    /// A library UDP socket: the port is bound in turmoil (shared by every library socket on
+    /// it, as SO_REUSEADDR allows), datagrams between library sockets are delivered by the
+    /// adapter (see the `udp` module).
     fn bind_udp(&self, bind: UdpBind) -> Result<Box<dyn UdpTransport>, Cause> {
         sim_guard()?;
-        let target = self.host.bind_target(bind.local)?;
-        let socket =
-            poll_now(turmoil::net::UdpSocket::bind(target)).ok_or(Cause::Other)?.map_err(|e| cause_of(&e))?;
-        let bound = socket.local_addr().map_err(|e| cause_of(&e))?;
-        let reported = self.host.reported_local(bind.local, bound);
-        let udp = SimUdp::new(Arc::clone(&self.host), socket, reported, bind).map_err(|e| cause_of(&e))?;
+        let udp = crate::udp::bind(&self.host, bind)?;
         Ok(Box::new(udp))
     }
 }

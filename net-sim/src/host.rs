@@ -7,18 +7,22 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
+use std::sync::Arc;
+
 use tcpudp_core::error::ErrorName;
 use tcpudp_core::{Cause, SocketError};
+
+use crate::net::SimNet;
 
 /// Linux's `EMSGSIZE`: `tcpudp::backend::cause_of` maps it to [`Cause::MessageTooLarge`].
 const EMSGSIZE: i32 = 90;
 /// Linux's `EAFNOSUPPORT`: `cause_of` maps it to [`Cause::FamilyMismatch`].
 const EAFNOSUPPORT: i32 = 97;
 
-/// Who we are in the simulation: the host's name and its address.
+/// Who we are in the simulation: the host's name and address, the simulation's shared state,
+/// and the host's runtime (on which the adapter's timers and pumps run).
 ///
-/// Shared (`Arc`) by the backend and every transport it makes, so the fault layer can hang its
-/// per-host state here later without changing the transports' shape.
+/// Shared (`Arc`) by the backend and every transport it makes.
 #[derive(Debug)]
 pub(crate) struct HostCtx {
     /// The turmoil host name the caller gave.
@@ -26,6 +30,10 @@ pub(crate) struct HostCtx {
     /// Its address in turmoil's DNS; its family is the simulation's (turmoil worlds are
     /// single-family).
     pub(crate) ip: IpAddr,
+    /// The simulation's shared state (link table, adapter tables, trace).
+    pub(crate) net: Arc<SimNet>,
+    /// The host's tokio runtime (turmoil runs it only while it runs the host).
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl HostCtx {
@@ -47,6 +55,19 @@ impl HostCtx {
         match self.ip {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        }
+    }
+
+    /// The simulated host that owns `ip`: this host for loopback, the wildcard and its own
+    /// address; another host when turmoil's DNS knows the address; `None` for an address no host
+    /// has.
+    pub(crate) fn host_of(&self, ip: IpAddr) -> Option<IpAddr> {
+        if ip.is_loopback() || ip.is_unspecified() || ip == self.ip {
+            Some(self.ip)
+        } else if !self.same_family(ip) || ip.is_multicast() || sim_guard().is_err() {
+            None
+        } else {
+            turmoil::reverse_lookup(ip).map(|_| ip)
         }
     }
 

@@ -1,106 +1,590 @@
-//! The UDP transport on turmoil: [`SimUdp`].
+//! UDP on the simulated network: [`SimUdp`], the adapter's own delivery between library
+//! sockets, and the pump that takes datagrams from plain turmoil sockets.
+//!
+//! Between library sockets the adapter delivers datagrams itself (never through turmoil): only
+//! so can it know a datagram's destination (group or unicast, which of several sockets sharing a
+//! port), apply the *sender's* multicast loopback flag, draw impairments per link, and count
+//! every tail drop of the emulated, byte-bounded receive buffer. Each library socket's port is
+//! also bound in turmoil (one turmoil socket per host and port, shared by every library socket
+//! on it), so plain `turmoil::net` peers can send to it and receive from it.
+//!
+//! Arrivals are kept in time order and settled into the receive buffer lazily: the buffer only
+//! shrinks when the socket reads, and every read settles what is due first, so deciding a tail
+//! drop late gives the same answer as deciding it on arrival. Senders settle the receiver's due
+//! arrivals too, which keeps the pending list (and memory) bounded while nobody reads.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::pin;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
-use tcpudp::backend::{BoxFuture, RecvMeta, UdpBind, UdpDiag, UdpTransport};
+use bytes::Bytes;
+use tcpudp::backend::{cause_of, BoxFuture, RecvMeta, UdpBind, UdpDiag, UdpTransport};
 use tcpudp_core::Cause;
 use tokio::io::ReadBuf;
-use turmoil::net::UdpSocket;
+use tokio::time::Sleep;
 
-use crate::host::{io_error, HostCtx};
+use crate::host::{io_error, poll_now, HostCtx};
+use crate::net::{NetState, SimNet};
 use crate::{MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 
-/// One simulated UDP socket.
-pub(crate) struct SimUdp {
-    /// The stored `readable()` future, while one is pending. Declared before `socket` so it is
-    /// dropped first. While it pends it holds the socket's internal receive lock, so it is always
-    /// polled to completion before `try_recv_from` is tried again.
+/// Linux's default `SO_RCVBUF` for UDP (`net.core.rmem_default`).
+pub const DEFAULT_UDP_RECEIVE_BUFFER: usize = 212_992;
+
+/// Bytes a queued datagram costs the emulated receive buffer on top of its payload (an
+/// approximation of a Linux socket buffer's per-packet overhead).
+pub const UDP_DATAGRAM_OVERHEAD: usize = 768;
+
+/// Linux's smallest receive buffer (`SOCK_MIN_RCVBUF`, rounded).
+const MIN_RECEIVE_BUFFER: usize = 2_304;
+
+/// Datagrams one pump poll moves before yielding.
+const PUMP_BUDGET: usize = 256;
+
+/// The UDP part of the shared state.
+#[derive(Default)]
+pub(crate) struct UdpTables {
+    /// Every library UDP socket, by id (ids grow: a higher id was bound later).
+    ends: BTreeMap<u64, UdpEnd>,
+    /// Bound ports, by (host address, port).
+    ports: BTreeMap<(IpAddr, u16), UdpPort>,
+}
+
+/// One bound port of one host: the turmoil socket and the library sockets sharing it.
+struct UdpPort {
+    /// Identifies this binding (a pump of an earlier binding of the same port stops).
+    id: u64,
+    socket: Arc<turmoil::net::UdpSocket>,
+    /// The pump's pending `readable()` (it holds the turmoil socket's receive lock).
     readable: Option<BoxFuture<'static, io::Result<()>>>,
-    socket: Arc<UdpSocket>,
+    pump_waker: Option<Waker>,
+    /// Library sockets on this port, in bind order.
+    members: Vec<u64>,
+}
+
+/// A datagram on its way to, or waiting in, a library socket.
+struct Arrival {
+    id: u64,
+    data: Bytes,
+    from: SocketAddr,
+}
+
+/// One library UDP socket's receive side and options.
+struct UdpEnd {
+    host: IpAddr,
+    port: u16,
+    /// The address asked for (the wildcard, loopback or the host's address).
+    bind_ip: IpAddr,
+    reuse: bool,
+    /// The sender's multicast loopback flag (IP_MULTICAST_LOOP).
+    loopback: bool,
+    groups: BTreeSet<IpAddr>,
+    /// Datagrams in flight, by (arrival time, order).
+    arrivals: BTreeMap<(Duration, u64), Arrival>,
+    /// The emulated receive buffer.
+    queue: VecDeque<Arrival>,
+    used: usize,
+    capacity: usize,
+    dropped: u64,
+    waker: Option<Waker>,
+}
+
+impl UdpEnd {
+    /// Moves every arrival due by `now` into the buffer, tail-dropping what does not fit.
+    /// Returns the ids dropped (for the trace).
+    fn settle(&mut self, now: Duration) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        while let Some(entry) = self.arrivals.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let arrival = entry.remove();
+            let charge = arrival.data.len() + UDP_DATAGRAM_OVERHEAD;
+            if self.used > 0 && self.used + charge > self.capacity {
+                self.dropped += 1;
+                dropped.push(arrival.id);
+            } else {
+                self.used += charge;
+                self.queue.push_back(arrival);
+            }
+        }
+        dropped
+    }
+
+    /// Whether a datagram sent to `dst` (as unicast) matches this socket's bound address, and
+    /// how well (2: exactly, 1: through the wildcard).
+    fn unicast_score(&self, dst: IpAddr) -> u8 {
+        if self.bind_ip == dst {
+            2
+        } else if self.bind_ip.is_unspecified() {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// Whether this socket receives datagrams sent to `group`: it joined, and it is bound to the
+    /// wildcard (or to the group itself) — a unicast-bound socket never does (UDP-MCAST-08).
+    fn receives_group(&self, group: IpAddr) -> bool {
+        self.groups.contains(&group) && (self.bind_ip.is_unspecified() || self.bind_ip == group)
+    }
+}
+
+/// Settles `id`'s due arrivals, recording drops in the trace.
+fn settle(st: &mut NetState, id: u64, now: Duration) {
+    let Some(end) = st.udp.ends.get_mut(&id) else { return };
+    let (host, port) = (end.host, end.port);
+    for dropped in end.settle(now) {
+        st.record(now, format_args!("udp#{dropped} dropped at {host}:{port}: receive buffer full"));
+    }
+}
+
+/// Puts a datagram on its way to library socket `to`, arriving at `at`; returns the receiver's
+/// waker.
+fn push_arrival(st: &mut NetState, to: u64, at: Duration, arrival: Arrival, now: Duration) -> Option<Waker> {
+    settle(st, to, now);
+    let order = st.next_id();
+    let end = st.udp.ends.get_mut(&to)?;
+    end.arrivals.insert((at, order), arrival);
+    if at <= now {
+        settle(st, to, now);
+    }
+    st.note_deadline(at);
+    st.udp.ends.get_mut(&to).and_then(|e| e.waker.clone())
+}
+
+/// Binds a library UDP socket on `host` (the `Backend::bind_udp` of the simulator).
+pub(crate) fn bind(host: &Arc<HostCtx>, bind: UdpBind) -> Result<SimUdp, Cause> {
+    let ip = bind.local.ip();
+    // Validates the address (family, an address of this host); the turmoil socket itself is
+    // always bound to the wildcard, the adapter matches addresses.
+    host.bind_target(bind.local)?;
+    let wildcard = SocketAddr::new(host.unspecified(), bind.local.port());
+    let capacity = bind
+        .config
+        .receive_buffer_size
+        .map_or(DEFAULT_UDP_RECEIVE_BUFFER, |n| n.saturating_mul(2).max(MIN_RECEIVE_BUFFER));
+    let net = &host.net;
+    let mut st = net.lock();
+    let id = st.next_id();
+    let now = st.now();
+    let mut port = bind.local.port();
+    let new_port = port == 0 || !st.udp.ports.contains_key(&(host.ip, port));
+    if new_port {
+        let socket = poll_now(turmoil::net::UdpSocket::bind(wildcard))
+            .ok_or(Cause::Other)?
+            .map_err(|e| cause_of(&e))?;
+        port = socket.local_addr().map_err(|e| cause_of(&e))?.port();
+        st.udp.ports.insert(
+            (host.ip, port),
+            UdpPort { id, socket: Arc::new(socket), readable: None, pump_waker: None, members: Vec::new() },
+        );
+        let pump = pump(Arc::clone(net), (host.ip, port), id);
+        drop(host.runtime.spawn(pump));
+    } else {
+        // Several sockets on one port (SO_REUSEADDR, as Linux): allowed when their addresses do
+        // not overlap, or when every one of them asked for reuse.
+        let members = &st.udp.ports[&(host.ip, port)].members;
+        let conflict = members.iter().filter_map(|m| st.udp.ends.get(m)).any(|m| {
+            let overlap = m.bind_ip.is_unspecified() || ip.is_unspecified() || m.bind_ip == ip;
+            overlap && !(m.reuse && bind.config.address_reuse)
+        });
+        if conflict {
+            return Err(Cause::AddressInUse);
+        }
+    }
+    let end = UdpEnd {
+        host: host.ip,
+        port,
+        bind_ip: if ip == host.ip { host.ip } else { ip },
+        reuse: bind.config.address_reuse,
+        loopback: bind.multicast_loopback,
+        groups: BTreeSet::new(),
+        arrivals: BTreeMap::new(),
+        queue: VecDeque::new(),
+        used: 0,
+        capacity,
+        dropped: 0,
+        waker: None,
+    };
+    st.udp.ends.insert(id, end);
+    if let Some(p) = st.udp.ports.get_mut(&(host.ip, port)) {
+        p.members.push(id);
+    }
+    st.record(now, format_args!("udp bind {}:{port} as #{id} ({})", host.name, SocketAddr::new(ip, port)));
+    drop(st);
+    let local = host.reported_local(bind.local, SocketAddr::new(ip, port));
+    Ok(SimUdp { host: Arc::clone(host), id, local, bind, received: 0, sleep: None, sleep_for: None })
+}
+
+/// Takes datagrams plain turmoil sockets send to a bound port and hands each to the library
+/// socket it is for. Ends when the port is released.
+async fn pump(net: Arc<SimNet>, key: (IpAddr, u16), binding: u64) {
+    let mut buf = vec![0u8; 65_536];
+    std::future::poll_fn(|cx| {
+        let mut wake = Vec::new();
+        let mut st = net.lock();
+        for _ in 0..PUMP_BUDGET {
+            let Some(port) = st.udp.ports.get_mut(&key) else { return Poll::Ready(()) };
+            if port.id != binding {
+                return Poll::Ready(());
+            }
+            if !port.pump_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                port.pump_waker = Some(cx.waker().clone());
+            }
+            if let Some(mut readable) = port.readable.take() {
+                match readable.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        port.readable = Some(readable);
+                        drop(st);
+                        wake.into_iter().for_each(Waker::wake);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Ready(Ok(())) => {}
+                }
+            }
+            let socket = Arc::clone(&port.socket);
+            match socket.try_recv_from(&mut buf) {
+                Ok((len, from)) => {
+                    if let Some(w) = deliver_from_turmoil(&mut st, key, &buf[..len], from) {
+                        wake.push(w);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    port_readable(&mut st, key, socket);
+                }
+                Err(_) => return Poll::Ready(()),
+            }
+        }
+        drop(st);
+        wake.into_iter().for_each(Waker::wake);
+        cx.waker().wake_by_ref(); // budget used up: yield, then go on
+        Poll::Pending
+    })
+    .await;
+}
+
+fn port_readable(st: &mut NetState, key: (IpAddr, u16), socket: Arc<turmoil::net::UdpSocket>) {
+    if let Some(port) = st.udp.ports.get_mut(&key) {
+        port.readable = Some(Box::pin(async move { socket.readable().await }));
+    }
+}
+
+/// A datagram a plain turmoil socket sent to `key`: to the library socket it is for (the
+/// unicast rule; turmoil cannot tell whether it was sent to a group). Datagrams from library
+/// sockets are skipped (the adapter delivered them already), as are those arriving over a
+/// partitioned link.
+fn deliver_from_turmoil(
+    st: &mut NetState,
+    key: (IpAddr, u16),
+    data: &[u8],
+    from: SocketAddr,
+) -> Option<Waker> {
+    let now = st.now();
+    let from_host = if from.ip().is_loopback() { key.0 } else { from.ip() };
+    if st.udp.ports.contains_key(&(from_host, from.port())) {
+        return None;
+    }
+    let id = st.next_id();
+    if from_host != key.0 && (st.link(from_host, key.0).partitioned || st.crashed(key.0)) {
+        st.record(
+            now,
+            format_args!("udp#{id} {from}>{}:{} len={} lost: partition", key.0, key.1, data.len()),
+        );
+        return None;
+    }
+    let dst = if from.ip().is_loopback() { from.ip() } else { key.0 };
+    let Some(to) = pick_unicast(st, key, dst) else {
+        st.record(
+            now,
+            format_args!("udp#{id} {from}>{}:{} len={} unbound address", key.0, key.1, data.len()),
+        );
+        return None;
+    };
+    st.record(now, format_args!("udp#{id} {from}>{}:{} len={} from turmoil", key.0, key.1, data.len()));
+    let arrival = Arrival { id, data: Bytes::copy_from_slice(data), from };
+    push_arrival(st, to, now, arrival, now)
+}
+
+/// The library socket on `key` a unicast datagram to `dst` goes to: the best address match,
+/// then the most recently bound (SO_REUSEADDR on Linux).
+fn pick_unicast(st: &NetState, key: (IpAddr, u16), dst: IpAddr) -> Option<u64> {
+    let port = st.udp.ports.get(&key)?;
+    port.members
+        .iter()
+        .filter_map(|id| {
+            let score = st.udp.ends.get(id)?.unicast_score(dst);
+            (score > 0).then_some((score, *id))
+        })
+        .max()
+        .map(|(_, id)| id)
+}
+
+/// One simulated UDP socket (a library socket).
+pub(crate) struct SimUdp {
     host: Arc<HostCtx>,
-    /// The address reported: the requested one (the host's own address is bound as the wildcard).
+    id: u64,
+    /// The address reported: the requested one, with the port bound.
     local: SocketAddr,
-    /// The options asked for, as recorded (turmoil models only the multicast loop flag).
+    /// The options asked for, as recorded.
     bind: UdpBind,
     /// Datagrams handed to the caller.
     received: u64,
+    /// Wakes the reader when the earliest in-flight datagram arrives.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The arrival time `sleep` is armed for.
+    sleep_for: Option<Duration>,
 }
 
 impl SimUdp {
-    /// Wraps a bound turmoil socket and sets its multicast loop flag.
-    pub(crate) fn new(
-        host: Arc<HostCtx>,
-        socket: UdpSocket,
-        local: SocketAddr,
-        bind: UdpBind,
-    ) -> io::Result<SimUdp> {
-        match host.ip {
-            IpAddr::V4(_) => socket.set_multicast_loop_v4(bind.multicast_loopback)?,
-            IpAddr::V6(_) => socket.set_multicast_loop_v6(bind.multicast_loopback)?,
-        }
-        Ok(SimUdp { readable: None, socket: Arc::new(socket), host, local, bind, received: 0 })
-    }
-
-    /// The IPv4 interface argument turmoil accepts for a membership: only `0.0.0.0` and loopback
-    /// (the host's own address and no choice mean `0.0.0.0`).
-    fn interface_v4(&self) -> io::Result<Ipv4Addr> {
+    /// The IPv4 interface a membership may name: none, the wildcard, loopback or this host.
+    fn check_interface(&self) -> io::Result<()> {
         match self.bind.multicast_interface {
-            None => Ok(Ipv4Addr::UNSPECIFIED),
-            Some(IpAddr::V4(ip)) if ip.is_unspecified() || ip.is_loopback() => Ok(ip),
-            Some(ip) if ip == self.host.ip => Ok(Ipv4Addr::UNSPECIFIED),
+            None => Ok(()),
+            Some(ip) if ip == self.host.ip => Ok(()),
+            Some(ip) if self.host.same_family(ip) && (ip.is_unspecified() || ip.is_loopback()) => Ok(()),
             Some(ip) => Err(io_error(Cause::Unreachable, &format!("{ip} is not an interface of this host"))),
         }
     }
 
-    /// The IPv6 interface index turmoil accepts: only 0 (any).
-    fn interface_v6(&self) -> io::Result<u32> {
-        match self.bind.multicast_interface {
-            None => Ok(0),
-            Some(ip) if ip == self.host.ip || (ip.is_ipv6() && (ip.is_unspecified() || ip.is_loopback())) => {
-                Ok(0)
+    /// The source address a datagram to `dest` carries.
+    fn source(&self, bind_ip: IpAddr, dest: IpAddr) -> SocketAddr {
+        let ip = if dest.is_loopback() {
+            if bind_ip == self.host.ip {
+                bind_ip
+            } else {
+                self.host.loopback()
             }
-            Some(ip) => Err(io_error(Cause::Unreachable, &format!("{ip} is not an interface of this host"))),
+        } else if bind_ip.is_unspecified() {
+            self.host.ip
+        } else {
+            bind_ip
+        };
+        SocketAddr::new(ip, self.local.port())
+    }
+
+    /// Sends one datagram (already checked) from this socket.
+    fn send(&self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+        let host = &self.host;
+        let net = &host.net;
+        let mut wake = Vec::new();
+        let mut st = net.lock();
+        let now = st.now();
+        if st.frozen(host.ip) {
+            return Ok(()); // a crashed host (or a killed process) says nothing
+        }
+        let Some(me) = st.udp.ends.get(&self.id) else {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "socket released"));
+        };
+        let (bind_ip, loopback) = (me.bind_ip, me.loopback);
+        let from = self.source(bind_ip, dest.ip());
+        let data = Bytes::copy_from_slice(data);
+        if dest.ip().is_multicast() {
+            let members: Vec<(u64, IpAddr)> = st
+                .udp
+                .ends
+                .iter()
+                .filter(|(_, e)| e.port == dest.port() && e.receives_group(dest.ip()))
+                .map(|(id, e)| (*id, e.host))
+                .collect();
+            for (to, to_host) in members {
+                if to_host == host.ip && !loopback {
+                    continue; // the sender's flag decides (UDP-MCAST-07), default off
+                }
+                wake.extend(deliver(&mut st, host.ip, to_host, to, from, dest, data.clone(), now));
+            }
+            // Plain turmoil members (library sockets never join in turmoil, so only they).
+            if let Some(port) = st.udp.ports.get(&(host.ip, self.local.port())) {
+                let _ = port.socket.try_send_to(&data, dest);
+            }
+        } else {
+            let to_host = host.host_of(dest.ip());
+            let library_port = to_host.filter(|h| st.udp.ports.contains_key(&(*h, dest.port())));
+            match library_port {
+                Some(to_host) => match pick_unicast(&st, (to_host, dest.port()), dest.ip()) {
+                    Some(to) => wake.extend(deliver(&mut st, host.ip, to_host, to, from, dest, data, now)),
+                    None => {
+                        let id = st.next_id();
+                        st.record(
+                            now,
+                            format_args!("udp#{id} {from}>{dest} len={} unbound address", data.len()),
+                        );
+                    }
+                },
+                None => self.send_turmoil(&mut st, to_host, from, dest, data, now),
+            }
+        }
+        drop(st);
+        wake.into_iter().for_each(Waker::wake);
+        Ok(())
+    }
+
+    /// A datagram to a plain turmoil socket (or to an address nobody has): through turmoil, with
+    /// this link's partition and impairments applied here.
+    fn send_turmoil(
+        &self,
+        st: &mut NetState,
+        to_host: Option<IpAddr>,
+        from: SocketAddr,
+        dest: SocketAddr,
+        data: Bytes,
+        now: Duration,
+    ) {
+        let id = st.next_id();
+        let me = self.host.ip;
+        let mut copies = 1;
+        let mut delay = Duration::ZERO;
+        if let Some(to) = to_host.filter(|to| *to != me) {
+            let link = st.link(me, to);
+            if link.partitioned || st.crashed(to) {
+                st.record(now, format_args!("udp#{id} {from}>{dest} len={} lost: partition", data.len()));
+                return;
+            }
+            let imp = link.udp;
+            if imp.loss > 0.0 && st.rng("udp-loss", me, to).chance(imp.loss) {
+                st.record(now, format_args!("udp#{id} {from}>{dest} len={} lost", data.len()));
+                return;
+            }
+            delay = extra_delay(st, me, to);
+            if imp.duplicate > 0.0 && st.rng("udp-dup", me, to).chance(imp.duplicate) {
+                copies = 2;
+            }
+        }
+        st.record(
+            now,
+            format_args!("udp#{id} {from}>{dest} len={} via turmoil x{copies} after {delay:?}", data.len()),
+        );
+        let Some(port) = st.udp.ports.get(&(me, self.local.port())) else { return };
+        let socket = Arc::clone(&port.socket);
+        if delay.is_zero() {
+            for _ in 0..copies {
+                // Refused: no host has the address; the datagram is lost, as on a real network.
+                let _ = socket.try_send_to(&data, dest);
+            }
+        } else {
+            drop(self.host.runtime.spawn(async move {
+                tokio::time::sleep(delay).await;
+                for _ in 0..copies {
+                    let _ = socket.try_send_to(&data, dest);
+                }
+            }));
         }
     }
 }
 
+/// The impairment delay of one datagram on `from → to` (fixed delay, jitter, reordering).
+fn extra_delay(st: &mut NetState, from: IpAddr, to: IpAddr) -> Duration {
+    let imp = st.link(from, to).udp;
+    let mut delay = imp.delay;
+    if !imp.jitter.is_zero() {
+        let micros = u64::try_from(imp.jitter.as_micros()).unwrap_or(u64::MAX);
+        delay += Duration::from_micros(st.rng("udp-jitter", from, to).below(micros.saturating_add(1)));
+    }
+    if imp.reorder > 0.0 && st.rng("udp-reorder", from, to).chance(imp.reorder) {
+        delay += imp.reorder_delay;
+    }
+    delay
+}
+
+/// Delivers one datagram from host `from_host` to library socket `to` on `to_host`: at once
+/// inside one host; over a link with its latency, partition and impairments otherwise.
+#[allow(clippy::too_many_arguments, reason = "one delivery's whole description")]
+fn deliver(
+    st: &mut NetState,
+    from_host: IpAddr,
+    to_host: IpAddr,
+    to: u64,
+    from: SocketAddr,
+    dest: SocketAddr,
+    data: Bytes,
+    now: Duration,
+) -> Vec<Waker> {
+    let id = st.next_id();
+    let len = data.len();
+    if from_host == to_host {
+        st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} local"));
+        return push_arrival(st, to, now, Arrival { id, data, from }, now).into_iter().collect();
+    }
+    let link = st.link(from_host, to_host);
+    if link.partitioned || st.crashed(to_host) {
+        st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} lost: partition"));
+        return Vec::new();
+    }
+    let imp = link.udp;
+    if imp.loss > 0.0 && st.rng("udp-loss", from_host, to_host).chance(imp.loss) {
+        st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} lost"));
+        return Vec::new();
+    }
+    let profile = st.profile(from_host, to_host);
+    let latency =
+        profile.sample(st.rng("udp-latency", from_host, to_host)) + extra_delay(st, from_host, to_host);
+    let at = now + latency;
+    st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} arrives {:.6}", at.as_secs_f64()));
+    let duplicate = imp.duplicate > 0.0 && st.rng("udp-dup", from_host, to_host).chance(imp.duplicate);
+    let copy = duplicate.then(|| data.clone());
+    let mut wake: Vec<Waker> =
+        push_arrival(st, to, at, Arrival { id, data, from }, now).into_iter().collect();
+    if let Some(data) = copy {
+        let dup = st.next_id();
+        st.record(now, format_args!("udp#{dup} duplicate of udp#{id}"));
+        wake.extend(push_arrival(st, to, at, Arrival { id: dup, data, from }, now));
+    }
+    wake
+}
+
 impl UdpTransport for SimUdp {
-    /// `try_recv_from`, and when the queue is empty a stored `readable()` future (turmoil has no
-    /// `poll_recv_from`). `dropped_total` is 0: turmoil drops silently past 64 queued datagrams
-    /// and does not count (the emulated receive buffer will).
+    /// The next datagram of the emulated receive buffer (settling arrivals due by now first);
+    /// `dropped_total` counts its tail drops so far.
     fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>> {
-        loop {
-            if let Some(readable) = self.readable.as_mut() {
-                let result = ready!(readable.as_mut().poll(cx));
-                self.readable = None;
-                result?;
-            }
-            match self.socket.try_recv_from(buf.initialize_unfilled()) {
-                Ok((len, from)) => {
-                    buf.advance(len);
+        for _ in 0..4 {
+            let next = {
+                let mut st = self.host.net.lock();
+                let now = st.now();
+                if st.frozen(self.host.ip) {
+                    return Poll::Pending;
+                }
+                settle(&mut st, self.id, now);
+                let Some(end) = st.udp.ends.get_mut(&self.id) else {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "socket released")));
+                };
+                if let Some(arrival) = end.queue.pop_front() {
+                    end.used -= arrival.data.len() + UDP_DATAGRAM_OVERHEAD;
+                    let len = arrival.data.len().min(buf.remaining());
+                    buf.put_slice(&arrival.data[..len]);
                     self.received += 1;
-                    return Poll::Ready(Ok(RecvMeta { len, from, dropped_total: 0 }));
+                    return Poll::Ready(Ok(RecvMeta { len, from: arrival.from, dropped_total: end.dropped }));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let socket = Arc::clone(&self.socket);
-                    self.readable = Some(Box::pin(async move { socket.readable().await }));
+                if !end.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    end.waker = Some(cx.waker().clone());
                 }
-                Err(e) => return Poll::Ready(Err(e)),
+                end.arrivals.first_key_value().map(|((at, _), _)| (*at, now))
+            };
+            let Some((at, now)) = next else { return Poll::Pending };
+            if self.sleep_for != Some(at) {
+                let deadline = tokio::time::Instant::now() + at.saturating_sub(now);
+                match &mut self.sleep {
+                    Some(sleep) => sleep.as_mut().reset(deadline),
+                    None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                self.sleep_for = Some(at);
+            }
+            match self.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => self.sleep_for = None,
+                _ => return Poll::Pending,
             }
         }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
-    /// `try_send_to`. A datagram larger than the family's maximum is rejected (`EMSGSIZE`;
-    /// turmoil has no limit), the wildcard means this host, and a destination turmoil has no
-    /// link to is sent into the void, as on a real network (turmoil would refuse it). turmoil
-    /// never applies backpressure to UDP: should `try_send_to` ever block, its `writable()` is
-    /// polled (a fresh future each time: it is stateless) and the task yields once.
-    fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
+    /// Sends one datagram. A datagram larger than the family's maximum is rejected (`EMSGSIZE`),
+    /// the wildcard means this host, and an address no host has swallows it. Never blocks.
+    fn poll_send_to(&mut self, _cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
         if !self.host.same_family(dest.ip()) {
             return Poll::Ready(Err(io_error(Cause::FamilyMismatch, "destination of the other family")));
         }
@@ -113,43 +597,50 @@ impl UdpTransport for SimUdp {
         } else {
             dest
         };
-        match self.socket.try_send_to(data, dest) {
-            Ok(_) => Poll::Ready(Ok(())),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Poll::Ready(Ok(())),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready!(pin!(self.socket.writable()).poll(cx))?;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        Poll::Ready(self.send(data, dest))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.local)
     }
 
-    /// turmoil's `join_multicast_v4` / `join_multicast_v6` on the socket's multicast interface.
+    /// Joins `group` (the adapter's membership; as Linux, joining twice is `EADDRINUSE`).
     fn join_multicast(&mut self, group: IpAddr) -> io::Result<()> {
-        match (group, self.host.ip) {
-            (IpAddr::V4(group), IpAddr::V4(_)) => self.socket.join_multicast_v4(group, self.interface_v4()?),
-            (IpAddr::V6(group), IpAddr::V6(_)) => self.socket.join_multicast_v6(&group, self.interface_v6()?),
-            _ => Err(io_error(Cause::FamilyMismatch, "group of the other family")),
+        if !self.host.same_family(group) {
+            return Err(io_error(Cause::FamilyMismatch, "group of the other family"));
         }
+        if !group.is_multicast() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a multicast group"));
+        }
+        self.check_interface()?;
+        let mut st = self.host.net.lock();
+        let now = st.now();
+        let end = st.udp.ends.get_mut(&self.id).ok_or(io::ErrorKind::NotConnected)?;
+        if !end.groups.insert(group) {
+            return Err(io_error(Cause::AddressInUse, "already a member"));
+        }
+        st.record(now, format_args!("udp #{} joins {group}", self.id));
+        Ok(())
     }
 
-    /// turmoil's `leave_multicast_v4` / `leave_multicast_v6` (`AddrNotAvailable` when not joined).
+    /// Leaves `group` (`AddrNotAvailable` when not a member).
     fn leave_multicast(&mut self, group: IpAddr) -> io::Result<()> {
-        match (group, self.host.ip) {
-            (IpAddr::V4(group), IpAddr::V4(_)) => self.socket.leave_multicast_v4(group, self.interface_v4()?),
-            (IpAddr::V6(group), IpAddr::V6(_)) => {
-                self.socket.leave_multicast_v6(&group, self.interface_v6()?)
-            }
-            _ => Err(io_error(Cause::FamilyMismatch, "group of the other family")),
+        if !self.host.same_family(group) {
+            return Err(io_error(Cause::FamilyMismatch, "group of the other family"));
         }
+        self.check_interface()?;
+        let mut st = self.host.net.lock();
+        let now = st.now();
+        let end = st.udp.ends.get_mut(&self.id).ok_or(io::ErrorKind::NotConnected)?;
+        if !end.groups.remove(&group) {
+            return Err(io_error(Cause::Unreachable, "not a member"));
+        }
+        st.record(now, format_args!("udp #{} leaves {group}", self.id));
+        Ok(())
     }
 
-    /// The recorded options (turmoil applies only the loop flag) and the receive count.
+    /// The recorded options, the receive count, and the emulated buffer's size as Linux reports
+    /// `SO_RCVBUF` (twice the request).
     fn diag(&self) -> UdpDiag {
         UdpDiag {
             address_reuse: Some(self.bind.config.address_reuse),
@@ -159,6 +650,38 @@ impl UdpTransport for SimUdp {
             send_buffer_size: self.bind.config.send_buffer_size,
             receive_buffer_size: self.bind.config.receive_buffer_size,
             received: self.received,
+        }
+    }
+}
+
+impl Drop for SimUdp {
+    /// Releases the socket; the last one on a port unbinds the turmoil socket at once (so the
+    /// port can be bound again right away) and stops the pump.
+    fn drop(&mut self) {
+        let released = {
+            let mut st = self.host.net.lock();
+            let now = st.last_now;
+            st.udp.ends.remove(&self.id);
+            let key = (self.host.ip, self.local.port());
+            let empty = st.udp.ports.get_mut(&key).is_some_and(|p| {
+                p.members.retain(|m| *m != self.id);
+                p.members.is_empty()
+            });
+            st.record(now, format_args!("udp close #{}", self.id));
+            if empty {
+                st.udp.ports.remove(&key)
+            } else {
+                None
+            }
+        };
+        // Outside the lock: turmoil's unbind, and the pump's wake (it finds the port gone).
+        if let Some(port) = released {
+            let UdpPort { socket, readable, pump_waker, .. } = port;
+            drop(readable);
+            drop(socket);
+            if let Some(w) = pump_waker {
+                w.wake();
+            }
         }
     }
 }
