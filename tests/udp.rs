@@ -1068,7 +1068,8 @@ async fn settle_bad_writes(
 fn multicast_loopback_is_the_senders_option(world: &mut tcpudp_conformance::World) {
     // Each round has its own group: both rounds' members share an ephemeral port number on
     // different hosts, so one round's group datagram must not count against the other.
-    for (sender_loopback, round, group) in [(false, "quiet", "239.255.0.7"), (true, "looped", "239.255.0.8")] {
+    for (sender_loopback, round, group) in [(false, "quiet", "239.255.0.7"), (true, "looped", "239.255.0.8")]
+    {
         let key = format!("{round}-port");
         let ready = format!("{round}-ready");
         let done = format!("{round}-done");
