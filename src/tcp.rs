@@ -345,6 +345,8 @@ impl TcpSocket {
             read_interest: inner.machine.read_interest(),
             transport_open: inner.io.transport.is_some(),
             options,
+            local_addr: inner.machine.local_addr(),
+            remote_addr: inner.machine.remote_addr(),
         }
     }
 }
@@ -375,6 +377,10 @@ pub struct TcpSocketDiag {
     pub transport_open: bool,
     /// Option values read back.
     pub options: TcpDiag,
+    /// The connection's local address and port, once connected.
+    pub local_addr: Option<std::net::SocketAddr>,
+    /// The peer's address and port, once connected.
+    pub remote_addr: Option<std::net::SocketAddr>,
 }
 
 impl Drop for Handle {
