@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tcpudp_conformance::harness::{run, seed_of};
 use tcpudp_conformance::{interpreter, scenarios, BackendChoice, Scenario};
 
+mod bench;
+
+/// Counts allocations for `bench`'s core and memory parts; off (one relaxed load) otherwise.
+#[global_allocator]
+static ALLOCATOR: bench::alloc::CountingAlloc = bench::alloc::CountingAlloc;
+
 #[derive(Parser)]
 #[command(name = "tcpudp-conformance", about = "Conformance of tcpudp to the W3C TCP and UDP Socket API")]
 struct Cli {
@@ -23,6 +29,8 @@ enum Command {
     Run(RunArgs),
     /// Disable each transition row of RULES.md §9 in turn and report the rows no scenario catches.
     Mutants,
+    /// Benchmark: our API beside raw tokio, raw turmoil and the bare core (issue #6).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -46,6 +54,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(args)) => args,
+        Some(Command::Bench(args)) => return bench::run(args),
         Some(Command::Mutants) => return mutants(),
         None => cli.run,
     };

@@ -23,7 +23,15 @@ fn every_scenario_passes_on_both_backends() {
     for scenario in &all {
         for backend in [BackendChoice::Sim, BackendChoice::Real] {
             let (trace, outcome) = interpreter::run(scenario, backend);
-            assert!(outcome.is_ok(), "{} on {}: {outcome:?}\n{trace:#?}", scenario.name, backend.as_str());
+            // A fault the backend's harness cannot inject is a skip with its reason (DESIGN §8).
+            let skipped =
+                backend == BackendChoice::Real && outcome.as_ref().is_err_and(|e| e.starts_with("skip:"));
+            assert!(
+                outcome.is_ok() || skipped,
+                "{} on {}: {outcome:?}\n{trace:#?}",
+                scenario.name,
+                backend.as_str()
+            );
         }
     }
 }

@@ -44,7 +44,7 @@ fn open_machine() -> BenchResult<TcpMachine> {
 
 fn drain(machine: &mut TcpMachine) {
     while let Some(out) = machine.poll_output() {
-        black_box(out);
+        let _ = black_box(out);
     }
 }
 

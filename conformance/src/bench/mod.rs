@@ -54,13 +54,13 @@ pub(crate) struct BenchArgs {
     /// UDP: 1200-byte datagrams per round (default 500,000).
     #[arg(long)]
     udp_datagrams: Option<u64>,
-    /// Simulated TCP bulk: bytes per round (default 64 MiB).
+    /// Simulated TCP bulk: bytes per round (default 1 GiB).
     #[arg(long)]
     sim_bulk_bytes: Option<u64>,
-    /// Simulated connects per round (default 2,000).
+    /// Simulated connects per round (default 10,000).
     #[arg(long)]
     sim_connects: Option<u64>,
-    /// Simulated UDP datagrams per round (default 50,000).
+    /// Simulated UDP datagrams per round (default 500,000).
     #[arg(long)]
     sim_datagrams: Option<u64>,
     /// Core: machine inputs per round (default 40,000,000).
@@ -81,12 +81,23 @@ pub(crate) struct BenchArgs {
     /// process, so its column is indicative only).
     #[arg(long)]
     node: bool,
+    /// Profiling aid: run only one side of the real and simulated workloads and print its
+    /// throughput and heap allocations per unit (no ratios; `perf record` the process).
+    #[arg(long, value_enum)]
+    side: Option<Side>,
     /// Exit with status 1 when a target is missed.
     #[arg(long)]
     strict: bool,
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// One side of a comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Side {
+    Ours,
+    Raw,
 }
 
 /// The sizes of one run.
@@ -121,9 +132,9 @@ impl Sizes {
             connects: scaled(args.connects, 10_000, 1),
             udp_datagrams: scaled(args.udp_datagrams, 500_000, 1),
             datagram: 1200,
-            sim_bulk_bytes: scaled(args.sim_bulk_bytes, 64 << 20, chunk as u64),
-            sim_connects: scaled(args.sim_connects, 2_000, 1),
-            sim_datagrams: scaled(args.sim_datagrams, 50_000, 1),
+            sim_bulk_bytes: scaled(args.sim_bulk_bytes, 1 << 30, chunk as u64),
+            sim_connects: scaled(args.sim_connects, 10_000, 1),
+            sim_datagrams: scaled(args.sim_datagrams, 500_000, 1),
             core_inputs: scaled(args.core_inputs, 40_000_000, 4_000),
             idle_connections: scaled(args.idle_connections, 10_000, 1),
         }
@@ -175,6 +186,24 @@ impl Unit {
             Unit::RoundTrips => format!("{:.0} rt/s", per_sec),
             Unit::Connections => format!("{:.0} conn/s", per_sec),
             Unit::Datagrams => format!("{:.0} dgram/s", per_sec),
+        }
+    }
+
+    /// Units per reported unit (`--side` counts allocations per 64 KiB chunk of bulk data).
+    fn per(self) -> f64 {
+        if self == Unit::Bytes {
+            65_536.0
+        } else {
+            1.0
+        }
+    }
+
+    fn singular(self) -> &'static str {
+        match self {
+            Unit::Bytes => "64 KiB",
+            Unit::RoundTrips => "round trip",
+            Unit::Connections => "connection",
+            Unit::Datagrams => "datagram",
         }
     }
 
@@ -285,13 +314,14 @@ where
     R: Fn(bool) -> RF,
     RF: Future<Output = BenchResult<Sample>>,
 {
-    let once = |fut: std::pin::Pin<Box<dyn Future<Output = BenchResult<Sample>> + '_>>| -> BenchResult<Sample> {
-        let rt = flavor.runtime()?;
-        let sample = rt.block_on(async { tokio::time::timeout(ROUND_GUARD, fut).await })??;
-        // Dropping the runtime here ends whatever the round left behind (drivers, listeners).
-        drop(rt);
-        Ok(sample)
-    };
+    let once =
+        |fut: std::pin::Pin<Box<dyn Future<Output = BenchResult<Sample>> + '_>>| -> BenchResult<Sample> {
+            let rt = flavor.runtime()?;
+            let sample = rt.block_on(async { tokio::time::timeout(ROUND_GUARD, fut).await })??;
+            // Dropping the runtime here ends whatever the round left behind (drivers, listeners).
+            drop(rt);
+            Ok(sample)
+        };
     once(Box::pin(ours(true)))?;
     once(Box::pin(raw(true)))?;
     let mut out = Rounds::default();
@@ -370,6 +400,9 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     );
     println!();
     let started = Instant::now();
+    if let Some(side) = args.side {
+        return profile_side(&args, sizes, rounds, side);
+    }
     let mut report = Report::default();
 
     type RealPair = (Workload, fn(Sizes, bool) -> tcp::BoxFut, fn(Sizes, bool) -> tcp::BoxFut);
@@ -490,6 +523,87 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     }
     if args.strict && below > 0 {
         return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `--side`: runs one side of the selected workloads, `rounds` times, on the current-thread
+/// runtime, and prints each round's throughput and heap allocations per unit (the counting
+/// allocator is on for these runs: timings are for profiles, not for comparison).
+fn profile_side(args: &BenchArgs, sizes: Sizes, rounds: usize, side: Side) -> ExitCode {
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    type Real = (Workload, fn(Sizes, bool) -> tcp::BoxFut, fn(Sizes, bool) -> tcp::BoxFut);
+    let real: [Real; 4] = [
+        (TCP_BULK, tcp::bulk_ours, tcp::bulk_raw),
+        (TCP_PINGPONG, tcp::pingpong_ours, tcp::pingpong_raw),
+        (TCP_CONNECT, tcp::connect_ours, tcp::connect_raw),
+        (UDP, udp::udp_ours, udp::udp_raw),
+    ];
+    type Simulated =
+        (Workload, fn(Sizes, bool) -> BenchResult<Sample>, fn(Sizes, bool) -> BenchResult<Sample>);
+    let simulated: [Simulated; 3] = [
+        (SIM_TCP_BULK, sim::bulk_ours, sim::bulk_raw),
+        (SIM_UDP, sim::udp_ours, sim::udp_raw),
+        (SIM_CONNECT, sim::connect_ours, sim::connect_raw),
+    ];
+    for (workload, ours, raw) in real {
+        if !wanted(workload.name) {
+            continue;
+        }
+        let run = if side == Side::Ours { ours } else { raw };
+        for _ in 0..rounds {
+            let rt = match Flavor::CurrentThread.runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            alloc::enable();
+            let before = alloc::snapshot();
+            let result = rt.block_on(run(sizes, false));
+            let allocs = alloc::snapshot().allocs - before.allocs;
+            alloc::disable();
+            match result {
+                Ok(s) => println!(
+                    "{} {side:?}: {}, {:.2} allocations per {}",
+                    workload.name,
+                    workload.unit.format(s.rate()),
+                    allocs as f64 / (s.units / workload.unit.per()).max(1.0),
+                    workload.unit.singular()
+                ),
+                Err(e) => {
+                    eprintln!("{} {side:?}: {e}", workload.name);
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    for (workload, ours, raw) in simulated {
+        if !wanted(workload.name) {
+            continue;
+        }
+        let run = if side == Side::Ours { ours } else { raw };
+        for _ in 0..rounds {
+            alloc::enable();
+            let before = alloc::snapshot();
+            let result = run(sizes, false);
+            let allocs = alloc::snapshot().allocs - before.allocs;
+            alloc::disable();
+            match result {
+                Ok(s) => println!(
+                    "{} {side:?}: {}, {:.2} allocations per {}",
+                    workload.name,
+                    workload.unit.format(s.rate()),
+                    allocs as f64 / (s.units / workload.unit.per()).max(1.0),
+                    workload.unit.singular()
+                ),
+                Err(e) => {
+                    eprintln!("{} {side:?}: {e}", workload.name);
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
     }
     ExitCode::SUCCESS
 }
@@ -632,7 +746,8 @@ fn json_report(report: &Report, machine: &str, rounds: usize) -> serde_json::Val
         doc["idle_connections"] = m.connections.into();
     }
     if !report.node.is_empty() {
-        doc["node"] = report.node.iter().map(|(w, r)| serde_json::json!({ "name": w.name, "ratio": r })).collect();
+        doc["node"] =
+            report.node.iter().map(|(w, r)| serde_json::json!({ "name": w.name, "ratio": r })).collect();
     }
     doc
 }
@@ -657,10 +772,8 @@ fn machine_line() -> String {
 
 /// Today's UTC date as YYYY-MM-DD.
 fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = (secs / 86_400) as i64 + 719_468;
     let era = z.div_euclid(146_097);

@@ -12,7 +12,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tcpudp::{Datagram, Policy, TcpOptions, TcpServerOptions, TcpServerSocket, TcpSocket, UdpOptions, UdpSocket};
+use tcpudp::{
+    Datagram, Policy, TcpOptions, TcpServerOptions, TcpServerSocket, TcpSocket, UdpOptions, UdpSocket,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::udp::WINDOW;

@@ -49,7 +49,10 @@ pub(crate) async fn raw_listener() -> BenchResult<(TcpListener, SocketAddr)> {
 }
 
 /// A raw connection: (client, accepted), TCP_NODELAY on both (our default `noDelay`).
-pub(crate) async fn raw_pair(listener: &TcpListener, addr: SocketAddr) -> BenchResult<(TcpStream, TcpStream)> {
+pub(crate) async fn raw_pair(
+    listener: &TcpListener,
+    addr: SocketAddr,
+) -> BenchResult<(TcpStream, TcpStream)> {
     let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
     let (client, (accepted, _)) = (client?, accepted?);
     client.set_nodelay(true)?;
