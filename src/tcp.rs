@@ -99,7 +99,8 @@ struct TransportSide {
     released: bool,
     driver: Option<Waker>,
     armed: Option<tcpudp_core::Instant>,
-    diag: TcpDiag,
+    /// Options read back when the transport was released (diag() after close).
+    diag: Option<Box<TcpDiag>>,
     /// TLS hook (issue #7): the handshake in progress, ALPN and `start_tls()` state.
     tls: crate::tls::TlsSlot,
 }
@@ -186,7 +187,6 @@ impl TcpSocket {
         let state = machine.ready_state();
         let mut io = TransportSide { read_buf: BytesMut::new(), ..TransportSide::default() };
         if let Some(t) = transport {
-            io.diag = t.diag();
             io.transport = Some(t);
         }
         let app = AppSide { state_log: Some(StateLog::new(state)), ..AppSide::default() };
@@ -337,7 +337,10 @@ impl TcpSocket {
     /// Option values read back from the OS (or the simulator's model) and the library's queues.
     pub fn diag(&self) -> TcpSocketDiag {
         let inner = lock(&self.shared().inner);
-        let options = inner.io.transport.as_ref().map(|t| t.diag()).unwrap_or_else(|| inner.io.diag.clone());
+        let options = match &inner.io.transport {
+            Some(t) => t.diag(),
+            None => inner.io.diag.as_deref().cloned().unwrap_or_default(),
+        };
         TcpSocketDiag {
             state_log: inner.app.state_log.as_ref().map(StateLog::to_vec).unwrap_or_default(),
             queued_read_bytes: inner.machine.queued_read_bytes(),
@@ -607,7 +610,6 @@ impl TransportSide {
                     if let Err(e) = t.set_keep_alive(keep_alive) {
                         tracing::debug!(parent: &shared.span, error = %e, "keep-alive not applied");
                     }
-                    self.diag = t.diag();
                 }
             }
             IoCommand::TlsHandshake => {
@@ -627,7 +629,7 @@ impl TransportSide {
         self.shutdown_pending = false;
         self.read_interest = false;
         if let Some(t) = self.transport.take() {
-            self.diag = t.diag();
+            self.diag = Some(Box::new(t.diag()));
             if reset.is_some() {
                 t.reset();
             }
@@ -653,7 +655,6 @@ impl TransportSide {
                 return Some(match result {
                     Ok(t) => match (t.local_addr(), t.peer_addr()) {
                         (Ok(local), Ok(remote)) => {
-                            self.diag = t.diag();
                             self.transport = Some(t);
                             IoEvent::Connected { local, remote }
                         }
@@ -745,7 +746,8 @@ impl TransportSide {
 
 /// The driver: polls the transport when the application is not doing so, and fires timers.
 async fn drive(shared: Arc<TcpShared>) {
-    let mut sleep = Box::pin(tokio::time::sleep(std::time::Duration::from_secs(0)));
+    // Made on the first armed timer only: an idle socket without timers keeps none (DESIGN §5).
+    let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut armed: Option<tcpudp_core::Instant> = None;
     std::future::poll_fn(|cx| {
         let mut inner = lock(&shared.inner);
@@ -769,18 +771,24 @@ async fn drive(shared: Arc<TcpShared>) {
         }
         match inner.machine.poll_timeout() {
             Some(d) => {
+                let deadline = shared.net.to_tokio(d.at);
+                let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if armed != Some(d.at) {
-                    sleep.as_mut().reset(shared.net.to_tokio(d.at));
+                    timer.as_mut().reset(deadline);
                     armed = Some(d.at);
                 }
-                if sleep.as_mut().poll(cx).is_ready() {
+                if timer.as_mut().poll(cx).is_ready() {
                     armed = None;
                     cx.waker().wake_by_ref();
                 }
             }
-            None => armed = None,
+            None => {
+                armed = None;
+                sleep = None;
+            }
         }
         inner.io.armed = armed;
+        inner.machine.release_idle_buffers();
         Poll::Pending
     })
     .instrument_in(&shared.span)

@@ -27,6 +27,13 @@ impl Outbox {
     pub(crate) fn pop(&mut self) -> Option<Output> {
         self.0.pop_front()
     }
+
+    /// Gives the capacity back when nothing waits (an idle socket stays small).
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.0.is_empty() && self.0.capacity() > 0 {
+            self.0 = VecDeque::new();
+        }
+    }
 }
 
 /// `opened` or `closed`: settles at most once (INV-01, INV-02).

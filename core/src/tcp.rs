@@ -246,6 +246,18 @@ impl TcpMachine {
         &self.spec
     }
 
+    /// Gives back the capacity of empty queues, so an idle socket keeps little state (DESIGN §5:
+    /// ≤ 2 KiB). The driver calls it when it goes idle; the next data allocates again.
+    pub fn release_idle_buffers(&mut self) {
+        self.out.release_if_empty();
+        if self.readable.queue.is_empty() && self.readable.queue.capacity() > 0 {
+            self.readable.queue = VecDeque::new();
+        }
+        if self.writable.queue.is_empty() && self.writable.queue.capacity() > 0 {
+            self.writable.queue = VecDeque::new();
+        }
+    }
+
     /// Mutation testing: make the state refuse one §9 row (the `mutants` command).
     #[cfg(feature = "mutations")]
     pub fn disable_row(&mut self, row: Option<Row>) {
