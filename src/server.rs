@@ -19,7 +19,9 @@ use tcpudp_core::{
 
 use crate::backend::{cause_of, ListenerTransport, TcpTransport};
 use crate::network::Network;
-use crate::shared::{lock, PromiseSource, PromiseWaiters, SocketPromise, StateLog, Which};
+use crate::shared::{
+    hold_released, lock, take_step, PromiseSource, PromiseWaiters, SocketPromise, StateLog, Which,
+};
 use crate::tcp::TcpSocket;
 
 /// A `TCPServerSocket`.
@@ -252,36 +254,18 @@ impl PromiseSource for ServerShared {
 impl Inner {
     fn process(&mut self, shared: &ServerShared) {
         let mut budget = 64;
-        loop {
-            if budget == 0 {
-                // Budget spent with I/O possibly still ready: poll_accept/poll_once returned
-                // Ready, so no waker is registered. Wake the driver so it picks up where this
-                // left off (without this, a burst of > 64 events could stall until some other
-                // wake-up, e.g. a backlog of accepts never served).
-                if let Some(w) = &self.io.driver {
-                    w.wake_by_ref();
-                }
-                break;
-            }
-            budget -= 1;
+        while take_step(&mut budget, self.io.driver.as_ref()) {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
             }
             let Some(waker) = self.io.driver.clone() else { break };
             let mut cx = Context::from_waker(&waker);
-            if let Some(hold) = &self.io.hold {
-                // fault.hold_open(): listening is reported only after release.
-                if hold.poll_released(&mut cx).is_pending() {
-                    break;
-                }
-                self.io.hold = None;
+            // fault.hold_open(): listening is reported only after release.
+            if !hold_released(&mut self.io.hold, &mut cx) {
+                break;
             }
-            let report = match self.io.reports.pop_front() {
-                Some(report) => report,
-                None => match self.io.poll_accept(&mut cx) {
-                    Some(report) => report,
-                    None => break,
-                },
+            let Some(report) = self.io.reports.pop_front().or_else(|| self.io.poll_accept(&mut cx)) else {
+                break;
             };
             let now = shared.net.now();
             let _ = self.machine.handle(now, Input::Io(report));

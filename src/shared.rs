@@ -33,6 +33,55 @@ impl WakerList {
     }
 }
 
+/// Counts one step of a driver loop's budget; `false` once it is spent. Then the I/O may still be
+/// ready with no waker registered (the last poll returned `Ready`), so the driver is woken to carry
+/// on where this call stopped: without it a burst longer than the budget could stall.
+pub(crate) fn take_step(budget: &mut usize, driver: Option<&Waker>) -> bool {
+    if *budget == 0 {
+        if let Some(w) = driver {
+            w.wake_by_ref();
+        }
+        return false;
+    }
+    *budget -= 1;
+    true
+}
+
+/// `fault.hold_open()`: whether a socket created while held may report its opening yet. Clears the
+/// ticket once released.
+pub(crate) fn hold_released(hold: &mut Option<crate::faults::HoldTicket>, cx: &mut Context<'_>) -> bool {
+    match hold {
+        Some(ticket) if ticket.poll_released(cx).is_pending() => false,
+        _ => {
+            *hold = None;
+            true
+        }
+    }
+}
+
+/// One read's outcome as a fused stream item: an error is yielded once, then the stream ends, as
+/// it does after done (INV-06).
+pub(crate) fn stream_item<T>(
+    ended: &mut bool,
+    read: Poll<Result<Option<T>, SocketError>>,
+) -> Poll<Option<Result<T, SocketError>>> {
+    if *ended {
+        return Poll::Ready(None);
+    }
+    match read {
+        Poll::Ready(Ok(Some(item))) => Poll::Ready(Some(Ok(item))),
+        Poll::Ready(Ok(None)) => {
+            *ended = true;
+            Poll::Ready(None)
+        }
+        Poll::Ready(Err(e)) => {
+            *ended = true;
+            Poll::Ready(Some(Err(e)))
+        }
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 /// Which of a socket's two promises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Which {

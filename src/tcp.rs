@@ -23,8 +23,8 @@ use tokio::io::ReadBuf;
 use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
 use crate::network::Network;
 use crate::shared::{
-    lock, FlushFuture, PromiseSource, PromiseWaiters, ReadyFuture, SocketPromise, StateLog, Which, WriteBook,
-    WriteFuture, WriteSource,
+    lock, stream_item, FlushFuture, PromiseSource, PromiseWaiters, ReadyFuture, SocketPromise, StateLog,
+    Which, WriteBook, WriteFuture, WriteSource,
 };
 
 /// Largest read from the transport at once.
@@ -868,21 +868,9 @@ impl futures_core::Stream for TcpReadable {
     type Item = Result<Bytes, SocketError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        match self.handle.shared.poll_read(cx) {
-            Poll::Ready(Ok(Some(chunk))) => Poll::Ready(Some(Ok(chunk))),
-            Poll::Ready(Ok(None)) => {
-                self.ended = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Err(e)) => {
-                self.ended = true;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let this = &mut *self;
+        let read = if this.ended { Poll::Ready(Ok(None)) } else { this.handle.shared.poll_read(cx) };
+        stream_item(&mut this.ended, read)
     }
 }
 

@@ -26,8 +26,8 @@ use tokio::io::ReadBuf;
 use crate::backend::{cause_of, BoxFuture, UdpBind, UdpDiag, UdpTransport};
 use crate::network::Network;
 use crate::shared::{
-    lock, FlushFuture, PromiseSource, PromiseWaiters, ReadyFuture, SocketPromise, StateLog, Which, WriteBook,
-    WriteFuture, WriteSource,
+    hold_released, lock, stream_item, take_step, FlushFuture, PromiseSource, PromiseWaiters, ReadyFuture,
+    SocketPromise, StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
 
 /// Room for the largest datagram.
@@ -498,36 +498,18 @@ impl WriteSource for UdpShared {
 impl Inner {
     fn process(&mut self, shared: &UdpShared) {
         let mut budget = 64;
-        loop {
-            if budget == 0 {
-                // Budget spent with I/O possibly still ready: poll_accept/poll_once returned
-                // Ready, so no waker is registered. Wake the driver so it picks up where this
-                // left off (without this, a burst of > 64 events could stall until some other
-                // wake-up, e.g. a backlog of accepts never served).
-                if let Some(w) = &self.io.driver {
-                    w.wake_by_ref();
-                }
-                break;
-            }
-            budget -= 1;
+        while take_step(&mut budget, self.io.driver.as_ref()) {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
             }
             let Some(waker) = self.io.driver.clone() else { break };
             let mut cx = Context::from_waker(&waker);
-            if let Some(hold) = &self.io.hold {
-                // fault.hold_open(): the bind's outcome is reported only after release.
-                if hold.poll_released(&mut cx).is_pending() {
-                    break;
-                }
-                self.io.hold = None;
+            // fault.hold_open(): the bind's outcome is reported only after release.
+            if !hold_released(&mut self.io.hold, &mut cx) {
+                break;
             }
-            let report = match self.io.reports.pop_front() {
-                Some(report) => report,
-                None => match self.io.poll_once(&mut cx) {
-                    Some(report) => report,
-                    None => break,
-                },
+            let Some(report) = self.io.reports.pop_front().or_else(|| self.io.poll_once(&mut cx)) else {
+                break;
             };
             let report = match report {
                 IoEvent::Datagram { .. } if shared.net.faults().conversion_fails() => {
@@ -745,21 +727,9 @@ impl futures_core::Stream for UdpReadable {
     type Item = Result<UdpMessage, SocketError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        match self.handle.shared.poll_read(cx) {
-            Poll::Ready(Ok(Some(m))) => Poll::Ready(Some(Ok(m))),
-            Poll::Ready(Ok(None)) => {
-                self.ended = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Err(e)) => {
-                self.ended = true;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        let this = &mut *self;
+        let read = if this.ended { Poll::Ready(Ok(None)) } else { this.handle.shared.poll_read(cx) };
+        stream_item(&mut this.ended, read)
     }
 }
 
