@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tcpudp::{
-    Datagram, ReadyState, SocketError, TcpReadable, TcpServerSocket, TcpSocket, TcpWritable, UdpReadable,
-    UdpSocket, UdpWritable,
+    Datagram, ReadyState, SocketError, SocketPromise, TcpOptions, TcpReadable, TcpServerSocket, TcpSocket,
+    TcpWritable, UdpReadable, UdpSocket, UdpWritable, WriteFuture,
 };
 use tokio::sync::Notify;
 
@@ -31,6 +31,7 @@ pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), St
         moved: Notify::new(),
         trace: RefCell::new(Trace::new(&scenario.name, backend.as_str(), scenario.seed)),
         failure: RefCell::new(None),
+        network: RefCell::new(None),
     });
     if let Some(fault) = scenario.steps.iter().find_map(|s| match &s.action {
         Action::Fault(f) if !supports(backend, f) => Some(f.clone()),
@@ -41,6 +42,9 @@ pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), St
     }
     let for_world = shared.clone();
     let outcome = harness::run_with(backend, scenario.seed, move |world: &mut World| {
+        if let Some(ms) = for_world.scenario.fixed_latency_ms {
+            world.link(tcpudp_net_sim::LinkProfile::fixed(Duration::from_millis(ms)));
+        }
         for host in &for_world.scenario.hosts {
             let shared = for_world.clone();
             let me = host.clone();
@@ -48,7 +52,10 @@ pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), St
         }
     });
     let failure = shared.failure.borrow().clone();
-    let trace = shared.trace.borrow().clone();
+    let mut trace = shared.trace.borrow().clone();
+    if let Some(network) = shared.network.borrow().as_ref() {
+        trace.events.extend(deliveries(&network.trace()));
+    }
     match (failure, outcome) {
         (Some(f), _) => (trace, Err(f)),
         (None, Err(e)) => (trace, Err(e)),
@@ -73,21 +80,70 @@ pub fn supports(backend: BackendChoice, fault: &Fault) -> bool {
     library_hook || backend == BackendChoice::Sim
 }
 
+/// The datagrams the simulated network delivered to library sockets, from its own trace
+/// (`udp#ID FROM>TO len=N to #S arrives T` and `udp#ID duplicate of udp#J`), as trace events
+/// appended after the run, for INV-10.
+fn deliveries(network: &[String]) -> Vec<TraceEvent> {
+    let mut out = Vec::new();
+    let mut by_id: BTreeMap<u64, (String, String, usize)> = BTreeMap::new();
+    for line in network {
+        let Some(rest) = line.split_once("udp#").map(|(_, r)| r) else { continue };
+        let mut words = rest.split_whitespace();
+        let Some(id) = words.next().and_then(|w| w.parse::<u64>().ok()) else { continue };
+        let words: Vec<&str> = words.collect();
+        let at_micros = line
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.trim_matches(|c: char| !c.is_ascii_digit() && c != '.').parse::<f64>().ok())
+            .map_or(0, |secs| (secs * 1e6).round() as u64);
+        let event = |what| TraceEvent { at_micros, host: String::new(), socket: String::new(), what };
+        match words.as_slice() {
+            [route, len, "to", _, rest @ ..]
+                if rest.first() == Some(&"arrives") || rest.first() == Some(&"local") =>
+            {
+                let Some((from, to)) = route.split_once('>') else { continue };
+                let Some(bytes) = len.strip_prefix("len=").and_then(|n| n.parse().ok()) else { continue };
+                by_id.insert(id, (from.to_owned(), to.to_owned(), bytes));
+                out.push(event(Observation::Delivered {
+                    id,
+                    bytes,
+                    from: from.to_owned(),
+                    to: to.to_owned(),
+                    duplicate_of: None,
+                }));
+            }
+            ["duplicate", "of", original] => {
+                let Some(of) = original.strip_prefix("udp#").and_then(|n| n.parse().ok()) else { continue };
+                let Some((from, to, bytes)) = by_id.get(&of).cloned() else { continue };
+                out.push(event(Observation::Delivered { id, bytes, from, to, duplicate_of: Some(of) }));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 struct Shared {
     scenario: Scenario,
     cursor: RefCell<usize>,
     moved: Notify,
     trace: RefCell<Trace>,
     failure: RefCell<Option<String>>,
+    /// The simulator's fault handle (its network trace feeds INV-10).
+    network: RefCell<Option<tcpudp_net_sim::SimFaults>>,
 }
 
 enum Sock {
-    Tcp { sock: TcpSocket, reader: Option<TcpReadable>, writer: Option<TcpWritable> },
+    Tcp { sock: TcpSocket, reader: Option<TcpReadable>, writer: Option<TcpWritable>, high_water_mark: u64 },
     Server(TcpServerSocket),
     Udp { sock: UdpSocket, reader: Option<UdpReadable>, writer: Option<UdpWritable> },
 }
 
 impl Sock {
+    fn tcp(sock: TcpSocket, high_water_mark: usize) -> Sock {
+        Sock::Tcp { sock, reader: None, writer: None, high_water_mark: high_water_mark as u64 }
+    }
+
     fn state(&self) -> ReadyState {
         match self {
             Sock::Tcp { sock, .. } => sock.ready_state(),
@@ -95,24 +151,45 @@ impl Sock {
             Sock::Udp { sock, .. } => sock.ready_state(),
         }
     }
+
+    /// The promise `opened` (true) or `closed` (false).
+    fn promise(&self, opened: bool) -> SocketPromise {
+        match (self, opened) {
+            (Sock::Tcp { sock, .. }, true) => sock.opened(),
+            (Sock::Tcp { sock, .. }, false) => sock.closed(),
+            (Sock::Server(s), true) => s.opened(),
+            (Sock::Server(s), false) => s.closed(),
+            (Sock::Udp { sock, .. }, true) => sock.opened(),
+            (Sock::Udp { sock, .. }, false) => sock.closed(),
+        }
+    }
 }
 
+/// One host's interpreter state; clones share it (background observers hold one).
+#[derive(Clone)]
 struct Host {
     shared: Rc<Shared>,
     me: String,
     ctx: Ctx,
-    sockets: BTreeMap<String, Sock>,
-    states: BTreeMap<String, ReadyState>,
+    sockets: Rc<RefCell<BTreeMap<String, Sock>>>,
+    /// Last readyState and inbound queue recorded per socket.
+    states: Rc<RefCell<BTreeMap<String, (ReadyState, u64)>>>,
+    /// Writes issued per socket (their indexes).
+    writes: Rc<RefCell<BTreeMap<String, u64>>>,
 }
 
 async fn host_body(shared: Rc<Shared>, me: String, ctx: Ctx) -> BodyResult {
     let total = shared.scenario.steps.len();
-    let mut host = Host {
+    if let Some(faults) = ctx.sim_faults() {
+        shared.network.borrow_mut().get_or_insert_with(|| faults.clone());
+    }
+    let host = Host {
         shared: shared.clone(),
         me: me.clone(),
         ctx,
-        sockets: BTreeMap::new(),
-        states: BTreeMap::new(),
+        sockets: Rc::default(),
+        states: Rc::default(),
+        writes: Rc::default(),
     };
     for index in 0..total {
         if shared.scenario.steps[index].host != me {
@@ -124,18 +201,33 @@ async fn host_body(shared: Rc<Shared>, me: String, ctx: Ctx) -> BodyResult {
         }
         let step = shared.scenario.steps[index].clone();
         tokio::time::sleep(Duration::from_millis(step.after_ms)).await;
+        host.record_states();
+        host.observe("", Observation::Step { index });
         let result = tokio::time::timeout(STEP_LIMIT, host.execute(&step.action)).await;
         let result = result.unwrap_or_else(|_| Err(format!("step {index} did not finish")));
         host.record_states();
-        if let Err(message) = result {
-            host.observe("", Observation::Failure { message: format!("step {index}: {message}") });
-            shared.failure.borrow_mut().get_or_insert(format!("step {index} ({:?}): {message}", step.action));
+        match result {
+            Err(message) if shared.scenario.tolerant => host.observe("", Observation::Skipped { message }),
+            Err(message) => {
+                host.observe("", Observation::Failure { message: format!("step {index}: {message}") });
+                shared
+                    .failure
+                    .borrow_mut()
+                    .get_or_insert(format!("step {index} ({:?}): {message}", step.action));
+            }
+            Ok(()) => {}
         }
         *shared.cursor.borrow_mut() = index + 1;
         shared.moved.notify_waiters();
     }
-    // Keep this host's sockets alive until every host is done.
+    // Keep this host's sockets alive until every host is done, then let background observers
+    // see what settles.
     wait_for(&shared, total).await;
+    if shared.scenario.settle_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(shared.scenario.settle_ms)).await;
+        host.record_states();
+    }
+    host.observe("", Observation::End);
     Ok(())
 }
 
@@ -169,105 +261,325 @@ fn bytes_of(value: &serde_json::Value) -> Result<Bytes, SocketError> {
         .ok_or_else(|| SocketError::type_error().with_message("chunk is not bytes"))
 }
 
+/// Whether `promise` has settled already (polled once, never waits).
+fn settled(promise: SocketPromise) -> bool {
+    let mut promise = std::pin::pin!(promise);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::future::Future::poll(promise.as_mut(), &mut cx).is_ready()
+}
+
+/// A socket event's time: simulated time in the simulator, 0 on real sockets (wall-clock times
+/// would make real traces differ run to run).
+fn now_micros(backend: BackendChoice) -> u64 {
+    match backend {
+        BackendChoice::Sim => turmoil::sim_elapsed().map_or(0, |d| d.as_micros() as u64),
+        BackendChoice::Real => 0,
+    }
+}
+
 impl Host {
     fn observe(&self, socket: &str, what: Observation) {
-        let at_micros = match self.ctx.backend() {
-            BackendChoice::Sim => turmoil::sim_elapsed().map_or(0, |d| d.as_micros() as u64),
-            BackendChoice::Real => 0, // Wall-clock times would make real traces differ run to run.
-        };
         self.shared.trace.borrow_mut().events.push(TraceEvent {
-            at_micros,
+            at_micros: now_micros(self.ctx.backend()),
             host: self.me.clone(),
             socket: socket.into(),
             what,
         });
     }
 
-    fn record_states(&mut self) {
-        let now: Vec<(String, ReadyState)> =
-            self.sockets.iter().map(|(n, s)| (n.clone(), s.state())).collect();
-        for (name, state) in now {
-            if self.states.get(&name) != Some(&state) {
-                self.states.insert(name.clone(), state);
+    /// Records every readyState change, and for TCP sockets changes of the inbound queue.
+    fn record_states(&self) {
+        let now: Vec<(String, ReadyState, Option<(u64, u64)>)> = self
+            .sockets
+            .borrow()
+            .iter()
+            .map(|(n, s)| {
+                let queued = match s {
+                    Sock::Tcp { sock, high_water_mark, .. } => {
+                        Some((sock.diag().queued_read_bytes as u64, *high_water_mark))
+                    }
+                    _ => None,
+                };
+                (n.clone(), s.state(), queued)
+            })
+            .collect();
+        for (name, state, queued) in now {
+            let before = self.states.borrow().get(&name).copied();
+            let inbound = queued.map_or(0, |q| q.0);
+            if before.map(|b| b.0) != Some(state) {
                 self.observe(&name, Observation::State { state: state.to_string() });
             }
+            if let Some((inbound, high_water_mark)) = queued {
+                if before.map_or(0, |b| b.1) != inbound {
+                    self.observe(&name, Observation::Queued { inbound, high_water_mark });
+                }
+            }
+            self.states.borrow_mut().insert(name, (state, inbound));
         }
     }
 
-    fn tcp(
-        &mut self,
-        name: &str,
-    ) -> Result<(&TcpSocket, &mut Option<TcpReadable>, &mut Option<TcpWritable>), String> {
-        match self.sockets.get_mut(name) {
-            Some(Sock::Tcp { sock, reader, writer }) => Ok((sock, reader, writer)),
-            _ => Err(format!("no TCP socket {name}")),
+    fn state_of(&self, socket: &str) -> Option<String> {
+        self.sockets.borrow().get(socket).map(|s| s.state().to_string())
+    }
+
+    fn insert(&self, name: &str, sock: Sock) {
+        let kind = match sock {
+            Sock::Tcp { .. } => "tcp",
+            Sock::Server(_) => "server",
+            Sock::Udp { .. } => "udp",
+        };
+        self.observe(name, Observation::Created { socket_kind: kind.into() });
+        self.sockets.borrow_mut().insert(name.to_owned(), sock);
+        self.record_states();
+    }
+
+    fn next_write(&self, socket: &str) -> u64 {
+        let mut writes = self.writes.borrow_mut();
+        let n = writes.entry(socket.to_owned()).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
+
+    /// Awaits a write's promise (or records it in the background) with its index.
+    async fn settle_write(&self, socket: &str, index: u64, future: WriteFuture, wait: bool) {
+        let host = self.clone();
+        let socket = socket.to_owned();
+        let record = async move {
+            let settled = future.await;
+            host.record_states();
+            host.observe(
+                &socket,
+                Observation::WriteSettled { outcome: outcome_text(&settled), index: Some(index) },
+            );
+        };
+        if wait {
+            record.await;
+        } else {
+            tokio::task::spawn_local(record);
         }
     }
 
-    async fn execute(&mut self, action: &Action) -> Result<(), String> {
+    /// Observes `opened` and `closed` in the background.
+    fn watch(&self, socket: &str) -> Result<(), String> {
+        let (opened, closed) = {
+            let sockets = self.sockets.borrow();
+            let s = sockets.get(socket).ok_or(format!("no socket {socket}"))?;
+            (s.promise(true), s.promise(false))
+        };
+        self.observe(socket, Observation::Call { what: "watch".into() });
+        let host = self.clone();
+        let name = socket.to_owned();
+        tokio::task::spawn_local(async move {
+            let outcome = outcome_text(&opened.await);
+            host.record_states();
+            host.observe(&name, Observation::Opened { outcome, state: host.state_of(&name) });
+            host.record_endpoints(&name);
+        });
+        let host = self.clone();
+        let name = socket.to_owned();
+        tokio::task::spawn_local(async move {
+            let outcome = outcome_text(&closed.await);
+            let opened_pending = !host.sockets.borrow().get(&name).is_some_and(|s| settled(s.promise(true)));
+            host.record_states();
+            host.observe(&name, Observation::Closed { outcome, state: host.state_of(&name), opened_pending });
+        });
+        Ok(())
+    }
+
+    fn record_endpoints(&self, socket: &str) {
+        let endpoints = match self.sockets.borrow().get(socket) {
+            Some(Sock::Tcp { sock, .. }) => {
+                let diag = sock.diag();
+                diag.local_addr.map(|l| (l.to_string(), diag.remote_addr.map(|r| r.to_string())))
+            }
+            // No local address asked for: bound to the wildcard.
+            Some(Sock::Udp { sock, .. }) => sock
+                .local_port()
+                .map(|p| (address(&sock.local_address().unwrap_or_else(|| "0.0.0.0".into()), p), None)),
+            _ => None,
+        };
+        if let Some((local, remote)) = endpoints {
+            self.observe(socket, Observation::Endpoints { local, remote });
+        }
+    }
+
+    /// Reads `socket` in the background to its end, then once more.
+    fn read_all(&self, socket: &str) -> Result<(), String> {
+        let host = self.clone();
+        let name = socket.to_owned();
+        match self.sockets.borrow_mut().get_mut(socket) {
+            Some(Sock::Tcp { sock, reader, .. }) => {
+                let mut r = match reader.take() {
+                    Some(r) => r,
+                    None => sock.readable().map_err(|e| e.to_string())?,
+                };
+                tokio::task::spawn_local(async move {
+                    let end = loop {
+                        match r.read().await {
+                            Ok(Some(chunk)) => {
+                                host.record_states();
+                                host.observe(&name, Observation::Read { data: chunk.to_vec(), from: None });
+                            }
+                            Ok(None) => break Observation::ReadDone,
+                            Err(e) => break Observation::ReadError { name: e.name().into() },
+                        }
+                    };
+                    host.record_states();
+                    host.observe(&name, end);
+                    let again = match r.read().await {
+                        Ok(Some(_)) => "data".to_owned(),
+                        Ok(None) => "done".to_owned(),
+                        Err(e) => e.name().to_owned(),
+                    };
+                    host.observe(&name, Observation::ReadAfterEnd { outcome: again });
+                });
+            }
+            Some(Sock::Udp { sock, reader, .. }) => {
+                let mut r = match reader.take() {
+                    Some(r) => r,
+                    None => sock.readable().map_err(|e| e.to_string())?,
+                };
+                tokio::task::spawn_local(async move {
+                    let end = loop {
+                        match r.read().await {
+                            Ok(Some(m)) => {
+                                let from = Some(udp_source(&m));
+                                host.observe(&name, Observation::Read { data: m.data.to_vec(), from });
+                            }
+                            Ok(None) => break Observation::ReadDone,
+                            Err(e) => break Observation::ReadError { name: e.name().into() },
+                        }
+                    };
+                    host.record_states();
+                    host.observe(&name, end);
+                    let again = match r.read().await {
+                        Ok(Some(_)) => "data".to_owned(),
+                        Ok(None) => "done".to_owned(),
+                        Err(e) => e.name().to_owned(),
+                    };
+                    host.observe(&name, Observation::ReadAfterEnd { outcome: again });
+                });
+            }
+            _ => return Err(format!("no socket {socket} to read")),
+        }
+        Ok(())
+    }
+
+    /// Accepts every connection of `server` in the background.
+    fn accept_all(&self, server: &str, prefix: &str) -> Result<(), String> {
+        let s = match self.sockets.borrow().get(server) {
+            Some(Sock::Server(s)) => s.clone(),
+            _ => return Err(format!("no server {server}")),
+        };
+        let host = self.clone();
+        let (server, prefix) = (server.to_owned(), prefix.to_owned());
+        tokio::task::spawn_local(async move {
+            // Bounded: a scenario makes few connections.
+            for n in 0..64 {
+                let Ok(conn) = s.listen().await else { break };
+                let name = format!("{prefix}{n}");
+                let hwm = TcpOptions::default().readable_high_water_mark;
+                host.insert(&name, Sock::tcp(conn, hwm));
+                host.observe(&name, Observation::Accepted { server: server.clone() });
+                let _ = host.watch(&name);
+                let _ = host.read_all(&name);
+            }
+        });
+        Ok(())
+    }
+
+    async fn execute(&self, action: &Action) -> Result<(), String> {
         match action {
             Action::Listen { server, options, publish, wait } => {
-                let s = TcpServerSocket::new(&self.ctx.net, options.clone()).map_err(|e| e.to_string())?;
+                let s = TcpServerSocket::new(&self.ctx.net, options.clone())
+                    .map_err(|e| self.ctor_error("", e))?;
+                self.insert(server, Sock::Server(s.clone()));
                 if *wait {
                     let opened = s.opened().await;
-                    self.observe(server, Observation::Opened { outcome: outcome_text(&opened) });
+                    self.observe(
+                        server,
+                        Observation::Opened { outcome: outcome_text(&opened), state: self.state_of(server) },
+                    );
                     if let Some(port) = s.local_port() {
                         self.ctx.publish(publish, port);
                     }
                 }
-                self.sockets.insert(server.clone(), Sock::Server(s));
             }
             Action::Accept { server, socket } => {
-                let Some(Sock::Server(s)) = self.sockets.get(server) else {
-                    return Err(format!("no server {server}"));
+                let s = match self.sockets.borrow().get(server) {
+                    Some(Sock::Server(s)) => s.clone(),
+                    _ => return Err(format!("no server {server}")),
                 };
                 let conn = s.listen().await.map_err(|e| e.to_string())?;
-                self.sockets.insert(socket.clone(), Sock::Tcp { sock: conn, reader: None, writer: None });
+                let hwm = TcpOptions::default().readable_high_water_mark;
+                self.insert(socket, Sock::tcp(conn, hwm));
+                self.observe(socket, Observation::Accepted { server: server.clone() });
             }
             Action::Connect { socket, to_host, port_key, options } => {
                 let port = self.ctx.lookup(port_key).await;
                 let address = self.ctx.address_of(to_host);
                 let sock = TcpSocket::new(&self.ctx.net, &address, port, options.clone())
-                    .map_err(|e| e.to_string())?;
-                self.sockets.insert(socket.clone(), Sock::Tcp { sock, reader: None, writer: None });
+                    .map_err(|e| self.ctor_error(socket, e))?;
+                self.insert(socket, Sock::tcp(sock, options.readable_high_water_mark));
             }
             Action::Bind { socket, options, publish, wait } => {
-                let sock = UdpSocket::new(&self.ctx.net, options.clone()).map_err(|e| e.to_string())?;
+                let sock =
+                    UdpSocket::new(&self.ctx.net, options.clone()).map_err(|e| self.ctor_error(socket, e))?;
+                self.insert(socket, Sock::Udp { sock: sock.clone(), reader: None, writer: None });
                 if *wait {
                     let opened = sock.opened().await;
-                    self.observe(socket, Observation::Opened { outcome: outcome_text(&opened) });
+                    self.observe(
+                        socket,
+                        Observation::Opened { outcome: outcome_text(&opened), state: self.state_of(socket) },
+                    );
+                    self.record_endpoints(socket);
                     if let Some(port) = sock.local_port() {
                         self.ctx.publish(publish, port);
                     }
                 }
-                self.sockets.insert(socket.clone(), Sock::Udp { sock, reader: None, writer: None });
             }
-            Action::Write { socket, data } => {
-                let settled = match bytes_of(data) {
-                    Err(e) => Err(e),
-                    Ok(bytes) => match self.sockets.get_mut(socket) {
+            Action::Write { socket, data, wait } => {
+                let bytes = match bytes_of(data) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        self.observe(
+                            socket,
+                            Observation::WriteSettled { outcome: e.name().into(), index: None },
+                        );
+                        return Ok(());
+                    }
+                };
+                let index = self.next_write(socket);
+                self.observe(socket, Observation::WriteIssued { index, data: bytes.to_vec(), to: None });
+                let future = {
+                    let mut sockets = self.sockets.borrow_mut();
+                    match sockets.get_mut(socket) {
                         Some(Sock::Tcp { sock, writer, .. }) => {
-                            let w = take_or_open(writer, || sock.writable())?;
-                            w.write(bytes).await
+                            take_or_open(writer, || sock.writable())?.write(bytes)
                         }
                         Some(Sock::Udp { sock, writer, .. }) => {
-                            let w = take_or_open(writer, || sock.writable())?;
-                            w.write(Datagram::new(bytes)).await
+                            take_or_open(writer, || sock.writable())?.write(Datagram::new(bytes))
                         }
                         _ => return Err(format!("no socket {socket} to write")),
-                    },
+                    }
                 };
-                self.observe(socket, Observation::WriteSettled { outcome: outcome_text(&settled) });
+                self.settle_write(socket, index, future, *wait).await;
             }
-            Action::SendTo { socket, to_host, port_key, data } => {
+            Action::SendTo { socket, to_host, port_key, data, wait } => {
                 let port = self.ctx.lookup(port_key).await;
                 let address = self.ctx.address_of(to_host);
-                let Some(Sock::Udp { sock, writer, .. }) = self.sockets.get_mut(socket) else {
-                    return Err(format!("no UDP socket {socket}"));
+                let index = self.next_write(socket);
+                let to = Some(self::address(&address, port));
+                self.observe(socket, Observation::WriteIssued { index, data: data.clone(), to });
+                let future = {
+                    let mut sockets = self.sockets.borrow_mut();
+                    let Some(Sock::Udp { sock, writer, .. }) = sockets.get_mut(socket) else {
+                        return Err(format!("no UDP socket {socket}"));
+                    };
+                    let w = take_or_open(writer, || sock.writable())?;
+                    w.write(Datagram::to(Bytes::from(data.clone()), address, port))
                 };
-                let w = take_or_open(writer, || sock.writable())?;
-                let settled = w.write(Datagram::to(Bytes::from(data.clone()), address, port)).await;
-                self.observe(socket, Observation::WriteSettled { outcome: outcome_text(&settled) });
+                self.settle_write(socket, index, future, *wait).await;
             }
             Action::Read { socket, bytes, expect } => {
                 let got = self.read(socket, Some(*bytes)).await?;
@@ -280,32 +592,60 @@ impl Host {
             Action::ReadToEnd { socket } => {
                 self.read(socket, None).await?;
             }
-            Action::HalfClose { socket } => self.tcp(socket)?.0.half_close(),
-            Action::Reset { socket } => self.tcp(socket)?.0.reset(),
-            Action::Close { socket } => match self.sockets.get(socket) {
-                Some(Sock::Tcp { sock, .. }) => drop(sock.close()),
-                Some(Sock::Server(s)) => drop(s.close()),
-                Some(Sock::Udp { sock, .. }) => drop(sock.close()),
-                None => return Err(format!("no socket {socket}")),
-            },
+            Action::ReadAll { socket } => self.read_all(socket)?,
+            Action::Watch { socket } => self.watch(socket)?,
+            Action::AcceptAll { server, prefix } => self.accept_all(server, prefix)?,
+            Action::HalfClose { socket } | Action::Reset { socket } => {
+                let half = matches!(action, Action::HalfClose { .. });
+                let sock = match self.sockets.borrow().get(socket) {
+                    Some(Sock::Tcp { sock, .. }) => sock.clone(),
+                    _ => return Err(format!("no TCP socket {socket}")),
+                };
+                self.observe(
+                    socket,
+                    Observation::Call { what: if half { "half_close" } else { "reset" }.into() },
+                );
+                if half {
+                    sock.half_close();
+                } else {
+                    sock.reset();
+                }
+            }
+            Action::Close { socket } => {
+                let close = match self.sockets.borrow().get(socket) {
+                    Some(Sock::Tcp { sock, .. }) => sock.close(),
+                    Some(Sock::Server(s)) => s.close(),
+                    Some(Sock::Udp { sock, .. }) => sock.close(),
+                    None => return Err(format!("no socket {socket}")),
+                };
+                self.observe(socket, Observation::Call { what: "close".into() });
+                let host = self.clone();
+                let name = socket.clone();
+                tokio::task::spawn_local(async move {
+                    let outcome = outcome_text(&close.await);
+                    host.observe(&name, Observation::CloseSettled { outcome });
+                });
+            }
             Action::AwaitOpened { socket, expect } | Action::AwaitClosed { socket, expect } => {
                 let opened = matches!(action, Action::AwaitOpened { .. });
-                let promise = match (self.sockets.get(socket), opened) {
-                    (Some(Sock::Tcp { sock, .. }), true) => sock.opened(),
-                    (Some(Sock::Tcp { sock, .. }), false) => sock.closed(),
-                    (Some(Sock::Server(s)), true) => s.opened(),
-                    (Some(Sock::Server(s)), false) => s.closed(),
-                    (Some(Sock::Udp { sock, .. }), true) => sock.opened(),
-                    (Some(Sock::Udp { sock, .. }), false) => sock.closed(),
-                    (None, _) => return Err(format!("no socket {socket}")),
+                let promise = match self.sockets.borrow().get(socket) {
+                    Some(s) => s.promise(opened),
+                    None => return Err(format!("no socket {socket}")),
                 };
                 let outcome = outcome_text(&promise.await);
+                self.record_states();
+                let state = self.state_of(socket);
                 let what = if opened {
-                    Observation::Opened { outcome: outcome.clone() }
+                    Observation::Opened { outcome: outcome.clone(), state }
                 } else {
-                    Observation::Closed { outcome: outcome.clone() }
+                    let opened_pending =
+                        !self.sockets.borrow().get(socket).is_some_and(|s| settled(s.promise(true)));
+                    Observation::Closed { outcome: outcome.clone(), state, opened_pending }
                 };
                 self.observe(socket, what);
+                if opened && outcome == "ok" {
+                    self.record_endpoints(socket);
+                }
                 if &outcome != expect {
                     return Err(format!(
                         "{} was {outcome}, expected {expect}",
@@ -314,8 +654,12 @@ impl Host {
                 }
             }
             Action::ExpectState { socket, state } => {
-                let actual =
-                    self.sockets.get(socket).map(Sock::state).ok_or(format!("no socket {socket}"))?;
+                let actual = self
+                    .sockets
+                    .borrow()
+                    .get(socket)
+                    .map(Sock::state)
+                    .ok_or(format!("no socket {socket}"))?;
                 if actual.as_str() != state {
                     return Err(format!("state {actual}, expected {state}"));
                 }
@@ -342,7 +686,7 @@ impl Host {
                     Fault::FailConversion { .. } => faults.fail_conversion(),
                     network => {
                         let sim = self.ctx.sim_faults().ok_or("network faults need the simulator")?;
-                        sim_fault(sim, network, &self.sockets)?;
+                        sim_fault(sim, network, &self.sockets.borrow())?;
                     }
                 }
             }
@@ -350,12 +694,30 @@ impl Host {
         Ok(())
     }
 
-    async fn read(&mut self, socket: &str, want: Option<usize>) -> Result<Vec<u8>, String> {
+    /// Records a constructor's synchronous error (INV-13) and describes it.
+    fn ctor_error(&self, socket: &str, e: SocketError) -> String {
+        self.observe(socket, Observation::ConstructorError { name: e.name().into() });
+        e.to_string()
+    }
+
+    async fn read(&self, socket: &str, want: Option<usize>) -> Result<Vec<u8>, String> {
         let mut got = Vec::new();
         let mut observations = Vec::new();
-        match self.sockets.get_mut(socket) {
+        enum Reader {
+            Tcp(TcpReadable),
+            Udp(UdpReadable),
+        }
+        let reader = match self.sockets.borrow_mut().get_mut(socket) {
             Some(Sock::Tcp { sock, reader, .. }) => {
-                let r = take_or_open(reader, || sock.readable())?;
+                Reader::Tcp(reader.take().map_or_else(|| sock.readable(), Ok).map_err(|e| e.to_string())?)
+            }
+            Some(Sock::Udp { sock, reader, .. }) => {
+                Reader::Udp(reader.take().map_or_else(|| sock.readable(), Ok).map_err(|e| e.to_string())?)
+            }
+            _ => return Err(format!("no socket {socket} to read")),
+        };
+        let reader = match reader {
+            Reader::Tcp(mut r) => {
                 while want.is_none_or(|n| got.len() < n) {
                     match r.read().await {
                         Ok(Some(chunk)) => {
@@ -372,25 +734,43 @@ impl Host {
                         }
                     }
                 }
+                Reader::Tcp(r)
             }
-            Some(Sock::Udp { sock, reader, .. }) => {
-                let r = take_or_open(reader, || sock.readable())?;
+            Reader::Udp(mut r) => {
                 match r.read().await {
                     Ok(Some(m)) => {
                         got.extend_from_slice(&m.data);
-                        let from = Some(format!("{}:{}", m.remote_address(), m.remote_port()));
-                        observations.push(Observation::Read { data: m.data.to_vec(), from });
+                        observations
+                            .push(Observation::Read { data: m.data.to_vec(), from: Some(udp_source(&m)) });
                     }
                     Ok(None) => observations.push(Observation::ReadDone),
                     Err(e) => observations.push(Observation::ReadError { name: e.name().into() }),
                 }
+                Reader::Udp(r)
             }
-            _ => return Err(format!("no socket {socket} to read")),
+        };
+        match (self.sockets.borrow_mut().get_mut(socket), reader) {
+            (Some(Sock::Tcp { reader, .. }), Reader::Tcp(r)) => *reader = Some(r),
+            (Some(Sock::Udp { reader, .. }), Reader::Udp(r)) => *reader = Some(r),
+            _ => {}
         }
         for o in observations {
             self.observe(socket, o);
         }
         Ok(got)
+    }
+}
+
+/// A received datagram's source as `ip:port`.
+fn udp_source(m: &tcpudp::UdpMessage) -> String {
+    address(&m.remote_address(), m.remote_port())
+}
+
+/// `ip:port` as `SocketAddr` prints it (brackets for IPv6).
+fn address(ip: &str, port: u16) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{ip}:{port}"),
     }
 }
 

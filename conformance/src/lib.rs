@@ -15,6 +15,7 @@
 
 pub mod harness;
 pub mod interpreter;
+pub mod model;
 pub mod scenario;
 pub mod scenarios;
 pub mod trace;

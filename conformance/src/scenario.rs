@@ -22,6 +22,19 @@ pub struct Scenario {
     pub hosts: Vec<String>,
     /// Steps in order.
     pub steps: Vec<Step>,
+    /// A random campaign case: an operation that cannot run (a socket never accepted, a
+    /// constructor that throws) is recorded as an observation, not a failure; the reference
+    /// model is the oracle.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tolerant: bool,
+    /// Milliseconds the world keeps running after the last step, so background observers
+    /// (`watch`, `read_all`, unawaited writes) see their promises settle.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub settle_ms: u64,
+    /// Simulator only: every link has this fixed latency in milliseconds instead of turmoil's
+    /// random 0–100 ms (the differential fidelity check uses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_latency_ms: Option<u64>,
 }
 
 /// One step: an operation through the public API or a fault, at a simulated offset.
@@ -65,9 +78,32 @@ pub enum Action {
     },
     /// A write of bytes (TCP) or a datagram to the socket's default destination (UDP). `data` may
     /// be any JSON value: anything but a byte array rejects `TypeError` (GEN-07, the dynamic layer).
-    Write { socket: String, data: serde_json::Value },
+    ///
+    /// With `wait: false` the step does not await the write's promise: its settlement is
+    /// recorded whenever it happens.
+    Write {
+        socket: String,
+        data: serde_json::Value,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        wait: bool,
+    },
     /// A UDP datagram to `to_host` at the port published under `port_key`.
-    SendTo { socket: String, to_host: String, port_key: String, data: Vec<u8> },
+    SendTo {
+        socket: String,
+        to_host: String,
+        port_key: String,
+        data: Vec<u8>,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        wait: bool,
+    },
+    /// Observes `opened` and `closed` of `socket` in the background (records each settlement
+    /// with the readyState seen by the observer).
+    Watch { socket: String },
+    /// Reads `socket` in the background until its readable ends, then once more (INV-06).
+    ReadAll { socket: String },
+    /// Accepts every connection of `server` in the background, naming them `prefix0`,
+    /// `prefix1`, …, each watched and read to the end.
+    AcceptAll { server: String, prefix: String },
     /// Reads until `bytes` bytes arrived (TCP) or one datagram (UDP), or end of stream.
     Read { socket: String, bytes: usize, expect: Option<Vec<u8>> },
     /// Reads to the end of the stream.
@@ -130,6 +166,18 @@ fn yes() -> bool {
     true
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Scenario {
     /// Parses a scenario from JSON.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
@@ -166,6 +214,9 @@ mod tests {
                     options: TcpOptions::default(),
                 },
             }],
+            tolerant: false,
+            settle_ms: 0,
+            fixed_latency_ms: None,
         };
         let back = Scenario::from_json(&s.to_json()).unwrap();
         assert_eq!(back, s);

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the trace format.
-pub const TRACE_VERSION: u32 = 1;
+pub const TRACE_VERSION: u32 = 2;
 
 /// Everything one run observed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,26 +39,85 @@ pub struct TraceEvent {
 #[non_exhaustive]
 #[allow(missing_docs)] // Field names say what they hold; each variant documents its meaning.
 pub enum Observation {
+    /// The host starts step `index` of the scenario.
+    Step { index: usize },
+    /// The host's last event: every step done and the settle time over.
+    End,
+    /// The scenario made this socket: `"tcp"`, `"server"` or `"udp"`.
+    Created { socket_kind: String },
     /// readyState changed (spec spelling).
     State { state: String },
-    /// `opened` settled: `"ok"` or the error name.
-    Opened { outcome: String },
-    /// `closed` settled.
-    Closed { outcome: String },
+    /// `opened` settled: `"ok"` or the error name; `state` is readyState when the observer ran.
+    Opened {
+        outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+    },
+    /// `closed` settled; `state` is readyState when the observer ran and `opened_pending` says
+    /// whether `opened` was still unsettled then (INV-03).
+    Closed {
+        outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        opened_pending: bool,
+    },
+    /// A `close()` call's own future settled (INV-12).
+    CloseSettled { outcome: String },
+    /// The application called `close()`, `half_close()` or `reset()` (spec-neutral names).
+    Call { what: String },
+    /// The socket's addresses once open (`ip:port`).
+    Endpoints { local: String, remote: Option<String> },
+    /// A server accepted this socket (the event's socket), in `listen()` order.
+    Accepted { server: String },
     /// Bytes read (TCP) or one datagram's payload (UDP) and its source for UDP.
     Read { data: Vec<u8>, from: Option<String> },
     /// The readable ended.
     ReadDone,
     /// A read failed with this error name.
     ReadError { name: String },
-    /// A write settled.
-    WriteSettled { outcome: String },
-    /// The network delivered a datagram (simulator), with its network id (INV-10).
-    Delivered { id: u64, bytes: usize },
+    /// A read after the readable ended: `"done"`, an error name, or `"data"` (INV-06).
+    ReadAfterEnd { outcome: String },
+    /// A write was issued: its index on this socket, its bytes and, for UDP, its destination.
+    WriteIssued {
+        index: u64,
+        data: Vec<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
+    /// A write settled (`index` as issued, when known).
+    WriteSettled {
+        outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u64>,
+    },
+    /// Inbound bytes queued in the library (TCP), sampled, with the high-water mark (INV-19).
+    Queued { inbound: u64, high_water_mark: u64 },
+    /// A constructor failed synchronously with this error name (INV-13).
+    ConstructorError { name: String },
+    /// The network delivered a datagram (simulator), with its network id (INV-10): `from` and
+    /// `to` as `ip:port`, and the id of the datagram it duplicates, if it is a copy.
+    Delivered {
+        id: u64,
+        bytes: usize,
+        #[serde(default)]
+        from: String,
+        #[serde(default)]
+        to: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duplicate_of: Option<u64>,
+    },
     /// A fault was injected.
     Fault { description: String },
+    /// An operation of a tolerant scenario (a random campaign case) could not run, e.g. on a
+    /// socket that was never accepted; not a failure.
+    Skipped { message: String },
     /// A step's expectation failed.
     Failure { message: String },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Trace {

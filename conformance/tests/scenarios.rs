@@ -1,6 +1,6 @@
 //! Every JSON scenario under `conformance/scenarios/` on both backends, through the interpreter.
 
-use tcpudp_conformance::interpreter;
+use tcpudp_conformance::{interpreter, model};
 use tcpudp_conformance::{BackendChoice, Observation, Scenario};
 
 fn scenarios() -> Vec<Scenario> {
@@ -32,6 +32,15 @@ fn every_scenario_passes_on_both_backends() {
                 scenario.name,
                 backend.as_str()
             );
+            // The reference model (RULES.md §11) holds on every trace.
+            let violations = model::check(&trace, model::Bounds::default());
+            assert!(
+                violations.is_empty(),
+                "{} on {}: {violations:#?}\n{}",
+                scenario.name,
+                backend.as_str(),
+                serde_json::to_string(&trace).unwrap_or_default()
+            );
         }
     }
 }
@@ -47,7 +56,7 @@ fn non_byte_chunks_reject_type_error_and_later_writes_still_work() {
         .events
         .iter()
         .filter_map(|e| match &e.what {
-            Observation::WriteSettled { outcome } if e.socket == "c" => Some(outcome.as_str()),
+            Observation::WriteSettled { outcome, .. } if e.socket == "c" => Some(outcome.as_str()),
             _ => None,
         })
         .collect();
@@ -56,7 +65,7 @@ fn non_byte_chunks_reject_type_error_and_later_writes_still_work() {
     let (trace, outcome) = interpreter::run(udp, BackendChoice::Sim);
     assert!(outcome.is_ok(), "{outcome:?}");
     let first = trace.events.iter().find_map(|e| match &e.what {
-        Observation::WriteSettled { outcome } => Some(outcome.clone()),
+        Observation::WriteSettled { outcome, .. } => Some(outcome.clone()),
         _ => None,
     });
     assert_eq!(first.as_deref(), Some("TypeError"));
