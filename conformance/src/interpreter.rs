@@ -549,8 +549,7 @@ impl Host {
                         return Ok(());
                     }
                 };
-                let index = self.next_write(socket);
-                self.observe(socket, Observation::WriteIssued { index, data: bytes.to_vec(), to: None });
+                let data = bytes.to_vec();
                 let future = {
                     let mut sockets = self.sockets.borrow_mut();
                     match sockets.get_mut(socket) {
@@ -563,14 +562,14 @@ impl Host {
                         _ => return Err(format!("no socket {socket} to write")),
                     }
                 };
+                let index = self.next_write(socket);
+                self.observe(socket, Observation::WriteIssued { index, data, to: None });
                 self.settle_write(socket, index, future, *wait).await;
             }
             Action::SendTo { socket, to_host, port_key, data, wait } => {
                 let port = self.ctx.lookup(port_key).await;
                 let address = self.ctx.address_of(to_host);
-                let index = self.next_write(socket);
                 let to = Some(self::address(&address, port));
-                self.observe(socket, Observation::WriteIssued { index, data: data.clone(), to });
                 let future = {
                     let mut sockets = self.sockets.borrow_mut();
                     let Some(Sock::Udp { sock, writer, .. }) = sockets.get_mut(socket) else {
@@ -579,6 +578,8 @@ impl Host {
                     let w = take_or_open(writer, || sock.writable())?;
                     w.write(Datagram::to(Bytes::from(data.clone()), address, port))
                 };
+                let index = self.next_write(socket);
+                self.observe(socket, Observation::WriteIssued { index, data: data.clone(), to });
                 self.settle_write(socket, index, future, *wait).await;
             }
             Action::Read { socket, bytes, expect } => {
@@ -653,6 +654,7 @@ impl Host {
                     ));
                 }
             }
+            Action::Pause => {}
             Action::ExpectState { socket, state } => {
                 let actual = self
                     .sockets

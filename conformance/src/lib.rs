@@ -13,9 +13,11 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod campaign;
 pub mod harness;
 pub mod interpreter;
 pub mod model;
+pub mod replay;
 pub mod scenario;
 pub mod scenarios;
 pub mod trace;

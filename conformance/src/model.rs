@@ -91,7 +91,8 @@ fn rank(state: &str) -> Option<u8> {
 #[derive(Default)]
 struct Sock {
     kind: String,
-    states: Vec<(usize, String)>,
+    /// (event, state, time in microseconds)
+    states: Vec<(usize, String, u64)>,
     opened: Vec<(usize, String, Option<String>)>,
     closed: Vec<(usize, String, Option<String>, bool)>,
     close_settled: Vec<(usize, String)>,
@@ -146,7 +147,7 @@ impl Model {
             let s = sockets.entry((host.clone(), socket.clone())).or_default();
             match what {
                 Observation::Created { socket_kind } => s.kind = socket_kind.clone(),
-                Observation::State { state } => s.states.push((i, state.clone())),
+                Observation::State { state } => s.states.push((i, state.clone(), *at_micros)),
                 Observation::Opened { outcome, state } => s.opened.push((i, outcome.clone(), state.clone())),
                 Observation::Closed { outcome, state, opened_pending } => {
                     s.closed.push((i, outcome.clone(), state.clone(), *opened_pending))
@@ -255,7 +256,9 @@ impl Model {
             }
             let all_ok =
                 before.iter().all(|w| writer.settled.iter().any(|s| s.1 == Some(w.1) && s.2 == "ok"));
-            let clean_end = reader.end.as_ref().is_some_and(|e| e.1 == "done");
+            // The reader's own close() or reset() ends its readable early: not the peer's EOF.
+            let clean_end = reader.end.as_ref().is_some_and(|e| e.1 == "done")
+                && !reader.calls.iter().any(|c| c.2 == "close" || c.2 == "reset");
             let aborted = writer.calls.iter().any(|c| c.2 == "reset");
             if clean_end && all_ok && !aborted && read.len() != before_len {
                 let invariant = if writer.calls.iter().any(|c| c.0 == fin && c.2 == "half_close") {
@@ -326,21 +329,26 @@ impl Model {
                     ));
                 }
             }
-            // INV-17: no datagram leaves a socket once it is "closed".
-            let Some(closed_at) = reader.states.iter().find(|s| s.1 == "closed").map(|s| s.0) else {
+            // INV-17: no datagram leaves a socket once it is "closed" (network times are send
+            // times; the state's time is when the interpreter saw it, at or after the change). A
+            // graceful close() flushes datagrams queued before it (AMB-13): only sockets closed
+            // otherwise are checked.
+            if reader.calls.iter().any(|c| c.2 == "close") {
+                continue;
+            }
+            let Some(closed_at) = reader.states.iter().find(|s| s.1 == "closed").map(|s| s.2) else {
                 continue;
             };
-            if let Some((i, ..)) = self.delivered.iter().find(|d| {
-                d.0 > closed_at && same_endpoint(reader.local.as_deref(), &d.2) && reader.local.is_some()
-            }) {
-                let sent_after = reader.issued.iter().any(|w| w.0 > closed_at);
-                if sent_after {
-                    out.push(violation(
-                        "INV-17",
-                        *i,
-                        format!("{}/{} sent a datagram after closed", key.0, key.1),
-                    ));
-                }
+            if let Some((i, ..)) = self
+                .delivered
+                .iter()
+                .find(|d| d.1 > closed_at && same_endpoint(reader.local.as_deref(), &d.2))
+            {
+                out.push(violation(
+                    "INV-17",
+                    *i,
+                    format!("{}/{} sent a datagram after closed", key.0, key.1),
+                ));
             }
         }
     }
@@ -365,7 +373,18 @@ impl Model {
                 let next_step = self.steps.iter().copied().find(|s| *s > call.0).unwrap_or(usize::MAX);
                 let in_step = |i: usize| i > call.0 && i < next_step;
                 if let Some(change) = sock.states.iter().find(|s| in_step(s.0) && s.1 == "closed") {
+                    // The peer may have closed or reset the connection at the same moment.
+                    let peer = self.sockets.values().find(|p| {
+                        p.kind == "tcp"
+                            && p.local.is_some()
+                            && p.local == sock.remote
+                            && p.remote == sock.local
+                    });
+                    let peer_ended = peer.is_none_or(|p| {
+                        !p.calls.is_empty() || p.states.iter().any(|s| s.0 < change.0 && s.1 == "closed")
+                    });
                     let other_cause = !sock.calls.is_empty()
+                        || peer_ended
                         || sock.end.as_ref().is_some_and(|e| e.0 < change.0)
                         || self.faults.iter().any(|f| in_step(*f));
                     if !other_cause {
@@ -386,7 +405,7 @@ impl Sock {
     /// half-closed or closing.
     fn check_states(&self, key: &Key, out: &mut Vec<Violation>) {
         let mut last: Option<u8> = None;
-        for (n, (i, state)) in self.states.iter().enumerate() {
+        for (n, (i, state, _)) in self.states.iter().enumerate() {
             let Some(r) = rank(state) else {
                 out.push(violation("INV-05", *i, format!("{}/{} in unknown state {state}", key.0, key.1)));
                 continue;
@@ -470,7 +489,7 @@ impl Sock {
             }
         }
         let reached_closed = self.states.iter().find(|s| s.1 == "closed");
-        if let Some((i, _)) = reached_closed {
+        if let Some((i, ..)) = reached_closed {
             if self.watched && self.closed.is_empty() {
                 out.push(violation("INV-02", *i, format!("{who} reached closed but closed never settled")));
             }
@@ -533,7 +552,9 @@ impl Sock {
                 ));
             }
             last = Some(last.map_or(*index, |l| l.max(*index)));
-            if self.kind == "tcp" {
+            // TypeError is a write issued after the writable was closed (halfClose, close): it
+            // is rejected when issued, without erroring the stream, so it is not "later".
+            if self.kind == "tcp" && outcome != "TypeError" {
                 if let Some(first) = rejected {
                     if outcome != first {
                         out.push(violation(
@@ -545,7 +566,9 @@ impl Sock {
                             ),
                         ));
                     }
-                } else if outcome != "ok" {
+                } else if outcome != "ok" && outcome != "TypeError" {
+                    // TypeError is a write after the writable was closed (halfClose, close):
+                    // that rejects the write without erroring the stream.
                     rejected = Some(outcome);
                 }
             }

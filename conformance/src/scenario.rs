@@ -122,6 +122,8 @@ pub enum Action {
     ExpectState { socket: String, state: String },
     /// A fault.
     Fault(Fault),
+    /// Nothing: the step only waits its `after_ms` (a fault taken out of a case keeps its time).
+    Pause,
 }
 
 /// Faults a harness may inject (its capability table says which it can).
