@@ -16,6 +16,7 @@ use tcpudp::{
 use tokio::sync::Notify;
 
 use crate::harness;
+use crate::proxy::Proxy;
 use crate::scenario::{Action, Fault, Scenario};
 use crate::trace::{Observation, Trace, TraceEvent};
 use crate::world::{BackendChoice, BodyResult, Ctx, World};
@@ -31,13 +32,13 @@ pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), St
         moved: Notify::new(),
         trace: RefCell::new(Trace::new(&scenario.name, backend.as_str(), scenario.seed)),
         failure: RefCell::new(None),
+        proxy: needs_proxy(scenario, backend).then(|| Proxy::new(scenario.seed)),
     });
-    if let Some(fault) = scenario.steps.iter().find_map(|s| match &s.action {
-        Action::Fault(f) if !supports(backend, f) => Some(f.clone()),
-        _ => None,
-    }) {
-        let why = format!("skip: {} cannot inject {fault:?}", backend.as_str());
-        return (shared.trace.borrow().clone(), Err(why));
+    if let Some(why) = unsupported_in(scenario, backend) {
+        return (
+            shared.trace.borrow().clone(),
+            Err(format!("skip: {} cannot inject {why}", backend.as_str())),
+        );
     }
     let for_world = shared.clone();
     let outcome = harness::run_with(backend, scenario.seed, move |world: &mut World| {
@@ -56,10 +57,62 @@ pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), St
     }
 }
 
-/// Whether a backend can inject `fault` (DESIGN §8 capability table). The simulator's fault API
-/// is not wired into scenarios yet; the library's own hooks work everywhere.
+/// Whether a backend can inject `fault` (DESIGN §8 capability table).
 pub fn supports(backend: BackendChoice, fault: &Fault) -> bool {
-    let library_hook = matches!(
+    unsupported(backend, fault).is_none()
+}
+
+/// Why a backend cannot inject `fault` (DESIGN §8 capability table), or `None` when it can. The
+/// simulator injects every fault; the real harness's loopback proxy ([`crate::proxy`]) delays,
+/// stalls and resets TCP and impairs UDP per datagram; the library's own hooks work everywhere.
+pub fn unsupported(backend: BackendChoice, fault: &Fault) -> Option<&'static str> {
+    match (backend, fault) {
+        (BackendChoice::Sim, _) => None,
+        (BackendChoice::Real, Fault::TcpLoss { .. }) => {
+            Some("TCP loss (the proxy terminates TCP; netem is unavailable)")
+        }
+        (
+            BackendChoice::Real,
+            Fault::CrashHost { .. } | Fault::KillProcess { .. } | Fault::Restart { .. },
+        ) => Some("host crashes, kills or restarts (every host shares one process)"),
+        (BackendChoice::Real, _) => None,
+    }
+}
+
+/// Why `backend` cannot run `scenario`'s faults, or `None`: the capability table, and on real a
+/// partition while a keep-alive socket exists (the proxy's kernel answers the probes, so
+/// keep-alive cannot see it).
+pub fn unsupported_in(scenario: &Scenario, backend: BackendChoice) -> Option<String> {
+    let faults = || {
+        scenario.steps.iter().filter_map(|s| match &s.action {
+            Action::Fault(f) => Some(f),
+            _ => None,
+        })
+    };
+    if let Some((fault, why)) = faults().find_map(|f| unsupported(backend, f).map(|why| (f, why))) {
+        return Some(format!("{why}: {fault:?}"));
+    }
+    let partitions = faults().any(|f| matches!(f, Fault::Partition { .. } | Fault::PartitionOneway { .. }));
+    let keep_alive = scenario.steps.iter().any(|s| match &s.action {
+        Action::Connect { options, .. } => options.keep_alive != tcpudp::KeepAliveMode::Off,
+        Action::Listen { options, .. } => options.accepted.keep_alive != tcpudp::KeepAliveMode::Off,
+        _ => false,
+    });
+    (backend == BackendChoice::Real && partitions && keep_alive)
+        .then(|| "a partition seen by keep-alive (the proxy's kernel answers the probes)".to_owned())
+}
+
+/// Whether `scenario` on `backend` goes through the loopback proxy: on real, when it injects
+/// network faults (not the library's own hooks). Then every connect and send to a published port
+/// goes through it, and fault-free scenarios keep their direct paths.
+fn needs_proxy(scenario: &Scenario, backend: BackendChoice) -> bool {
+    backend == BackendChoice::Real
+        && scenario.steps.iter().any(|s| matches!(&s.action, Action::Fault(f) if !is_library_hook(f)))
+}
+
+/// The library's own fault hooks (the network's `faults()`), which work on every backend.
+fn is_library_hook(fault: &Fault) -> bool {
+    matches!(
         fault,
         Fault::DropLink { .. }
             | Fault::HoldOpen { .. }
@@ -67,10 +120,7 @@ pub fn supports(backend: BackendChoice, fault: &Fault) -> bool {
             | Fault::FailBind { .. }
             | Fault::FailConnect { .. }
             | Fault::FailConversion { .. }
-    );
-    // The network faults need the simulator's link table; the real harness has no loopback proxy
-    // yet, so they are skipped there (with this reason in the matrix).
-    library_hook || backend == BackendChoice::Sim
+    )
 }
 
 struct Shared {
@@ -79,6 +129,8 @@ struct Shared {
     moved: Notify,
     trace: RefCell<Trace>,
     failure: RefCell<Option<String>>,
+    /// The real harness's loopback proxy, when the scenario injects network faults on real.
+    proxy: Option<Proxy>,
 }
 
 enum Sock {
@@ -136,6 +188,9 @@ async fn host_body(shared: Rc<Shared>, me: String, ctx: Ctx) -> BodyResult {
     }
     // Keep this host's sockets alive until every host is done.
     wait_for(&shared, total).await;
+    if let Some(proxy) = &shared.proxy {
+        proxy.shutdown();
+    }
     Ok(())
 }
 
@@ -226,6 +281,10 @@ impl Host {
             }
             Action::Connect { socket, to_host, port_key, options } => {
                 let port = self.ctx.lookup(port_key).await;
+                let port = match &self.shared.proxy {
+                    Some(proxy) => proxy.tcp_port(&self.me, to_host, port).map_err(|e| e.to_string())?,
+                    None => port,
+                };
                 let address = self.ctx.address_of(to_host);
                 let sock = TcpSocket::new(&self.ctx.net, &address, port, options.clone())
                     .map_err(|e| e.to_string())?;
@@ -261,6 +320,10 @@ impl Host {
             }
             Action::SendTo { socket, to_host, port_key, data } => {
                 let port = self.ctx.lookup(port_key).await;
+                let port = match &self.shared.proxy {
+                    Some(proxy) => proxy.udp_port(&self.me, to_host, port).map_err(|e| e.to_string())?,
+                    None => port,
+                };
                 let address = self.ctx.address_of(to_host);
                 let Some(Sock::Udp { sock, writer, .. }) = self.sockets.get_mut(socket) else {
                     return Err(format!("no UDP socket {socket}"));
@@ -320,6 +383,13 @@ impl Host {
                     return Err(format!("state {actual}, expected {state}"));
                 }
             }
+            Action::StartTls { socket, expect } => {
+                let upgrade = self.tcp(socket)?.0.start_tls();
+                let outcome = outcome_text(&upgrade.await);
+                if &outcome != expect {
+                    return Err(format!("start_tls was {outcome}, expected {expect}"));
+                }
+            }
             Action::Fault(fault) => {
                 self.observe("", Observation::Fault { description: format!("{fault:?}") });
                 let faults = self.ctx.net.faults();
@@ -340,10 +410,11 @@ impl Host {
                     Fault::FailBind { .. } => faults.fail_bind(tcpudp::Cause::AddressInUse),
                     Fault::FailConnect { .. } => faults.fail_connect(tcpudp::Cause::Refused),
                     Fault::FailConversion { .. } => faults.fail_conversion(),
-                    network => {
-                        let sim = self.ctx.sim_faults().ok_or("network faults need the simulator")?;
-                        sim_fault(sim, network, &self.sockets)?;
-                    }
+                    network => match (self.ctx.sim_faults(), &self.shared.proxy) {
+                        (Some(sim), _) => sim_fault(sim, network, &self.sockets)?,
+                        (None, Some(proxy)) => proxy_fault(proxy, network, &self.sockets)?,
+                        (None, None) => return Err("network faults need the simulator or the proxy".into()),
+                    },
                 }
             }
         }
@@ -378,7 +449,12 @@ impl Host {
                 match r.read().await {
                     Ok(Some(m)) => {
                         got.extend_from_slice(&m.data);
-                        let from = Some(format!("{}:{}", m.remote_address(), m.remote_port()));
+                        let mut from = format!("{}:{}", m.remote_address(), m.remote_port());
+                        // Through the proxy the source is one of its sockets: show the peer's.
+                        if let (Some(proxy), Ok(seen)) = (&self.shared.proxy, from.parse()) {
+                            from = proxy.origin(seen).to_string();
+                        }
+                        let from = Some(from);
                         observations.push(Observation::Read { data: m.data.to_vec(), from });
                     }
                     Ok(None) => observations.push(Observation::ReadDone),
@@ -417,21 +493,65 @@ fn sim_fault(
                 loss: per_mille(*loss),
                 duplicate: per_mille(*duplicate),
                 reorder: per_mille(*reorder),
-                reorder_delay: Duration::from_millis(50),
+                reorder_delay: crate::proxy::REORDER_DELAY,
                 ..UdpImpairment::default()
             },
         ),
+        Fault::Delay { a, b, ms } => {
+            let delayed = UdpImpairment { delay: Duration::from_millis(*ms), ..UdpImpairment::default() };
+            sim.udp_impair(a, b, delayed).and_then(|()| sim.udp_impair(b, a, delayed))
+        }
         Fault::ResetConnection { socket } => {
-            let Some(Sock::Tcp { sock, .. }) = sockets.get(socket) else {
-                return Err(format!("no TCP socket {socket} to reset"));
-            };
-            let local = sock.diag().local_addr.ok_or("not connected")?;
-            let remote = sock.diag().remote_addr.ok_or("not connected")?;
+            let (local, remote) = ends_of(sockets, socket)?;
             sim.reset_connection(local, remote).map(|_| ())
         }
         other => return Err(format!("not a network fault: {other:?}")),
     };
     result.map_err(|e| e.to_string())
+}
+
+/// Injects a network fault through the real harness's loopback proxy (DESIGN §8): a partition
+/// stalls TCP and drops UDP, a reset closes both sides with zero linger.
+fn proxy_fault(proxy: &Proxy, fault: &Fault, sockets: &BTreeMap<String, Sock>) -> Result<(), String> {
+    match fault {
+        Fault::Partition { a, b } => {
+            proxy.set_cut(a, b, true);
+            proxy.set_cut(b, a, true);
+        }
+        Fault::PartitionOneway { from, to } => proxy.set_cut(from, to, true),
+        Fault::Repair { a, b } => {
+            proxy.set_cut(a, b, false);
+            proxy.set_cut(b, a, false);
+        }
+        Fault::UdpImpair { a, b, loss, duplicate, reorder } => {
+            proxy.set_udp(a, b, *loss, *duplicate, *reorder)
+        }
+        Fault::Delay { a, b, ms } => {
+            proxy.set_delay(a, b, Duration::from_millis(*ms));
+            proxy.set_delay(b, a, Duration::from_millis(*ms));
+        }
+        Fault::ResetConnection { socket } => {
+            let (local, remote) = ends_of(sockets, socket)?;
+            if !proxy.reset(local, remote) {
+                return Err(format!("no proxied connection for {socket}"));
+            }
+        }
+        other => return Err(format!("the proxy cannot inject {other:?}")),
+    }
+    Ok(())
+}
+
+/// The local and remote addresses of a connected TCP socket.
+fn ends_of(
+    sockets: &BTreeMap<String, Sock>,
+    socket: &str,
+) -> Result<(std::net::SocketAddr, std::net::SocketAddr), String> {
+    let Some(Sock::Tcp { sock, .. }) = sockets.get(socket) else {
+        return Err(format!("no TCP socket {socket} to reset"));
+    };
+    let local = sock.diag().local_addr.ok_or("not connected")?;
+    let remote = sock.diag().remote_addr.ok_or("not connected")?;
+    Ok((local, remote))
 }
 
 /// The held stream, opened on first use (the streams lock stays with the scenario's socket).

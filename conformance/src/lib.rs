@@ -15,6 +15,7 @@
 
 pub mod harness;
 pub mod interpreter;
+pub mod proxy;
 pub mod scenario;
 pub mod scenarios;
 pub mod trace;
