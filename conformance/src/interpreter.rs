@@ -21,6 +21,12 @@ use crate::scenario::{Action, Fault, Scenario};
 use crate::trace::{Observation, Trace, TraceEvent};
 use crate::world::{BackendChoice, BodyResult, Ctx, World};
 
+/// The conformance test PKI (`conformance/tls/`, test-only): a CA and a leaf for [`TEST_NAME`].
+const TEST_CA: &str = include_str!("../tls/ca.pem");
+const TEST_LEAF: &str = include_str!("../tls/leaf.pem");
+const TEST_LEAF_KEY: &str = include_str!("../tls/leaf.key");
+const TEST_NAME: &str = "tls.test";
+
 /// Hang guard for one awaited step (simulated time in the simulator; generous on real sockets).
 const STEP_LIMIT: Duration = Duration::from_secs(300);
 
@@ -383,12 +389,43 @@ impl Host {
                     return Err(format!("state {actual}, expected {state}"));
                 }
             }
-            Action::StartTls { socket, expect } => {
+            Action::StartTls { socket, expect, wait } => {
                 let upgrade = self.tcp(socket)?.0.start_tls();
-                let outcome = outcome_text(&upgrade.await);
-                if &outcome != expect {
-                    return Err(format!("start_tls was {outcome}, expected {expect}"));
+                if *wait {
+                    let outcome = outcome_text(&upgrade.await);
+                    if &outcome != expect {
+                        return Err(format!("start_tls was {outcome}, expected {expect}"));
+                    }
+                } else {
+                    // The upgrade settles while later steps run; a mismatch fails the run then.
+                    let (shared, me) = (self.shared.clone(), self.me.clone());
+                    let (socket, expect) = (socket.clone(), expect.clone());
+                    tokio::task::spawn_local(async move {
+                        let outcome = outcome_text(&upgrade.await);
+                        if outcome != expect {
+                            let message = format!("start_tls on {socket} was {outcome}, expected {expect}");
+                            let what = Observation::Failure { message: message.clone() };
+                            shared.trace.borrow_mut().events.push(TraceEvent {
+                                at_micros: 0,
+                                host: me,
+                                socket,
+                                what,
+                            });
+                            shared.failure.borrow_mut().get_or_insert(message);
+                            shared.moved.notify_waiters();
+                        }
+                    });
                 }
+            }
+            Action::UseTls { serve } => {
+                let mut tls = tcpudp::TlsContext::builder()
+                    .root_certificates_pem(TEST_CA)
+                    .server_name(TEST_NAME)
+                    .sim_seed(self.shared.scenario.seed);
+                if *serve {
+                    tls = tls.server_credentials_pem(TEST_LEAF, TEST_LEAF_KEY);
+                }
+                self.ctx.net.set_tls(tls.build().map_err(|e| e.to_string())?);
             }
             Action::Fault(fault) => {
                 self.observe("", Observation::Fault { description: format!("{fault:?}") });

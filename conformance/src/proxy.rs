@@ -111,8 +111,8 @@ struct UdpFront {
     upstreams: RefCell<BTreeMap<SocketAddr, Rc<Udp>>>,
 }
 
-/// A proxy UDP socket, with a second handle on it that reads what the kernel holds even before
-/// the runtime has noticed it (tokio's `try_recv` answers from its cached readiness).
+/// A proxy UDP socket, with a second handle on it that reads what the kernel holds, and sends,
+/// even before the runtime has noticed readiness (tokio's `try_*` answer from its cache).
 struct Udp {
     io: UdpSocket,
     raw: std::net::UdpSocket,
@@ -227,14 +227,16 @@ impl Proxy {
         });
     }
 
-    /// Resets the proxied connection one of whose ends is `local` ↔ `remote` (as either end
-    /// reports them): both sides are closed with zero linger, so each gets an RST. `false` when
-    /// no connection matches.
+    /// Resets the proxied connection of the socket whose ends are `local` and `remote` (the
+    /// client's or the server's): both sides are closed with zero linger, so each gets an RST.
+    /// `false` when no connection matches.
     pub fn reset(&self, local: SocketAddr, remote: SocketAddr) -> bool {
-        let id = self.inner.conns.borrow().iter().find_map(|(id, c)| {
-            (c.client == local || c.upstream == remote || c.client == remote || c.upstream == local)
-                .then_some(*id)
-        });
+        let id = self
+            .inner
+            .conns
+            .borrow()
+            .iter()
+            .find_map(|(id, c)| (c.client == local || c.upstream == remote).then_some(*id));
         match id {
             Some(id) => {
                 self.inner.reset_conn(id);
@@ -308,13 +310,13 @@ impl Proxy {
                 return;
             }
         };
-        let (Ok(upstream), true) =
-            (up.local_addr(), down.set_nodelay(true).is_ok() && up.set_nodelay(true).is_ok())
-        else {
+        let Ok(upstream) = up.local_addr() else {
             abort_stream(&down);
             abort_stream(&up);
             return;
         };
+        // Chunks go on as they come: the peers' own Nagle settings already shaped them.
+        let _ = (down.set_nodelay(true), up.set_nodelay(true));
         self.inner.origins.borrow_mut().insert(upstream, client);
         let id = self.inner.next_conn.get();
         self.inner.next_conn.set(id + 1);
@@ -432,7 +434,7 @@ impl Proxy {
     }
 
     /// Forwards every datagram waiting at `front` (without blocking).
-    fn drain_front(&self, front: &UdpFront) {
+    fn drain_front(&self, front: &Rc<UdpFront>) {
         let mut buf = vec![0u8; 65_536];
         while let Some((n, source)) = front.socket.recv_now(&mut buf) {
             let data = Bytes::copy_from_slice(&buf[..n]);
@@ -443,7 +445,7 @@ impl Proxy {
 
     /// The upstream socket of `source` at `front`, made (with its return path) on first use;
     /// `None` beyond [`UDP_SOURCES`] or when no socket can be bound (the datagram is lost).
-    fn upstream(&self, front: &UdpFront, source: SocketAddr) -> Option<Rc<Udp>> {
+    fn upstream(&self, front: &Rc<UdpFront>, source: SocketAddr) -> Option<Rc<Udp>> {
         if let Some(up) = front.upstreams.borrow().get(&source) {
             return Some(up.clone());
         }
@@ -453,16 +455,14 @@ impl Proxy {
         let up = Rc::new(Udp::bind(Some(front.target)).ok()?);
         self.inner.origins.borrow_mut().insert(up.io.local_addr().ok()?, source);
         front.upstreams.borrow_mut().insert(source, up.clone());
-        let key = (front.from.clone(), front.to.clone(), front.target.port());
-        let task = tokio::task::spawn_local(self.clone().udp_back(key, source, up.clone()));
+        let task = tokio::task::spawn_local(self.clone().udp_back(front.clone(), source, up.clone()));
         self.inner.tasks.borrow_mut().push(task.abort_handle());
         Some(up)
     }
 
     /// Replies the server sends to a source's upstream socket go back to that source from the
     /// front, so they come from the address the source sent to.
-    async fn udp_back(self, key: (String, String, u16), source: SocketAddr, up: Rc<Udp>) {
-        let Some(front) = self.inner.udp_fronts.borrow().get(&key).cloned() else { return };
+    async fn udp_back(self, front: Rc<UdpFront>, source: SocketAddr, up: Rc<Udp>) {
         while up.io.readable().await.is_ok() {
             self.drain_back(&front, source, &up);
         }
@@ -543,9 +543,10 @@ async fn scheduler(mut rx: mpsc::Receiver<Outgoing>) {
             () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                 if let Some((_, out)) = pending.pop_first() {
                     // UDP: a failed send is a lost datagram.
+                    // Straight to the kernel: the runtime may not have seen a new socket writable yet.
                     let _ = match out.to {
-                        Some(to) => out.socket.io.try_send_to(&out.data, to),
-                        None => out.socket.io.try_send(&out.data),
+                        Some(to) => out.socket.raw.send_to(&out.data, to),
+                        None => out.socket.raw.send(&out.data),
                     };
                 }
             }

@@ -84,9 +84,20 @@ pub enum Action {
     AwaitClosed { socket: String, expect: String },
     /// Checks readyState (spec spelling).
     ExpectState { socket: String, state: String },
-    /// `start_tls()` on an open plain TCP socket (EXT-07), awaited; `expect` is `"ok"` or an
-    /// error name. The host's TLS context is the network's (the default trusts the webpki roots).
-    StartTls { socket: String, expect: String },
+    /// `start_tls()` on an open plain TCP socket (EXT-07); `expect` is `"ok"` or an error name.
+    /// Awaited unless `wait` is false: then it settles in the background (a mismatch still
+    /// fails the run), so the peer's side can start in a later step. The host's TLS context is
+    /// its network's: the default trusts the webpki roots, [`Action::UseTls`] the test CA.
+    StartTls {
+        socket: String,
+        expect: String,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    /// The host's network gets the conformance test PKI (`conformance/tls/`): trust in its CA
+    /// and the name `tls.test` as SNI and verified name; with `serve`, also the `tls.test` leaf
+    /// as server credentials.
+    UseTls { serve: bool },
     /// A fault.
     Fault(Fault),
 }
