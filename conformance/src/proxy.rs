@@ -648,6 +648,49 @@ mod tests {
         });
     }
 
+    /// Writes on `held` (whose link is impaired), then a marker on `other` (unimpaired):
+    /// the marker arrives and the held bytes do not, until `lift`.
+    async fn held_until_lifted(lift: impl FnOnce(), held: [&mut TcpStream; 2], other: [&mut TcpStream; 2]) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let [held, held_at_server] = held;
+        let [other, other_at_server] = other;
+        let mut buf = [0u8; 8];
+        held.write_all(b"held").await.unwrap();
+        other.write_all(b"marker").await.unwrap();
+        other_at_server.read_exact(&mut buf[..6]).await.unwrap();
+        assert_eq!(&buf[..6], b"marker");
+        tokio::task::yield_now().await;
+        assert_eq!(held_at_server.try_read(&mut buf).map_err(|e| e.kind()), Err(io::ErrorKind::WouldBlock));
+        lift();
+        held_at_server.read_exact(&mut buf[..4]).await.unwrap();
+        assert_eq!(&buf[..4], b"held");
+    }
+
+    // rule: TCP-WRITE-04, TCP-READ-01
+    #[test]
+    fn a_stall_or_a_delay_holds_tcp_data_until_lifted_while_other_links_flow() {
+        on_loopback(async {
+            let proxy = Proxy::new(3);
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let target = listener.local_addr().unwrap().port();
+            let front = |from| (Ipv4Addr::LOCALHOST, proxy.tcp_port(from, "s", target).unwrap());
+            let mut held = TcpStream::connect(front("c")).await.unwrap();
+            let (mut held_at_server, _) = listener.accept().await.unwrap();
+            let mut other = TcpStream::connect(front("x")).await.unwrap();
+            let (mut other_at_server, _) = listener.accept().await.unwrap();
+            proxy.set_cut("c", "s", true);
+            let lift = || proxy.set_cut("c", "s", false);
+            held_until_lifted(lift, [&mut held, &mut held_at_server], [&mut other, &mut other_at_server])
+                .await;
+            // A delay far longer than the test: lifting it delivers at once.
+            proxy.set_delay("c", "s", Duration::from_secs(3600));
+            let lift = || proxy.set_delay("c", "s", Duration::ZERO);
+            held_until_lifted(lift, [&mut held, &mut held_at_server], [&mut other, &mut other_at_server])
+                .await;
+            proxy.shutdown();
+        });
+    }
+
     // rule: EXT-04
     #[test]
     fn a_proxy_reset_sends_an_rst_to_both_sides() {
