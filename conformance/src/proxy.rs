@@ -76,7 +76,7 @@ struct Inner {
     changed: watch::Sender<u64>,
     /// Per-link generators for UDP draws (seeded: no thread RNG).
     rngs: RefCell<BTreeMap<(String, String), SimRng>>,
-    tcp_fronts: RefCell<BTreeMap<(String, String, u16), u16>>,
+    tcp_fronts: RefCell<BTreeMap<(String, String, u16), Rc<TcpFront>>>,
     udp_fronts: RefCell<BTreeMap<(String, String, u16), Rc<UdpFront>>>,
     conns: RefCell<BTreeMap<u64, Conn>>,
     next_conn: Cell<u64>,
@@ -86,6 +86,20 @@ struct Inner {
     udp_out: RefCell<Option<mpsc::Sender<Outgoing>>>,
     /// Fronts, UDP return paths and the scheduler.
     tasks: RefCell<Vec<AbortHandle>>,
+}
+
+/// One TCP front: what `from` connects to in order to reach `to`'s server at `target`.
+struct TcpFront {
+    from: String,
+    to: String,
+    listener: TcpListener,
+    target: SocketAddr,
+    /// While the hosts are cut, connects hang: the backlog is 0, a filler connection fills the
+    /// accept queue and nothing is accepted, so the kernel drops new SYNs (the client retries).
+    filler: RefCell<Option<socket2::Socket>>,
+    /// Fillers' addresses, dropped when the accept loop meets them after the cut.
+    fillers: RefCell<Vec<SocketAddr>>,
+    hanging: Cell<bool>,
 }
 
 /// One proxied TCP connection: the client's side (`down`) and the server's (`up`).
@@ -158,23 +172,29 @@ impl Proxy {
     pub fn tcp_port(&self, from: &str, to: &str, port: u16) -> io::Result<u16> {
         let key = (from.to_owned(), to.to_owned(), port);
         if let Some(front) = self.inner.tcp_fronts.borrow().get(&key) {
-            return Ok(*front);
+            return front.listener.local_addr().map(|a| a.port());
         }
         let std = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         std.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std)?;
-        let front = listener.local_addr()?;
+        let address = listener.local_addr()?;
         let target = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        self.inner.origins.borrow_mut().insert(front, target);
-        let task = tokio::task::spawn_local(self.clone().accept_loop(
+        self.inner.origins.borrow_mut().insert(address, target);
+        let front = Rc::new(TcpFront {
+            from: from.to_owned(),
+            to: to.to_owned(),
             listener,
-            from.to_owned(),
-            to.to_owned(),
             target,
-        ));
+            filler: RefCell::new(None),
+            fillers: RefCell::new(Vec::new()),
+            hanging: Cell::new(false),
+        });
+        self.inner.tcp_fronts.borrow_mut().insert(key, front.clone());
+        // A connect across a cut hangs from its first SYN.
+        self.refresh_hang(&front)?;
+        let task = tokio::task::spawn_local(self.clone().accept_loop(front));
         self.inner.tasks.borrow_mut().push(task.abort_handle());
-        self.inner.tcp_fronts.borrow_mut().insert(key, front.port());
-        Ok(front.port())
+        Ok(address.port())
     }
 
     /// The port `from` sends to in order to reach `to`'s UDP socket on `port` through the proxy.
@@ -271,7 +291,42 @@ impl Proxy {
             }
         }
         change(self.inner.links.borrow_mut().entry((from.to_owned(), to.to_owned())).or_default());
+        let fronts: Vec<Rc<TcpFront>> = self.inner.tcp_fronts.borrow().values().cloned().collect();
+        for front in &fronts {
+            // Without a hang a connect across the cut would open at once; the run goes on.
+            let _ = self.refresh_hang(front);
+        }
         self.inner.changed.send_modify(|generation| *generation += 1);
+    }
+
+    /// Makes connects to `front` hang while its hosts are cut either way (a SYN or its answer
+    /// would be lost), and accepts again once they are not.
+    fn refresh_hang(&self, front: &TcpFront) -> io::Result<()> {
+        let cut = self.link(&front.from, &front.to).cut || self.link(&front.to, &front.from).cut;
+        if cut == front.hanging.get() {
+            return Ok(());
+        }
+        front.hanging.set(cut);
+        let listener = socket2::SockRef::from(&front.listener);
+        if cut {
+            listener.listen(0)?;
+            let filler = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            filler.set_nonblocking(true)?;
+            let address = front.listener.local_addr()?;
+            match filler.connect(&address.into()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(local) = filler.local_addr()?.as_socket() {
+                front.fillers.borrow_mut().push(local);
+            }
+            *front.filler.borrow_mut() = Some(filler);
+        } else {
+            listener.listen(1024)?;
+            front.filler.borrow_mut().take();
+        }
+        Ok(())
     }
 
     fn link(&self, from: &str, to: &str) -> Link {
@@ -280,16 +335,33 @@ impl Proxy {
 
     // ---- TCP ----------------------------------------------------------------------------------
 
-    async fn accept_loop(self, listener: TcpListener, from: String, to: String, target: SocketAddr) {
-        // Ends with an accept error (the listener is gone) or when shutdown aborts it.
-        while let Ok((down, client)) = listener.accept().await {
-            let task = tokio::task::spawn_local(self.clone().open_conn(
-                down,
-                client,
-                from.clone(),
-                to.clone(),
-                target,
-            ));
+    async fn accept_loop(self, front: Rc<TcpFront>) {
+        let mut changes = self.inner.changed.subscribe();
+        loop {
+            changes.borrow_and_update();
+            if front.hanging.get() {
+                // Nothing is accepted while the hosts are cut: the queue stays full.
+                if changes.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let accepted = tokio::select! {
+                biased;
+                changed = changes.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => return,
+                },
+                accepted = front.listener.accept() => accepted,
+            };
+            // Ends with an accept error (the listener is gone) or when shutdown aborts it.
+            let Ok((down, client)) = accepted else { return };
+            if front.fillers.borrow().contains(&client) {
+                continue; // A hang's filler: dropped.
+            }
+            let conn =
+                self.clone().open_conn(down, client, front.from.clone(), front.to.clone(), front.target);
+            let task = tokio::task::spawn_local(conn);
             self.inner.tasks.borrow_mut().push(task.abort_handle());
         }
     }
