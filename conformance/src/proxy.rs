@@ -6,13 +6,18 @@
 //! accept, connect to the real server and pump both directions; a link between two hosts can
 //! then be delayed, stalled (a partition: forwarding stops and data waits in the proxy and the
 //! kernels' buffers until repair) or reset (both sides closed with zero linger, so each gets an
-//! RST). UDP fronts forward each datagram from a per-source upstream socket, so replies find
-//! their way back, after a seeded per-link draw of loss, duplication, reordering and delay, and
-//! drop everything across a partition.
+//! RST). While two hosts are cut, connects between them hang: the front's backlog drops to 0, a
+//! filler connection fills its accept queue and nothing is accepted, so the kernel drops the
+//! SYNs and the client retries them (about 1 s, 3 s, 7 s after the first) until repair. UDP fronts
+//! forward each datagram from a per-source upstream socket, so replies find their way back,
+//! after a seeded per-link draw of loss, duplication, reordering and delay, and drop everything
+//! across a partition; datagrams already sent when a link changes go by its old state.
 //!
 //! What it cannot do (the capability table): TCP loss (the proxy terminates TCP, and netem is
 //! unavailable), a partition that keep-alive would notice (the proxy's kernel answers the
-//! probes), a connect that hangs (the proxy's kernel accepts first), host crashes.
+//! probes), host crashes. A refused connect through the proxy looks accepted, then reset (the
+//! front accepts before the server is asked), so scenarios expecting refusals do not inject
+//! network faults.
 //!
 //! Addresses seen through the proxy are its own; [`Proxy::origin`] maps them back to the peer's,
 //! so a trace shows the same sources as without the proxy.
