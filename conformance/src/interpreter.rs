@@ -16,9 +16,16 @@ use tcpudp::{
 use tokio::sync::Notify;
 
 use crate::harness;
+use crate::proxy::Proxy;
 use crate::scenario::{Action, Fault, Scenario};
 use crate::trace::{Observation, Trace, TraceEvent};
 use crate::world::{BackendChoice, BodyResult, Ctx, World};
+
+/// The conformance test PKI (`conformance/tls/`, test-only): a CA and a leaf for [`TEST_NAME`].
+const TEST_CA: &str = include_str!("../tls/ca.pem");
+const TEST_LEAF: &str = include_str!("../tls/leaf.pem");
+const TEST_LEAF_KEY: &str = include_str!("../tls/leaf.key");
+const TEST_NAME: &str = "tls.test";
 
 /// Hang guard for one awaited step (simulated time in the simulator; generous on real sockets).
 const STEP_LIMIT: Duration = Duration::from_secs(300);
@@ -32,13 +39,13 @@ pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), St
         trace: RefCell::new(Trace::new(&scenario.name, backend.as_str(), scenario.seed)),
         failure: RefCell::new(None),
         network: RefCell::new(None),
+        proxy: needs_proxy(scenario, backend).then(|| Proxy::new(scenario.seed)),
     });
-    if let Some(fault) = scenario.steps.iter().find_map(|s| match &s.action {
-        Action::Fault(f) if !supports(backend, f) => Some(f.clone()),
-        _ => None,
-    }) {
-        let why = format!("skip: {} cannot inject {fault:?}", backend.as_str());
-        return (shared.trace.borrow().clone(), Err(why));
+    if let Some(why) = unsupported_in(scenario, backend) {
+        return (
+            shared.trace.borrow().clone(),
+            Err(format!("skip: {} cannot inject {why}", backend.as_str())),
+        );
     }
     let for_world = shared.clone();
     let outcome = harness::run_with(backend, scenario.seed, move |world: &mut World| {
@@ -63,10 +70,62 @@ pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), St
     }
 }
 
-/// Whether a backend can inject `fault` (DESIGN §8 capability table). The simulator's fault API
-/// is not wired into scenarios yet; the library's own hooks work everywhere.
+/// Whether a backend can inject `fault` (DESIGN §8 capability table).
 pub fn supports(backend: BackendChoice, fault: &Fault) -> bool {
-    let library_hook = matches!(
+    unsupported(backend, fault).is_none()
+}
+
+/// Why a backend cannot inject `fault` (DESIGN §8 capability table), or `None` when it can. The
+/// simulator injects every fault; the real harness's loopback proxy ([`crate::proxy`]) delays,
+/// stalls and resets TCP and impairs UDP per datagram; the library's own hooks work everywhere.
+pub fn unsupported(backend: BackendChoice, fault: &Fault) -> Option<&'static str> {
+    match (backend, fault) {
+        (BackendChoice::Sim, _) => None,
+        (BackendChoice::Real, Fault::TcpLoss { .. }) => {
+            Some("TCP loss (the proxy terminates TCP; netem is unavailable)")
+        }
+        (
+            BackendChoice::Real,
+            Fault::CrashHost { .. } | Fault::KillProcess { .. } | Fault::Restart { .. },
+        ) => Some("host crashes, kills or restarts (every host shares one process)"),
+        (BackendChoice::Real, _) => None,
+    }
+}
+
+/// Why `backend` cannot run `scenario`'s faults, or `None`: the capability table, and on real a
+/// partition while a keep-alive socket exists (the proxy's kernel answers the probes, so
+/// keep-alive cannot see it).
+pub fn unsupported_in(scenario: &Scenario, backend: BackendChoice) -> Option<String> {
+    let faults = || {
+        scenario.steps.iter().filter_map(|s| match &s.action {
+            Action::Fault(f) => Some(f),
+            _ => None,
+        })
+    };
+    if let Some((fault, why)) = faults().find_map(|f| unsupported(backend, f).map(|why| (f, why))) {
+        return Some(format!("{why}: {fault:?}"));
+    }
+    let partitions = faults().any(|f| matches!(f, Fault::Partition { .. } | Fault::PartitionOneway { .. }));
+    let keep_alive = scenario.steps.iter().any(|s| match &s.action {
+        Action::Connect { options, .. } => options.keep_alive != tcpudp::KeepAliveMode::Off,
+        Action::Listen { options, .. } => options.accepted.keep_alive != tcpudp::KeepAliveMode::Off,
+        _ => false,
+    });
+    (backend == BackendChoice::Real && partitions && keep_alive)
+        .then(|| "a partition seen by keep-alive (the proxy's kernel answers the probes)".to_owned())
+}
+
+/// Whether `scenario` on `backend` goes through the loopback proxy: on real, when it injects
+/// network faults (not the library's own hooks). Then every connect and send to a published port
+/// goes through it, and fault-free scenarios keep their direct paths.
+fn needs_proxy(scenario: &Scenario, backend: BackendChoice) -> bool {
+    backend == BackendChoice::Real
+        && scenario.steps.iter().any(|s| matches!(&s.action, Action::Fault(f) if !is_library_hook(f)))
+}
+
+/// The library's own fault hooks (the network's `faults()`), which work on every backend.
+fn is_library_hook(fault: &Fault) -> bool {
+    matches!(
         fault,
         Fault::DropLink { .. }
             | Fault::HoldOpen { .. }
@@ -74,10 +133,7 @@ pub fn supports(backend: BackendChoice, fault: &Fault) -> bool {
             | Fault::FailBind { .. }
             | Fault::FailConnect { .. }
             | Fault::FailConversion { .. }
-    );
-    // The network faults need the simulator's link table; the real harness has no loopback proxy
-    // yet, so they are skipped there (with this reason in the matrix).
-    library_hook || backend == BackendChoice::Sim
+    )
 }
 
 /// The datagrams the simulated network delivered to library sockets, from its own trace
@@ -131,6 +187,8 @@ struct Shared {
     failure: RefCell<Option<String>>,
     /// The simulator's fault handle (its network trace feeds INV-10).
     network: RefCell<Option<tcpudp_net_sim::SimFaults>>,
+    /// The real harness's loopback proxy, when the scenario injects network faults on real.
+    proxy: Option<Proxy>,
 }
 
 enum Sock {
@@ -223,6 +281,9 @@ async fn host_body(shared: Rc<Shared>, me: String, ctx: Ctx) -> BodyResult {
     // Keep this host's sockets alive until every host is done, then let background observers
     // see what settles.
     wait_for(&shared, total).await;
+    if let Some(proxy) = &shared.proxy {
+        proxy.shutdown();
+    }
     if shared.scenario.settle_ms > 0 {
         tokio::time::sleep(Duration::from_millis(shared.scenario.settle_ms)).await;
         host.record_states();
@@ -390,7 +451,12 @@ impl Host {
         let endpoints = match self.sockets.borrow().get(socket) {
             Some(Sock::Tcp { sock, .. }) => {
                 let diag = sock.diag();
-                diag.local_addr.map(|l| (l.to_string(), diag.remote_addr.map(|r| r.to_string())))
+                // Through the proxy the remote end is one of its sockets: name the peer's.
+                let remote = diag.remote_addr.map(|r| match &self.shared.proxy {
+                    Some(proxy) => proxy.origin(r),
+                    None => r,
+                });
+                diag.local_addr.map(|l| (l.to_string(), remote.map(|r| r.to_string())))
             }
             // No local address asked for: bound to the wildcard.
             Some(Sock::Udp { sock, .. }) => sock
@@ -443,7 +509,7 @@ impl Host {
                     let end = loop {
                         match r.read().await {
                             Ok(Some(m)) => {
-                                let from = Some(udp_source(&m));
+                                let from = Some(host.udp_source(&m));
                                 host.observe(&name, Observation::Read { data: m.data.to_vec(), from });
                             }
                             Ok(None) => break Observation::ReadDone,
@@ -517,6 +583,10 @@ impl Host {
             }
             Action::Connect { socket, to_host, port_key, options } => {
                 let port = self.ctx.lookup(port_key).await;
+                let port = match &self.shared.proxy {
+                    Some(proxy) => proxy.tcp_port(&self.me, to_host, port).map_err(|e| e.to_string())?,
+                    None => port,
+                };
                 let address = self.ctx.address_of(to_host);
                 let sock = TcpSocket::new(&self.ctx.net, &address, port, options.clone())
                     .map_err(|e| self.ctor_error(socket, e))?;
@@ -569,7 +639,12 @@ impl Host {
             Action::SendTo { socket, to_host, port_key, data, wait } => {
                 let port = self.ctx.lookup(port_key).await;
                 let address = self.ctx.address_of(to_host);
+                // The trace names the destination, not the proxy in front of it.
                 let to = Some(self::address(&address, port));
+                let port = match &self.shared.proxy {
+                    Some(proxy) => proxy.udp_port(&self.me, to_host, port).map_err(|e| e.to_string())?,
+                    None => port,
+                };
                 let future = {
                     let mut sockets = self.sockets.borrow_mut();
                     let Some(Sock::Udp { sock, writer, .. }) = sockets.get_mut(socket) else {
@@ -666,6 +741,41 @@ impl Host {
                     return Err(format!("state {actual}, expected {state}"));
                 }
             }
+            Action::StartTls { socket, expect, wait } => {
+                let upgrade = match self.sockets.borrow().get(socket) {
+                    Some(Sock::Tcp { sock, .. }) => sock.start_tls(),
+                    _ => return Err(format!("no TCP socket {socket}")),
+                };
+                if *wait {
+                    let outcome = outcome_text(&upgrade.await);
+                    if &outcome != expect {
+                        return Err(format!("start_tls was {outcome}, expected {expect}"));
+                    }
+                } else {
+                    // The upgrade settles while later steps run; a mismatch fails the run then.
+                    let host = self.clone();
+                    let (socket, expect) = (socket.clone(), expect.clone());
+                    tokio::task::spawn_local(async move {
+                        let outcome = outcome_text(&upgrade.await);
+                        if outcome != expect {
+                            let message = format!("start_tls on {socket} was {outcome}, expected {expect}");
+                            host.observe(&socket, Observation::Failure { message: message.clone() });
+                            host.shared.failure.borrow_mut().get_or_insert(message);
+                            host.shared.moved.notify_waiters();
+                        }
+                    });
+                }
+            }
+            Action::UseTls { serve } => {
+                let mut tls = tcpudp::TlsContext::builder()
+                    .root_certificates_pem(TEST_CA)
+                    .server_name(TEST_NAME)
+                    .sim_seed(self.shared.scenario.seed);
+                if *serve {
+                    tls = tls.server_credentials_pem(TEST_LEAF, TEST_LEAF_KEY);
+                }
+                self.ctx.net.set_tls(tls.build().map_err(|e| e.to_string())?);
+            }
             Action::Fault(fault) => {
                 self.observe("", Observation::Fault { description: format!("{fault:?}") });
                 let faults = self.ctx.net.faults();
@@ -686,14 +796,25 @@ impl Host {
                     Fault::FailBind { .. } => faults.fail_bind(tcpudp::Cause::AddressInUse),
                     Fault::FailConnect { .. } => faults.fail_connect(tcpudp::Cause::Refused),
                     Fault::FailConversion { .. } => faults.fail_conversion(),
-                    network => {
-                        let sim = self.ctx.sim_faults().ok_or("network faults need the simulator")?;
-                        sim_fault(sim, network, &self.sockets.borrow())?;
-                    }
+                    network => match (self.ctx.sim_faults(), &self.shared.proxy) {
+                        (Some(sim), _) => sim_fault(sim, network, &self.sockets.borrow())?,
+                        (None, Some(proxy)) => proxy_fault(proxy, network, &self.sockets.borrow())?,
+                        (None, None) => return Err("network faults need the simulator or the proxy".into()),
+                    },
                 }
             }
         }
         Ok(())
+    }
+
+    /// A received datagram's source as `ip:port`; through the proxy the source is one of its
+    /// sockets, so the peer's address is shown instead.
+    fn udp_source(&self, m: &tcpudp::UdpMessage) -> String {
+        let from = address(&m.remote_address(), m.remote_port());
+        match (&self.shared.proxy, from.parse()) {
+            (Some(proxy), Ok(seen)) => proxy.origin(seen).to_string(),
+            _ => from,
+        }
     }
 
     /// Records a constructor's synchronous error (INV-13) and describes it.
@@ -742,8 +863,10 @@ impl Host {
                 match r.read().await {
                     Ok(Some(m)) => {
                         got.extend_from_slice(&m.data);
-                        observations
-                            .push(Observation::Read { data: m.data.to_vec(), from: Some(udp_source(&m)) });
+                        observations.push(Observation::Read {
+                            data: m.data.to_vec(),
+                            from: Some(self.udp_source(&m)),
+                        });
                     }
                     Ok(None) => observations.push(Observation::ReadDone),
                     Err(e) => observations.push(Observation::ReadError { name: e.name().into() }),
@@ -761,11 +884,6 @@ impl Host {
         }
         Ok(got)
     }
-}
-
-/// A received datagram's source as `ip:port`.
-fn udp_source(m: &tcpudp::UdpMessage) -> String {
-    address(&m.remote_address(), m.remote_port())
 }
 
 /// `ip:port` as `SocketAddr` prints it (brackets for IPv6).
@@ -799,21 +917,65 @@ fn sim_fault(
                 loss: per_mille(*loss),
                 duplicate: per_mille(*duplicate),
                 reorder: per_mille(*reorder),
-                reorder_delay: Duration::from_millis(50),
+                reorder_delay: crate::proxy::REORDER_DELAY,
                 ..UdpImpairment::default()
             },
         ),
+        Fault::Delay { a, b, ms } => {
+            let delayed = UdpImpairment { delay: Duration::from_millis(*ms), ..UdpImpairment::default() };
+            sim.udp_impair(a, b, delayed).and_then(|()| sim.udp_impair(b, a, delayed))
+        }
         Fault::ResetConnection { socket } => {
-            let Some(Sock::Tcp { sock, .. }) = sockets.get(socket) else {
-                return Err(format!("no TCP socket {socket} to reset"));
-            };
-            let local = sock.diag().local_addr.ok_or("not connected")?;
-            let remote = sock.diag().remote_addr.ok_or("not connected")?;
+            let (local, remote) = ends_of(sockets, socket)?;
             sim.reset_connection(local, remote).map(|_| ())
         }
         other => return Err(format!("not a network fault: {other:?}")),
     };
     result.map_err(|e| e.to_string())
+}
+
+/// Injects a network fault through the real harness's loopback proxy (DESIGN §8): a partition
+/// stalls TCP and drops UDP, a reset closes both sides with zero linger.
+fn proxy_fault(proxy: &Proxy, fault: &Fault, sockets: &BTreeMap<String, Sock>) -> Result<(), String> {
+    match fault {
+        Fault::Partition { a, b } => {
+            proxy.set_cut(a, b, true);
+            proxy.set_cut(b, a, true);
+        }
+        Fault::PartitionOneway { from, to } => proxy.set_cut(from, to, true),
+        Fault::Repair { a, b } => {
+            proxy.set_cut(a, b, false);
+            proxy.set_cut(b, a, false);
+        }
+        Fault::UdpImpair { a, b, loss, duplicate, reorder } => {
+            proxy.set_udp(a, b, *loss, *duplicate, *reorder)
+        }
+        Fault::Delay { a, b, ms } => {
+            proxy.set_delay(a, b, Duration::from_millis(*ms));
+            proxy.set_delay(b, a, Duration::from_millis(*ms));
+        }
+        Fault::ResetConnection { socket } => {
+            let (local, remote) = ends_of(sockets, socket)?;
+            if !proxy.reset(local, remote) {
+                return Err(format!("no proxied connection for {socket}"));
+            }
+        }
+        other => return Err(format!("the proxy cannot inject {other:?}")),
+    }
+    Ok(())
+}
+
+/// The local and remote addresses of a connected TCP socket.
+fn ends_of(
+    sockets: &BTreeMap<String, Sock>,
+    socket: &str,
+) -> Result<(std::net::SocketAddr, std::net::SocketAddr), String> {
+    let Some(Sock::Tcp { sock, .. }) = sockets.get(socket) else {
+        return Err(format!("no TCP socket {socket} to reset"));
+    };
+    let local = sock.diag().local_addr.ok_or("not connected")?;
+    let remote = sock.diag().remote_addr.ok_or("not connected")?;
+    Ok((local, remote))
 }
 
 /// The held stream, opened on first use (the streams lock stays with the scenario's socket).

@@ -17,6 +17,7 @@ pub mod campaign;
 pub mod harness;
 pub mod interpreter;
 pub mod model;
+pub mod proxy;
 pub mod replay;
 pub mod scenario;
 pub mod scenarios;

@@ -120,6 +120,20 @@ pub enum Action {
     AwaitClosed { socket: String, expect: String },
     /// Checks readyState (spec spelling).
     ExpectState { socket: String, state: String },
+    /// `start_tls()` on an open plain TCP socket (EXT-07); `expect` is `"ok"` or an error name.
+    /// Awaited unless `wait` is false: then it settles in the background (a mismatch still
+    /// fails the run), so the peer's side can start in a later step. The host's TLS context is
+    /// its network's: the default trusts the webpki roots, [`Action::UseTls`] the test CA.
+    StartTls {
+        socket: String,
+        expect: String,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    /// The host's network gets the conformance test PKI (`conformance/tls/`): trust in its CA
+    /// and the name `tls.test` as SNI and verified name; with `serve`, also the `tls.test` leaf
+    /// as server credentials.
+    UseTls { serve: bool },
     /// A fault.
     Fault(Fault),
     /// Nothing: the step only waits its `after_ms` (a fault taken out of a case keeps its time).
@@ -148,8 +162,14 @@ pub enum Fault {
     ResetConnection { socket: String },
     /// TCP segments between two hosts lost `times` times in a row.
     TcpLoss { a: String, b: String, times: u32 },
-    /// UDP datagrams between two hosts impaired (per-mille rates).
+    /// UDP datagrams from `a` to `b` impaired (per-mille rates; a reordered datagram is held
+    /// back 250 ms so later ones overtake it). Replaces the link's earlier UDP impairment.
     UdpImpair { a: String, b: String, loss: u32, duplicate: u32, reorder: u32 },
+    /// Everything between two hosts, both ways, takes `ms` longer: TCP chunks and UDP datagrams
+    /// through the real harness's proxy. In the simulator only UDP datagrams are delayed (TCP
+    /// latency is turmoil's, fixed when the simulation is built), replacing the links' earlier
+    /// UDP impairments.
+    Delay { a: String, b: String, ms: u64 },
     /// Every link of a host's network drops (the library's own fault hook).
     DropLink { host: String },
     /// Sockets the host creates from now on stay "opening" (library hook).
