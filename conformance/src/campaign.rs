@@ -305,8 +305,11 @@ impl Case {
     }
 }
 
+/// A fault and the host whose step injects it.
+type HostFault = (&'static str, Fault);
+
 /// A fault's injection steps and, for faults that last, the step that ends it.
-fn fault_steps(kind: FaultKind, client: &str) -> (Vec<(&'static str, Fault)>, Option<(&'static str, Fault)>) {
+fn fault_steps(kind: FaultKind, client: &str) -> (Vec<HostFault>, Option<HostFault>) {
     let (c, s) = ("client".to_owned(), "server".to_owned());
     let repair = Some(("client", Fault::Repair { a: c.clone(), b: s.clone() }));
     // UDP impairments apply per direction: both are impaired, and the end clears one (the
@@ -478,20 +481,21 @@ pub fn goals_of(trace: &Trace) -> Vec<Goal> {
                     reached.push(Goal::ReachedHalfClosed);
                 }
             }
-            Observation::Fault { description } if description.starts_with("ResetConnection") => {
-                if any_in(&states, "closing") {
-                    reached.push(Goal::ResetWhileClosing);
-                }
+            Observation::Fault { description }
+                if description.starts_with("ResetConnection") && any_in(&states, "closing") =>
+            {
+                reached.push(Goal::ResetWhileClosing);
             }
-            Observation::Call { what } if what == "reset" => {
-                if states.get(&(e.host.as_str(), e.socket.as_str())) == Some(&"closing") {
-                    reached.push(Goal::ResetWhileClosing);
-                }
+            Observation::Call { what }
+                if what == "reset"
+                    && states.get(&(e.host.as_str(), e.socket.as_str())) == Some(&"closing") =>
+            {
+                reached.push(Goal::ResetWhileClosing);
             }
-            Observation::Fault { description } if description.starts_with("Partition") => {
-                if any_in(&states, "opening") {
-                    reached.push(Goal::PartitionWhileOpening);
-                }
+            Observation::Fault { description }
+                if description.starts_with("Partition") && any_in(&states, "opening") =>
+            {
+                reached.push(Goal::PartitionWhileOpening);
             }
             Observation::WriteSettled { outcome, .. } if outcome != "ok" => reached.push(Goal::WriteRejected),
             Observation::Opened { outcome, .. } if outcome != "ok" => reached.push(Goal::OpenedRejected),
@@ -580,7 +584,11 @@ pub fn shrink(seed: u64, index: u64, limit: Duration) -> (Case, String) {
         let candidate = tree.current();
         match run_case(&candidate).1 {
             Some(failure) => {
-                best = (candidate, failure);
+                // Flat-mapped strategies may regrow a case while simplifying its profile: keep
+                // the smallest failing case seen.
+                if candidate.ops.len() <= best.0.ops.len() {
+                    best = (candidate, failure);
+                }
                 if !tree.simplify() {
                     break;
                 }

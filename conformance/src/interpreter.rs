@@ -350,7 +350,9 @@ impl Host {
 
     /// Records every readyState change, and for TCP sockets changes of the inbound queue.
     fn record_states(&self) {
-        let now: Vec<(String, ReadyState, Option<(u64, u64)>)> = self
+        // (name, readyState, TCP inbound queue and its high-water mark)
+        type Sample = (String, ReadyState, Option<(u64, u64)>);
+        let now: Vec<Sample> = self
             .sockets
             .borrow()
             .iter()

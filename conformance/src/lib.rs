@@ -14,6 +14,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod campaign;
+pub mod differential;
 pub mod harness;
 pub mod interpreter;
 pub mod model;

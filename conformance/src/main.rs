@@ -31,6 +31,8 @@ enum Command {
     Mutants,
     /// Benchmark: our API beside raw tokio, raw turmoil and the bare core (issue #6).
     Bench(bench::BenchArgs),
+    /// Only the seeded fault campaign (`--seed`, `--cases`, `--jobs`, `--json`), e.g. a long one.
+    Campaign(RunArgs),
     /// Replay a replay file: its full trace, then "reproduced bit for bit" or "diverged at event N".
     Replay {
         /// The replay file (written by a failing campaign case).
@@ -58,6 +60,10 @@ struct RunArgs {
     /// Seconds spent shrinking each failing case (proptest's max_shrink_time).
     #[arg(long, default_value_t = 60)]
     shrink_secs: u64,
+    /// Demonstration: disable this RULES.md §9 row (a `Row` name, e.g. TcpOpenHalfClose) in the
+    /// core before the campaign, to watch a failure get caught, shrunk and written.
+    #[arg(long)]
+    mutate: Option<String>,
     /// Where failing cases are written as replay files.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/regressions"))]
     regressions: std::path::PathBuf,
@@ -77,6 +83,17 @@ fn main() -> ExitCode {
         Some(Command::Bench(args)) => return bench::run(args),
         Some(Command::Mutants) => return mutants(),
         Some(Command::Replay { file }) => return replay(&file),
+        Some(Command::Campaign(args)) => {
+            let (json, failed) = run_campaign(&args);
+            if let Some(path) = &args.json {
+                let doc = serde_json::json!({ "campaign": json });
+                if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default()) {
+                    eprintln!("cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            return if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
         None => cli.run,
     };
     let backends: Vec<BackendChoice> = match args.backend {
@@ -172,6 +189,9 @@ fn main() -> ExitCode {
         all_rules.len()
     );
     println!("{runs} scenario runs, {failures} failed");
+    if backends.len() == 2 {
+        failures += differential();
+    }
     let campaign = if args.cases > 0 && backends.contains(&BackendChoice::Sim) {
         let (json, failed) = run_campaign(&args);
         failures += failed;
@@ -193,12 +213,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// Differential fidelity: every fault-free JSON scenario on both backends, projections equal.
+/// Returns the number of scenarios that differ.
+fn differential() -> usize {
+    use tcpudp_conformance::differential;
+    let scenarios: Vec<Scenario> = json_scenarios().into_iter().filter(differential::fault_free).collect();
+    let mut differ = 0;
+    for scenario in &scenarios {
+        if let Err(e) = differential::check(scenario) {
+            differ += 1;
+            println!("DIFFERS {}: {e}", scenario.name);
+        }
+    }
+    println!();
+    println!(
+        "differential fidelity: {} fault-free scenarios on both backends (sim on a fixed {} ms link), {differ} differ",
+        scenarios.len(),
+        differential::FIXED_LATENCY_MS
+    );
+    differ
+}
+
 /// The seeded fault campaign in the simulator, with a progress bar and a summary; failing cases
 /// are shrunk and written as replay files. The summary as JSON, and the number of failures
 /// (shortfalls of the campaign itself count as one).
 fn run_campaign(args: &RunArgs) -> (serde_json::Value, usize) {
     use tcpudp_conformance::campaign;
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if let Some(name) = &args.mutate {
+        let Some(row) = tcpudp_core::Row::ALL.iter().find(|r| format!("{r:?}") == *name) else {
+            eprintln!("no §9 row named {name}");
+            return (serde_json::Value::Null, 1);
+        };
+        println!("core mutated: row {row:?} disabled");
+        tcpudp_core::state::mutation::disable(Some(*row));
+    }
     println!();
     println!(
         "fault campaign: seed {}, {} cases, {jobs} jobs (simulator, swarm fault profiles)",

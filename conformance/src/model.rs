@@ -53,6 +53,7 @@ pub fn check(trace: &Trace, bounds: Bounds) -> Vec<Violation> {
         sock.check_reads(key, &mut out);
         sock.check_writes(key, &mut out);
         sock.check_close(key, &model, bounds, &mut out);
+        sock.check_calls(key, &model, &mut out);
     }
     model.check_error_names(trace, &mut out);
     model.check_streams(&mut out);
@@ -118,6 +119,8 @@ struct Model {
     faults: Vec<usize>,
     /// Indexes of the `Step` events (step boundaries).
     steps: Vec<usize>,
+    /// The host of each `Step` event, by index.
+    step_hosts: BTreeMap<usize, String>,
     /// A fault made the network duplicate datagrams.
     duplicating: bool,
 }
@@ -129,6 +132,7 @@ impl Model {
         let mut end_at = BTreeMap::new();
         let mut faults = Vec::new();
         let mut steps = Vec::new();
+        let mut step_hosts = BTreeMap::new();
         for (i, TraceEvent { at_micros, host, socket, what }) in trace.events.iter().enumerate() {
             if let Observation::Delivered { bytes, from, to, duplicate_of, .. } = what {
                 delivered.push((i, *at_micros, from.clone(), to.clone(), *bytes, duplicate_of.is_some()));
@@ -140,7 +144,10 @@ impl Model {
             }
             match what {
                 Observation::Fault { .. } => faults.push(i),
-                Observation::Step { .. } => steps.push(i),
+                Observation::Step { .. } => {
+                    steps.push(i);
+                    step_hosts.insert(i, host.clone());
+                }
                 _ => {}
             }
             if socket.is_empty() {
@@ -182,7 +189,7 @@ impl Model {
             }
             _ => false,
         });
-        Model { sockets, delivered, end_at, faults, steps, duplicating }
+        Model { sockets, delivered, end_at, faults, steps, step_hosts, duplicating }
     }
 
     /// INV-13: every error carries a catalog name; constructors throw only the four allowed.
@@ -213,6 +220,10 @@ impl Model {
                 }
             }
         }
+    }
+
+    fn step_host(&self, index: usize) -> Option<&String> {
+        self.step_hosts.get(&index)
     }
 
     /// INV-07, INV-08, INV-09, INV-18: bytes read by one end against bytes written by its peer.
@@ -582,6 +593,47 @@ impl Sock {
                     // that rejects the write without erroring the stream.
                     rejected = Some(outcome);
                 }
+            }
+        }
+    }
+
+    /// RULES.md §9: the application's own calls move readyState at once: `reset()` to "closed";
+    /// `close()` from "opening" to "closed", from "open" or "halfclosed" to "closing" or further;
+    /// `halfClose()` from "open" to "halfclosed" or further. The interpreter records states right
+    /// after each step, so the move shows before the host's next step.
+    fn check_calls(&self, key: &Key, model: &Model, out: &mut Vec<Violation>) {
+        if self.kind != "tcp" {
+            return;
+        }
+        for (i, _, what) in &self.calls {
+            let before = self.states.iter().rev().find(|s| s.0 < *i).map(|s| s.1.as_str());
+            let step_end =
+                model.steps.iter().copied().find(|s| *s > *i && model.step_host(*s) == Some(&key.0));
+            let after = self
+                .states
+                .iter()
+                .find(|s| s.0 > *i && step_end.is_none_or(|end| s.0 < end))
+                .map(|s| s.1.as_str());
+            let expected: &[&str] = match (what.as_str(), before) {
+                ("reset", Some(b)) if b != "closed" => &["closed"],
+                ("close", Some("opening")) => &["closed"],
+                ("close", Some("open" | "halfclosed")) => &["closing", "closed"],
+                ("half_close", Some("open")) => &["halfclosed", "closing", "closed"],
+                _ => continue,
+            };
+            if !after.is_some_and(|a| expected.contains(&a)) {
+                out.push(violation(
+                    "§9",
+                    *i,
+                    format!(
+                        "{}/{}: {what}() in {} left readyState {} (expected {})",
+                        key.0,
+                        key.1,
+                        before.unwrap_or("?"),
+                        after.unwrap_or(before.unwrap_or("?")),
+                        expected.join(" or ")
+                    ),
+                ));
             }
         }
     }
