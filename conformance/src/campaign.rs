@@ -286,6 +286,7 @@ impl Case {
             tolerant: true,
             settle_ms: SETTLE_MS,
             fixed_latency_ms: None,
+            policy: None,
         }
     }
 

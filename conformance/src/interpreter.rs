@@ -52,6 +52,9 @@ pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), St
         if let Some(ms) = for_world.scenario.fixed_latency_ms {
             world.link(tcpudp_net_sim::LinkProfile::fixed(Duration::from_millis(ms)));
         }
+        if let Some(policy) = for_world.scenario.policy.clone() {
+            world.policy(move || policy_of(&policy));
+        }
         for host in &for_world.scenario.hosts {
             let shared = for_world.clone();
             let me = host.clone();
@@ -67,6 +70,23 @@ pub fn run(scenario: &Scenario, backend: BackendChoice) -> (Trace, Result<(), St
         (Some(f), _) => (trace, Err(f)),
         (None, Err(e)) => (trace, Err(e)),
         (None, Ok(())) => (trace, Ok(())),
+    }
+}
+
+/// A scenario's permission policy by name (see [`Scenario::policy`]); an unknown name denies
+/// everything, so a typo cannot pass silently as "allowed".
+fn policy_of(name: &str) -> tcpudp::Policy {
+    use tcpudp::Policy;
+    match name {
+        "allow_all" => Policy::allow_all(),
+        "prompt:grant" | "prompt:deny" => {
+            let grant = name == "prompt:grant";
+            Policy::prompt(move |_| Box::pin(std::future::ready(grant)))
+        }
+        _ => match name.strip_prefix("allow:") {
+            Some(rules) => Policy::allow_list(rules.split(',')).unwrap_or_else(|_| Policy::deny_all()),
+            None => Policy::deny_all(),
+        },
     }
 }
 
@@ -590,8 +610,17 @@ impl Host {
                     None => port,
                 };
                 let address = self.ctx.address_of(to_host);
-                let sock = TcpSocket::new(&self.ctx.net, &address, port, options.clone())
-                    .map_err(|e| self.ctor_error(socket, e))?;
+                let target = format!("tcp:{to_host}:{port_key}");
+                let sock = match TcpSocket::new(&self.ctx.net, &address, port, options.clone()) {
+                    Ok(sock) => sock,
+                    Err(e) => {
+                        let what =
+                            Observation::ConstructorError { name: e.name().into(), target: Some(target) };
+                        self.observe(socket, what);
+                        return Err(e.to_string());
+                    }
+                };
+                self.observe(socket, Observation::Constructed { target });
                 self.insert(socket, Sock::tcp(sock, options.readable_high_water_mark));
             }
             Action::Bind { socket, options, publish, wait } => {
@@ -732,6 +761,41 @@ impl Host {
                 }
             }
             Action::Pause => {}
+            Action::TcpServerPermission => {
+                let outcome = self.ctx.net.tcp_server_permission().request_permission(None).await;
+                let what = Observation::Permission {
+                    query: "request".into(),
+                    target: "tcp-server".into(),
+                    outcome: outcome_text(&outcome),
+                    prompts_before: 0,
+                    prompts_after: 0,
+                };
+                self.observe("", what);
+            }
+            Action::TcpPermission { to_host, port_key, request } => {
+                let port = self.ctx.lookup(port_key).await;
+                let options = tcpudp::core_machines::permission::TcpPermissionOptions {
+                    remote_address: Some(self.ctx.address_of(to_host)),
+                    remote_port: Some(port),
+                };
+                let permission = self.ctx.net.tcp_permission();
+                let prompts_before = self.ctx.net.policy().prompt_count();
+                let outcome = if *request {
+                    outcome_text(&permission.request_permission(Some(options)).await)
+                } else {
+                    match permission.has_permission(Some(options)).await {
+                        Ok(state) => state.to_string(),
+                        Err(e) => e.name().into(),
+                    }
+                };
+                let prompts_after = self.ctx.net.policy().prompt_count();
+                let query = if *request { "request" } else { "has" }.to_owned();
+                let target = format!("tcp:{to_host}:{port_key}");
+                self.observe(
+                    "",
+                    Observation::Permission { query, target, outcome, prompts_before, prompts_after },
+                );
+            }
             Action::ExpectState { socket, state } => {
                 let actual = self
                     .sockets
@@ -821,7 +885,7 @@ impl Host {
 
     /// Records a constructor's synchronous error (INV-13) and describes it.
     fn ctor_error(&self, socket: &str, e: SocketError) -> String {
-        self.observe(socket, Observation::ConstructorError { name: e.name().into() });
+        self.observe(socket, Observation::ConstructorError { name: e.name().into(), target: None });
         e.to_string()
     }
 

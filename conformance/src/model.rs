@@ -3,8 +3,8 @@
 //! Read RULES.md §11 before editing. The model sees only what the interpreter recorded through
 //! the public API (states, promise outcomes, reads, writes, calls) and, in the simulator, the
 //! datagrams the network delivered. Each check names its invariant; a trace with no event an
-//! invariant speaks about passes it vacuously (INV-14 needs permission events, which the
-//! scenarios do not record yet; the permission tests check it directly).
+//! invariant speaks about passes it vacuously (INV-14 speaks only about traces with permission
+//! queries; INV-16 about servers closed while connections they accepted live).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -59,6 +59,7 @@ pub fn check(trace: &Trace, bounds: Bounds) -> Vec<Violation> {
     model.check_streams(&mut out);
     model.check_datagrams(&mut out);
     model.check_accepts(&mut out);
+    check_permissions(trace, &mut out);
     out.sort_by_key(|v| v.event);
     out
 }
@@ -204,7 +205,7 @@ impl Model {
                 Observation::ReadAfterEnd { outcome } if outcome != "done" && outcome != "data" => {
                     vec![outcome]
                 }
-                Observation::ConstructorError { name } => {
+                Observation::ConstructorError { name, .. } => {
                     if !["SecurityError", "InvalidAccessError", "TypeError", "NotSupportedError"]
                         .contains(&name.as_str())
                     {
@@ -653,6 +654,46 @@ impl Sock {
     }
 }
 
+/// INV-14: `hasPermission` never prompts; after `requestPermission` resolved for a target,
+/// constructing to it never throws SecurityError; after `hasPermission` said "denied", it does.
+/// (The scenarios' policies never change after the start, and store no denials.)
+fn check_permissions(trace: &Trace, out: &mut Vec<Violation>) {
+    let mut granted: Vec<(&str, &str)> = Vec::new();
+    let mut denied: Vec<(&str, &str)> = Vec::new();
+    for (i, e) in trace.events.iter().enumerate() {
+        match &e.what {
+            Observation::Permission { query, target, outcome, prompts_before, prompts_after } => {
+                if query == "has" && prompts_after != prompts_before {
+                    out.push(violation("INV-14", i, format!("hasPermission({target}) prompted the user")));
+                }
+                if query == "request" && outcome == "ok" {
+                    granted.push((&e.host, target));
+                }
+                if query == "has" && outcome == "denied" {
+                    denied.push((&e.host, target));
+                }
+            }
+            Observation::ConstructorError { name, target: Some(target) }
+                if name == "SecurityError" && granted.contains(&(e.host.as_str(), target.as_str())) =>
+            {
+                out.push(violation(
+                    "INV-14",
+                    i,
+                    format!("constructing to {target} threw SecurityError after a grant"),
+                ));
+            }
+            Observation::Constructed { target } if denied.contains(&(e.host.as_str(), target.as_str())) => {
+                out.push(violation(
+                    "INV-14",
+                    i,
+                    format!("constructing to {target} succeeded although denied"),
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
 fn violation(invariant: &'static str, event: usize, message: String) -> Violation {
     Violation { invariant, event, message }
 }
@@ -794,7 +835,7 @@ mod tests {
         // INV-13: not a catalog name; a constructor throwing NetworkError.
         let t = trace(vec![
             event("a", "c", tcp()),
-            event("a", "c", Observation::ConstructorError { name: "NetworkError".into() }),
+            event("a", "c", Observation::ConstructorError { name: "NetworkError".into(), target: None }),
         ]);
         assert_eq!(invariants(&t), ["INV-13"]);
         // INV-10: a datagram read twice that was sent once, and no duplicate in the network.
@@ -813,6 +854,28 @@ mod tests {
             event("b", "v", Observation::Read { data: b"x".to_vec(), from: Some("1.1.1.1:5".into()) }),
         ]);
         assert_eq!(invariants(&t), ["INV-10"]);
+        // INV-14: a query that prompted; a grant followed by SecurityError.
+        let permission = |query: &str, outcome: &str, after: u64| Observation::Permission {
+            query: query.into(),
+            target: "tcp:s:p".into(),
+            outcome: outcome.into(),
+            prompts_before: 0,
+            prompts_after: after,
+        };
+        let t = trace(vec![event("a", "", permission("has", "prompt", 1))]);
+        assert_eq!(invariants(&t), ["INV-14"]);
+        let t = trace(vec![
+            event("a", "", permission("request", "ok", 1)),
+            event(
+                "a",
+                "c",
+                Observation::ConstructorError {
+                    name: "SecurityError".into(),
+                    target: Some("tcp:s:p".into()),
+                },
+            ),
+        ]);
+        assert_eq!(invariants(&t), ["INV-14"]);
         // INV-19: an inbound queue past the mark plus a chunk.
         let t = trace(vec![
             event("a", "c", tcp()),

@@ -35,6 +35,11 @@ pub struct Scenario {
     /// random 0–100 ms (the differential fidelity check uses it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_latency_ms: Option<u64>,
+    /// Every host's permission policy: `"allow_all"` (the default), `"deny_all"`,
+    /// `"prompt:grant"` / `"prompt:deny"` (nothing decided; prompts answered so), or
+    /// `"allow:RULE,RULE"` (the rule grammar of `Policy::allow_list`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// One step: an operation through the public API or a fault, at a simulated offset.
@@ -138,6 +143,12 @@ pub enum Action {
     Fault(Fault),
     /// Nothing: the step only waits its `after_ms` (a fault taken out of a case keeps its time).
     Pause,
+    /// `navigator.tcpPermission.hasPermission` (`request: false`) or `requestPermission`
+    /// (`request: true`) for connections to `to_host` at the port published under `port_key`.
+    TcpPermission { to_host: String, port_key: String, request: bool },
+    /// `navigator.tcpServerPermission.requestPermission()` with default options (what a
+    /// `listen` with default options needs).
+    TcpServerPermission,
 }
 
 /// Faults a harness may inject (its capability table says which it can).
@@ -239,6 +250,7 @@ mod tests {
             tolerant: false,
             settle_ms: 0,
             fixed_latency_ms: None,
+            policy: None,
         };
         let back = Scenario::from_json(&s.to_json()).unwrap();
         assert_eq!(back, s);

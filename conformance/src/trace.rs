@@ -93,8 +93,18 @@ pub enum Observation {
     },
     /// Inbound bytes queued in the library (TCP), sampled, with the high-water mark (INV-19).
     Queued { inbound: u64, high_water_mark: u64 },
-    /// A constructor failed synchronously with this error name (INV-13).
-    ConstructorError { name: String },
+    /// A constructor failed synchronously with this error name (INV-13); `target` names what a
+    /// TCP socket was to connect to (`tcp:HOST:PORT`, INV-14).
+    ConstructorError {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
+    /// A TCP socket was constructed to `target` (`tcp:HOST:PORT`) without throwing (INV-14).
+    Constructed { target: String },
+    /// A permission query (`"has"`) or request (`"request"`) for `target` and its outcome (a
+    /// state, `"ok"` or an error name), with the policy's prompt count before and after.
+    Permission { query: String, target: String, outcome: String, prompts_before: u64, prompts_after: u64 },
     /// The network delivered a datagram (simulator), with its network id (INV-10): `from` and
     /// `to` as `ip:port`, and the id of the datagram it duplicates, if it is a copy.
     Delivered {
