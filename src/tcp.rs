@@ -99,7 +99,7 @@ struct TransportSide {
     released: bool,
     driver: Option<Waker>,
     armed: Option<tcpudp_core::Instant>,
-    /// Options read back when the transport was released (diag() after close).
+    /// Options the last `diag()` read while the transport was open (diag() after close).
     diag: Option<Box<TcpDiag>>,
     /// TLS hook (issue #7): the handshake in progress, ALPN and `start_tls()` state.
     tls: crate::tls::TlsSlot,
@@ -335,10 +335,18 @@ impl TcpSocket {
     }
 
     /// Option values read back from the OS (or the simulator's model) and the library's queues.
+    ///
+    /// Options are read back only when asked: once the socket has released its OS (or simulator)
+    /// socket, `options` are the values the last `diag()` call read while it was open (all `None`
+    /// if there was none), so closing a socket costs no read-back.
     pub fn diag(&self) -> TcpSocketDiag {
-        let inner = lock(&self.shared().inner);
+        let mut inner = lock(&self.shared().inner);
         let options = match &inner.io.transport {
-            Some(t) => t.diag(),
+            Some(t) => {
+                let options = t.diag();
+                inner.io.diag = Some(Box::new(options.clone()));
+                options
+            }
             None => inner.io.diag.as_deref().cloned().unwrap_or_default(),
         };
         TcpSocketDiag {
@@ -628,8 +636,8 @@ impl TransportSide {
         self.sending = None;
         self.shutdown_pending = false;
         self.read_interest = false;
+        read_pool::give(std::mem::take(&mut self.read_buf));
         if let Some(t) = self.transport.take() {
-            self.diag = Some(Box::new(t.diag()));
             if reset.is_some() {
                 t.reset();
             }
@@ -709,7 +717,11 @@ impl TransportSide {
             }
         }
         if self.read_interest {
+            if self.read_buf.capacity() == 0 {
+                self.read_buf = read_pool::take();
+            }
             if self.read_buf.capacity() < READ_CHUNK / 4 {
+                // Reclaims the same allocation when every chunk split from it is gone.
                 self.read_buf.reserve(READ_CHUNK);
             }
             let spare = self.read_buf.spare_capacity_mut();
@@ -719,6 +731,7 @@ impl TransportSide {
                     let n = buf.filled().len();
                     if n == 0 {
                         self.read_interest = false;
+                        read_pool::give(std::mem::take(&mut self.read_buf));
                         return Some(IoEvent::PeerFin);
                     }
                     // SAFETY: `ReadBuf::filled` guarantees the first `n` bytes of the spare
@@ -729,18 +742,61 @@ impl TransportSide {
                 }
                 Poll::Ready(Err(e)) => {
                     self.read_interest = false;
+                    read_pool::give(std::mem::take(&mut self.read_buf));
                     return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
                 }
                 Poll::Pending => {
                     // An idle socket keeps no read buffer of its own (DESIGN §5: ≤ 2 KiB per idle
-                    // socket); the next readable data allocates a fresh one.
+                    // socket): it goes back to the thread's pool for the next read of any socket.
                     if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-                        self.read_buf = BytesMut::new();
+                        read_pool::give(std::mem::take(&mut self.read_buf));
                     }
                 }
             }
         }
         None
+    }
+}
+
+/// Read buffers between reads: a few per thread, shared by every socket polled there.
+///
+/// A socket waiting for data holds no buffer (DESIGN §5); taking a warm one here instead of
+/// allocating 64 KiB per read avoids a malloc, and the page faults of a heap that glibc trims and
+/// grows again, per read (the cost showed in every workload: per connection, per ping-pong
+/// message, per bulk chunk after each pause). A buffer whose chunks the application still holds
+/// is not reused in place: `reserve` then allocates a fresh one.
+mod read_pool {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// Buffers kept per thread (at most 4 × 64 KiB in all).
+    const KEPT: usize = 4;
+
+    thread_local! {
+        static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer from the pool, or an empty one (which the caller reserves).
+    pub(super) fn take() -> BytesMut {
+        POOL.try_with(|pool| pool.try_borrow_mut().ok().and_then(|mut pool| pool.pop()))
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Returns an empty buffer to the pool (dropped when the pool is full).
+    pub(super) fn give(buf: BytesMut) {
+        if buf.capacity() == 0 || !buf.is_empty() {
+            return;
+        }
+        let _ = POOL.try_with(|pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut() {
+                if pool.len() < KEPT {
+                    pool.push(buf);
+                }
+            }
+        });
     }
 }
 

@@ -122,6 +122,10 @@ struct Inner {
     reader_locked: bool,
     writer_locked: bool,
     state_log: StateLog,
+    /// The last IP destination found permitted, with the policy generation it was read at: the
+    /// same destination is not checked (and its address not formatted) again until the policy
+    /// changes.
+    permitted: Option<(SocketAddr, u64)>,
 }
 
 #[derive(Default)]
@@ -203,6 +207,7 @@ impl UdpSocket {
                 reader_locked: false,
                 writer_locked: false,
                 state_log: StateLog::new(ReadyState::Opening),
+                permitted: None,
             }),
             span,
         });
@@ -408,11 +413,12 @@ impl UdpShared {
 
     fn write(&self, datagram: Datagram) -> u64 {
         let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
         let id = inner.writes.next_id();
         let dest = inner
             .machine
             .destination_for(datagram.remote_address.as_deref(), datagram.remote_port)
-            .and_then(|dest| self.permitted(dest));
+            .and_then(|dest| self.permitted(dest, &mut inner.permitted));
         let now = self.net.now();
         let cmd = AppCommand::SendDatagram { id: WriteId(id), data: datagram.data, dest };
         let _ = inner.machine.handle(now, Input::App(cmd));
@@ -420,13 +426,28 @@ impl UdpShared {
         id
     }
 
-    /// UDP-WRITE-04: the effective destination must be permitted (prompt counts as not).
-    fn permitted(&self, dest: Destination) -> Result<Destination, SocketError> {
+    /// UDP-WRITE-04: the effective destination must be permitted (prompt counts as not). `cache`
+    /// keeps the last permitted IP destination while the policy's generation stays the same.
+    fn permitted(
+        &self,
+        dest: Destination,
+        cache: &mut Option<(SocketAddr, u64)>,
+    ) -> Result<Destination, SocketError> {
+        let policy = self.net.policy();
         let request = match &dest {
-            Destination::Addr(addr) => PermissionRequest::udp_write(&addr.ip().to_string(), addr.port()),
+            Destination::Addr(addr) => {
+                if *cache == Some((*addr, policy.generation())) {
+                    return Ok(dest);
+                }
+                PermissionRequest::udp_write(&addr.ip().to_string(), addr.port())
+            }
             Destination::Name(name, port) => PermissionRequest::udp_write(name.as_str(), *port),
         };
-        if self.net.policy().state(&request).is_granted() {
+        let (state, generation) = policy.state_at(&request);
+        if state.is_granted() {
+            if let Destination::Addr(addr) = &dest {
+                *cache = Some((*addr, generation));
+            }
             Ok(dest)
         } else {
             Err(SocketError::security().with_message("sending to this destination is not permitted"))
