@@ -717,13 +717,7 @@ impl TransportSide {
             }
         }
         if self.read_interest {
-            if self.read_buf.capacity() == 0 {
-                self.read_buf = read_pool::take();
-            }
-            if self.read_buf.capacity() < READ_CHUNK / 4 {
-                // Reclaims the same allocation when every chunk split from it is gone.
-                self.read_buf.reserve(READ_CHUNK);
-            }
+            read_pool::make_room(&mut self.read_buf);
             let spare = self.read_buf.spare_capacity_mut();
             let mut buf = ReadBuf::uninit(spare);
             match transport.poll_read(cx, &mut buf) {
@@ -738,7 +732,12 @@ impl TransportSide {
                     // capacity were initialised by the read.
                     unsafe { self.read_buf.set_len(n) };
                     // A fresh `Bytes` that no one will write to again (GEN-08).
-                    return Some(IoEvent::Received(self.read_buf.split().freeze()));
+                    let chunk = self.read_buf.split().freeze();
+                    if self.read_buf.capacity() == 0 {
+                        // Full: the pool may get the whole allocation back once the chunk goes.
+                        read_pool::give_filled(std::mem::take(&mut self.read_buf));
+                    }
+                    return Some(IoEvent::Received(chunk));
                 }
                 Poll::Ready(Err(e)) => {
                     self.read_interest = false;
@@ -748,9 +747,7 @@ impl TransportSide {
                 Poll::Pending => {
                     // An idle socket keeps no read buffer of its own (DESIGN §5: ≤ 2 KiB per idle
                     // socket): it goes back to the thread's pool for the next read of any socket.
-                    if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-                        read_pool::give(std::mem::take(&mut self.read_buf));
-                    }
+                    read_pool::give(std::mem::take(&mut self.read_buf));
                 }
             }
         }
@@ -770,24 +767,50 @@ mod read_pool {
 
     use bytes::BytesMut;
 
+    use super::READ_CHUNK;
+
     /// Buffers kept per thread (at most 4 × 64 KiB in all).
     const KEPT: usize = 4;
+    /// Less room than this is not worth a read: find a bigger buffer.
+    const MIN_ROOM: usize = READ_CHUNK / 4;
 
     thread_local! {
         static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// A buffer from the pool, or an empty one (which the caller reserves).
-    pub(super) fn take() -> BytesMut {
-        POOL.try_with(|pool| pool.try_borrow_mut().ok().and_then(|mut pool| pool.pop()))
+    /// Gives `buf` room for a read: its own allocation back when every chunk split from it is
+    /// gone, else a pooled buffer that has room (or can get it back), else a fresh allocation.
+    pub(super) fn make_room(buf: &mut BytesMut) {
+        if buf.capacity() >= MIN_ROOM || buf.try_reclaim(READ_CHUNK) {
+            return;
+        }
+        let pooled = POOL
+            .try_with(|pool| {
+                let mut pool = pool.try_borrow_mut().ok()?;
+                let i =
+                    pool.iter_mut().position(|b| b.capacity() >= MIN_ROOM || b.try_reclaim(READ_CHUNK))?;
+                Some(pool.swap_remove(i))
+            })
             .ok()
-            .flatten()
-            .unwrap_or_default()
+            .flatten();
+        match pooled {
+            Some(pooled) => give(std::mem::replace(buf, pooled)),
+            None => buf.reserve(READ_CHUNK),
+        }
     }
 
-    /// Returns an empty buffer to the pool (dropped when the pool is full).
+    /// Keeps an empty buffer with room for a later read (dropped when the pool is full); one
+    /// without room is not kept.
     pub(super) fn give(buf: BytesMut) {
-        if buf.capacity() == 0 || !buf.is_empty() {
+        if buf.capacity() > 0 {
+            give_filled(buf);
+        }
+    }
+
+    /// As [`give`], for an empty buffer a read filled to the end: no room, but it holds (a share
+    /// of) its allocation.
+    pub(super) fn give_filled(buf: BytesMut) {
+        if !buf.is_empty() {
             return;
         }
         let _ = POOL.try_with(|pool| {
