@@ -567,6 +567,19 @@ impl UdpTransport for FaultUdp {
         self.link.guard(cx, |cx| inner.poll_recv_from(cx, buf))
     }
 
+    fn poll_recv_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        scratch: &mut [u8],
+    ) -> Poll<io::Result<(bytes::Bytes, RecvMeta)>> {
+        self.link.check()?;
+        if let Some(kind) = self.faults.take_recv_error() {
+            return Poll::Ready(Err(io::Error::new(kind, "receive error (fault)")));
+        }
+        let inner = &mut self.inner;
+        self.link.guard(cx, |cx| inner.poll_recv_bytes(cx, scratch))
+    }
+
     fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
         self.link.check()?;
         if self.faults.take_send_failure() {

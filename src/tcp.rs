@@ -413,10 +413,10 @@ impl TcpShared {
 
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, SocketError>> {
         let mut inner = lock(&self.inner);
+        let now = self.net.now(); // one clock read per call: no time passes that matters here
         for _ in 0..2 {
             inner.app.read_result = None;
             inner.app.readable_signal = false;
-            let now = self.net.now();
             let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
             inner.process(self);
             if let Some(result) = inner.app.read_result.take() {
@@ -524,6 +524,7 @@ impl Inner {
     /// waiting. Transport polls use the driver's waker (DESIGN §5: one poller per direction).
     fn process(&mut self, shared: &TcpShared) {
         let mut budget = STEP_BUDGET;
+        let mut now = None;
         loop {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
@@ -534,7 +535,8 @@ impl Inner {
             if matches!(event, IoEvent::Received(_)) && shared.net.faults().conversion_fails() {
                 event = IoEvent::ConversionFailed;
             }
-            let now = shared.net.now();
+            // One clock read per call: the steps of one call happen at one instant.
+            let now = *now.get_or_insert_with(|| shared.net.now());
             let _ = self.machine.handle(now, Input::Io(event));
             budget -= 1;
             if budget == 0 {

@@ -21,7 +21,6 @@ use tcpudp_core::{
     AppCommand, Cause, Destination, ErrorName, Event, Input, IoCommand, IoEvent, Output, ReadResult,
     ReadyState, SocketError, UdpMachine, WriteId,
 };
-use tokio::io::ReadBuf;
 
 use crate::backend::{cause_of, BoxFuture, UdpBind, UdpDiag, UdpTransport};
 use crate::network::Network;
@@ -456,10 +455,10 @@ impl UdpShared {
 
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<UdpMessage>, SocketError>> {
         let mut inner = lock(&self.inner);
+        let now = self.net.now(); // one clock read per call: no time passes that matters here
         for _ in 0..2 {
             inner.read_result = None;
             inner.readable_signal = false;
-            let now = self.net.now();
             let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
             inner.process(self);
             if let Some(result) = inner.read_result.take() {
@@ -519,6 +518,7 @@ impl WriteSource for UdpShared {
 impl Inner {
     fn process(&mut self, shared: &UdpShared) {
         let mut budget = 64;
+        let mut now = None;
         while take_step(&mut budget, self.io.driver.as_ref()) {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
@@ -538,7 +538,8 @@ impl Inner {
                 }
                 other => other,
             };
-            let now = shared.net.now();
+            // One clock read per call: the steps of one call happen at one instant.
+            let now = *now.get_or_insert_with(|| shared.net.now());
             let _ = self.machine.handle(now, Input::Io(report));
         }
         while let Some(out) = self.machine.poll_output() {
@@ -647,21 +648,16 @@ impl UdpIo {
         }
         if self.read_interest {
             // Receive into the thread's scratch buffer and copy the payload out: one exact-size
-            // allocation per datagram. (A fresh 64 KiB buffer per datagram made glibc grow and
-            // trim its heap, with page faults, every few datagrams: half the UDP throughput.)
-            let mut recv = |room: &mut [u8]| {
-                let mut buf = ReadBuf::new(room);
-                transport.poll_recv_from(cx, &mut buf).map_ok(|meta| {
-                    let n = buf.filled().len().min(meta.len);
-                    (Bytes::copy_from_slice(&buf.filled()[..n]), meta)
-                })
-            };
+            // allocation per datagram (the simulator hands its `Bytes` over as they are). (A
+            // fresh 64 KiB buffer per datagram made glibc grow and trim its heap, with page
+            // faults, every few datagrams: half the UDP throughput.)
             let polled = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut scratch) => {
-                    recv(scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()))
-                }
+                Ok(mut scratch) => transport.poll_recv_bytes(
+                    cx,
+                    scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()),
+                ),
                 // Not reachable (transports never call back into sockets), but never panic.
-                Err(_) => recv(&mut vec![0u8; DATAGRAM_ROOM]),
+                Err(_) => transport.poll_recv_bytes(cx, &mut vec![0u8; DATAGRAM_ROOM]),
             });
             match polled {
                 Poll::Ready(Ok((data, meta))) => {
