@@ -254,11 +254,8 @@ pub(crate) fn ordered(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
 
 /// turmoil's simulated time, when a host is running (never panics outside a simulation).
 pub(crate) fn sim_now() -> Option<Duration> {
-    if turmoil::in_simulation() {
-        turmoil::sim_elapsed()
-    } else {
-        None
-    }
+    // `sim_elapsed` is itself `None` outside a simulation (one look-up instead of two).
+    turmoil::sim_elapsed()
 }
 
 thread_local! {
