@@ -241,22 +241,28 @@ impl WriteBook {
     }
 }
 
-/// A bounded log of readyState changes for `diag()`.
+/// A bounded log of readyState changes for `diag()`, inline (no allocation per socket).
 #[derive(Debug, Clone)]
-pub(crate) struct StateLog(Vec<ReadyState>);
+pub(crate) struct StateLog {
+    states: [ReadyState; ReadyState::ALL.len()],
+    len: usize,
+}
 
 impl StateLog {
     pub(crate) fn new(first: ReadyState) -> Self {
-        StateLog(vec![first])
+        StateLog { states: [first; ReadyState::ALL.len()], len: 1 }
     }
 
     pub(crate) fn push(&mut self, state: ReadyState) {
-        // At most five states exist and every change raises the rank: the log stays tiny.
-        self.0.push(state);
+        // Every change raises the rank, so no socket has more states than exist; a log that is
+        // somehow full keeps its last entry current rather than growing.
+        let at = self.len.min(self.states.len() - 1);
+        self.states[at] = state;
+        self.len = (at + 1).max(self.len);
     }
 
     pub(crate) fn to_vec(&self) -> Vec<ReadyState> {
-        self.0.clone()
+        self.states[..self.len].to_vec()
     }
 }
 
