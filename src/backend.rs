@@ -158,6 +158,21 @@ pub trait UdpTransport: Send + 'static {
     /// Receives one datagram into `buf` (which holds at least 65,535 bytes of room).
     fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>>;
 
+    /// Receives one datagram as its own `Bytes`. `scratch` (at least 65,535 bytes) is room the
+    /// default receives into before copying the payload out; a transport that already holds
+    /// datagrams as `Bytes` (the simulator) hands them over without a copy.
+    fn poll_recv_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        scratch: &mut [u8],
+    ) -> Poll<io::Result<(bytes::Bytes, RecvMeta)>> {
+        let mut buf = ReadBuf::new(scratch);
+        self.poll_recv_from(cx, &mut buf).map_ok(|meta| {
+            let n = buf.filled().len().min(meta.len);
+            (bytes::Bytes::copy_from_slice(&buf.filled()[..n]), meta)
+        })
+    }
+
     /// Sends one datagram.
     fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>>;
 

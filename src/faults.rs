@@ -36,6 +36,10 @@ struct FaultState {
     open_sockets: AtomicU64,
     created_sockets: AtomicU64,
     conversion: AtomicBool,
+    /// Sends still to fail (`fail_send`): an atomic, so a send with none armed takes no lock.
+    fail_send: AtomicU64,
+    /// Whether `recv_errors` may hold an entry: a receive with none queued takes no lock.
+    recv_armed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -43,7 +47,6 @@ struct Armed {
     hang_connect: bool,
     fail_connect: Option<Cause>,
     fail_bind: Option<Cause>,
-    fail_send: u32,
     exhaust_accept: u32,
     fail_membership: bool,
     recv_errors: VecDeque<io::ErrorKind>,
@@ -62,15 +65,41 @@ struct Link {
 }
 
 impl Link {
-    fn check(&self, cx: &mut Context<'_>) -> io::Result<()> {
+    /// Fails once the link is dropped. Takes no lock: the waker is only stored when the operation
+    /// has to wait ([`Link::pending`]).
+    fn check(&self) -> io::Result<()> {
         if self.dropped.load(Ordering::SeqCst) {
             return Err(io::Error::new(io::ErrorKind::NetworkDown, "link dropped (fault)"));
         }
-        let mut slot = lock(&self.waker);
-        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *slot = Some(cx.waker().clone());
-        }
         Ok(())
+    }
+
+    /// The transport said "pending": note who waits, so `drop_link` can wake it, then look at the
+    /// flag again (a drop between the first check and the registration is not lost).
+    fn pending<T>(&self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        {
+            let mut slot = lock(&self.waker);
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        match self.check() {
+            Ok(()) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Runs one transport operation behind the link's state.
+    fn guard<T>(
+        &self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        self.check()?;
+        match op(cx) {
+            Poll::Pending => self.pending(cx),
+            ready => ready,
+        }
     }
 }
 
@@ -167,7 +196,7 @@ impl Faults {
 
     /// The next send (TCP write or UDP datagram) fails.
     pub fn fail_send(&self) {
-        lock(&self.inner.armed).fail_send += 1;
+        self.inner.fail_send.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The next accept cannot be served (as EMFILE).
@@ -183,6 +212,7 @@ impl Faults {
     /// The next UDP receive reports one transient error of this kind.
     pub fn recv_error(&self, kind: io::ErrorKind) {
         lock(&self.inner.armed).recv_errors.push_back(kind);
+        self.inner.recv_armed.store(true, Ordering::SeqCst);
     }
 
     /// Routing finds no interface for `addr`.
@@ -253,13 +283,21 @@ impl Faults {
     }
 
     fn take_send_failure(&self) -> bool {
-        let mut armed = lock(&self.inner.armed);
-        if armed.fail_send > 0 {
-            armed.fail_send -= 1;
-            true
-        } else {
-            false
+        let counter = &self.inner.fail_send;
+        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+
+    /// The next armed receive error, if any (no lock when none is armed).
+    fn take_recv_error(&self) -> Option<io::ErrorKind> {
+        if !self.inner.recv_armed.load(Ordering::SeqCst) {
+            return None;
         }
+        let mut armed = lock(&self.inner.armed);
+        let kind = armed.recv_errors.pop_front();
+        if armed.recv_errors.is_empty() {
+            self.inner.recv_armed.store(false, Ordering::SeqCst);
+        }
+        kind
     }
 }
 
@@ -405,8 +443,13 @@ impl FaultTcp {
     }
 
     fn inner(&mut self) -> io::Result<&mut Box<dyn TcpTransport>> {
-        self.inner.as_mut().ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "reset"))
+        self.inner.as_mut().ok_or_else(reset_error)
     }
+}
+
+/// The error of an operation on a transport that was reset.
+fn reset_error() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "reset")
 }
 
 impl Drop for FaultTcp {
@@ -417,21 +460,22 @@ impl Drop for FaultTcp {
 
 impl TcpTransport for FaultTcp {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.link.check(cx)?;
-        self.inner()?.poll_read(cx, buf)
+        let inner = self.inner.as_mut().ok_or_else(reset_error)?;
+        self.link.guard(cx, |cx| inner.poll_read(cx, buf))
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        self.link.check(cx)?;
+        self.link.check()?;
         if self.faults.take_send_failure() {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "send failed (fault)")));
         }
-        self.inner()?.poll_write(cx, data)
+        let inner = self.inner.as_mut().ok_or_else(reset_error)?;
+        self.link.guard(cx, |cx| inner.poll_write(cx, data))
     }
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.link.check(cx)?;
-        self.inner()?.poll_shutdown(cx)
+        let inner = self.inner.as_mut().ok_or_else(reset_error)?;
+        self.link.guard(cx, |cx| inner.poll_shutdown(cx))
     }
 
     fn reset(mut self: Box<Self>) {
@@ -471,7 +515,7 @@ impl Drop for FaultListener {
 
 impl ListenerTransport for FaultListener {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Box<dyn TcpTransport>>> {
-        self.link.check(cx)?;
+        self.link.check()?;
         {
             let mut armed = lock(&self.faults.inner.armed);
             if armed.exhaust_accept > 0 {
@@ -479,16 +523,20 @@ impl ListenerTransport for FaultListener {
                 return Poll::Ready(Err(io::Error::from_raw_os_error(24))); // EMFILE
             }
         }
-        match self.inner.poll_accept(cx) {
-            Poll::Ready(Ok(t)) => Poll::Ready(Ok(Box::new(FaultTcp::new(t, self.faults.clone())))),
+        let (inner, faults) = (&mut self.inner, &self.faults);
+        self.link.guard(cx, |cx| match inner.poll_accept(cx) {
+            Poll::Ready(Ok(t)) => {
+                Poll::Ready(Ok(Box::new(FaultTcp::new(t, faults.clone())) as Box<dyn TcpTransport>))
+            }
             other => other,
-        }
+        })
     }
 
     fn poll_error(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        match self.link.check(cx) {
-            Err(e) => Poll::Ready(e),
-            Ok(()) => self.inner.poll_error(cx),
+        let inner = &mut self.inner;
+        match self.link.guard(cx, |cx| inner.poll_error(cx).map(Err::<(), _>)) {
+            Poll::Ready(Err(e)) => Poll::Ready(e),
+            _ => Poll::Pending,
         }
     }
 
@@ -511,19 +559,34 @@ impl Drop for FaultUdp {
 
 impl UdpTransport for FaultUdp {
     fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>> {
-        self.link.check(cx)?;
-        if let Some(kind) = lock(&self.faults.inner.armed).recv_errors.pop_front() {
+        self.link.check()?;
+        if let Some(kind) = self.faults.take_recv_error() {
             return Poll::Ready(Err(io::Error::new(kind, "receive error (fault)")));
         }
-        self.inner.poll_recv_from(cx, buf)
+        let inner = &mut self.inner;
+        self.link.guard(cx, |cx| inner.poll_recv_from(cx, buf))
+    }
+
+    fn poll_recv_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        scratch: &mut [u8],
+    ) -> Poll<io::Result<(bytes::Bytes, RecvMeta)>> {
+        self.link.check()?;
+        if let Some(kind) = self.faults.take_recv_error() {
+            return Poll::Ready(Err(io::Error::new(kind, "receive error (fault)")));
+        }
+        let inner = &mut self.inner;
+        self.link.guard(cx, |cx| inner.poll_recv_bytes(cx, scratch))
     }
 
     fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
-        self.link.check(cx)?;
+        self.link.check()?;
         if self.faults.take_send_failure() {
             return Poll::Ready(Err(io::Error::other("send failed (fault)")));
         }
-        self.inner.poll_send_to(cx, data, dest)
+        let inner = &mut self.inner;
+        self.link.guard(cx, |cx| inner.poll_send_to(cx, data, dest))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

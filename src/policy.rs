@@ -36,6 +36,9 @@ pub struct Policy {
 
 struct PolicyInner {
     store: Mutex<PermissionStore>,
+    /// Bumped (under the store's lock) by every change to the store, so a caller may keep a
+    /// decision for as long as the generation it was read at is current (UDP writes do).
+    generation: AtomicU64,
     prompt: Mutex<Option<Arc<PromptFn>>>,
     prompt_count: AtomicU64,
     fail_queries: AtomicBool,
@@ -76,6 +79,7 @@ impl Policy {
         Policy {
             inner: Arc::new(PolicyInner {
                 store: Mutex::new(store),
+                generation: AtomicU64::new(0),
                 prompt: Mutex::new(None),
                 prompt_count: AtomicU64::new(0),
                 fail_queries: AtomicBool::new(false),
@@ -90,19 +94,39 @@ impl Policy {
         lock(&self.inner.store).state(request)
     }
 
+    /// The store's generation now: it changes whenever a decision is stored.
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// As [`state`](Self::state), with the generation the answer belongs to (read under the same
+    /// lock, so the pair is consistent).
+    pub(crate) fn state_at(&self, request: &PermissionRequest) -> (PermissionState, u64) {
+        let store = lock(&self.inner.store);
+        (store.state(request), self.inner.generation.load(Ordering::Acquire))
+    }
+
+    /// Changes the store and moves the generation on (while still holding the lock).
+    fn change<T>(&self, f: impl FnOnce(&mut PermissionStore) -> T) -> T {
+        let mut store = lock(&self.inner.store);
+        let out = f(&mut store);
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        out
+    }
+
     /// Stores a grant for exactly `request`.
     pub fn grant(&self, request: PermissionRequest) {
-        lock(&self.inner.store).grant(request);
+        self.change(|store| store.grant(request));
     }
 
     /// Stores a denial for exactly `request` (denial wins).
     pub fn deny(&self, request: PermissionRequest) {
-        lock(&self.inner.store).deny(request);
+        self.change(|store| store.deny(request));
     }
 
     /// Stores a pre-arranged trust entry: allowed without a prompt.
     pub fn trust(&self, request: PermissionRequest) {
-        lock(&self.inner.store).trust(request);
+        self.change(|store| store.trust(request));
     }
 
     /// Answers every later prompt with `grant` (replaces any prompt callback).
@@ -150,7 +174,7 @@ impl Policy {
     }
 
     async fn request_permission(self, request: PermissionRequest) -> Result<(), SocketError> {
-        let step = lock(&self.inner.store).request_step(&request);
+        let step = self.change(|store| store.request_step(&request));
         match step {
             RequestStep::Reject(e) => Err(e),
             RequestStep::Allow => Ok(()),
@@ -162,7 +186,7 @@ impl Policy {
                     Some(ask) => ask(&request).await,
                     None => false, // No one to ask: the user did not grant.
                 };
-                lock(&self.inner.store).answer(request, granted)
+                self.change(|store| store.answer(request, granted))
             }
         }
     }

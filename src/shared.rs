@@ -159,7 +159,9 @@ pub(crate) struct WriteBook {
     next_id: u64,
     settled_upto: u64,
     errors: BTreeMap<u64, SocketError>,
-    waiters: BTreeMap<u64, Waker>,
+    /// Pending write futures (id, waker): a short list, kept as a `Vec` so the data path does not
+    /// allocate a tree node per awaited write.
+    waiters: Vec<(u64, Waker)>,
     pub(crate) ready: WakerList,
     flush: WakerList,
     last_error: Option<SocketError>,
@@ -184,28 +186,46 @@ impl WriteBook {
             self.errors.insert(id, e);
         }
         self.flush.wake_all();
-        let later = self.waiters.split_off(&(id + 1));
-        for (_, w) in std::mem::replace(&mut self.waiters, later) {
+        // Wakers of every settled write, in id order (the list is short; usually one).
+        self.waiters.sort_unstable_by_key(|(waiting, _)| *waiting);
+        let settled = self.waiters.partition_point(|(waiting, _)| *waiting <= id);
+        for (_, w) in self.waiters.drain(..settled) {
             w.wake();
+        }
+        if self.waiters.is_empty() && self.waiters.capacity() > 4 {
+            self.waiters = Vec::new(); // a burst of waiters gives its room back
         }
     }
 
     pub(crate) fn poll(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
         if id <= self.settled_upto {
-            self.waiters.remove(&id);
+            self.remove_waiter(id);
             return Poll::Ready(match self.errors.remove(&id) {
                 Some(e) => Err(e),
                 None => Ok(()),
             });
         }
-        self.waiters.insert(id, cx.waker().clone());
+        match self.waiters.iter_mut().find(|(waiting, _)| *waiting == id) {
+            Some((_, w)) => {
+                if !w.will_wake(cx.waker()) {
+                    *w = cx.waker().clone();
+                }
+            }
+            None => self.waiters.push((id, cx.waker().clone())),
+        }
         Poll::Pending
     }
 
     /// A write future went away: forget what it would have read.
     pub(crate) fn forget(&mut self, id: u64) {
         self.errors.remove(&id);
-        self.waiters.remove(&id);
+        self.remove_waiter(id);
+    }
+
+    fn remove_waiter(&mut self, id: u64) {
+        if let Some(i) = self.waiters.iter().position(|(waiting, _)| *waiting == id) {
+            self.waiters.swap_remove(i);
+        }
     }
 
     /// Whether every write issued so far has settled; the last error among them, if any.
@@ -221,22 +241,28 @@ impl WriteBook {
     }
 }
 
-/// A bounded log of readyState changes for `diag()`.
+/// A bounded log of readyState changes for `diag()`, inline (no allocation per socket).
 #[derive(Debug, Clone)]
-pub(crate) struct StateLog(Vec<ReadyState>);
+pub(crate) struct StateLog {
+    states: [ReadyState; ReadyState::ALL.len()],
+    len: usize,
+}
 
 impl StateLog {
     pub(crate) fn new(first: ReadyState) -> Self {
-        StateLog(vec![first])
+        StateLog { states: [first; ReadyState::ALL.len()], len: 1 }
     }
 
     pub(crate) fn push(&mut self, state: ReadyState) {
-        // At most five states exist and every change raises the rank: the log stays tiny.
-        self.0.push(state);
+        // Every change raises the rank, so no socket has more states than exist; a log that is
+        // somehow full keeps its last entry current rather than growing.
+        let at = self.len.min(self.states.len() - 1);
+        self.states[at] = state;
+        self.len = (at + 1).max(self.len);
     }
 
     pub(crate) fn to_vec(&self) -> Vec<ReadyState> {
-        self.0.clone()
+        self.states[..self.len].to_vec()
     }
 }
 

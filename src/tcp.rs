@@ -99,7 +99,7 @@ struct TransportSide {
     released: bool,
     driver: Option<Waker>,
     armed: Option<tcpudp_core::Instant>,
-    /// Options read back when the transport was released (diag() after close).
+    /// Options the last `diag()` read while the transport was open (diag() after close).
     diag: Option<Box<TcpDiag>>,
     /// TLS hook (issue #7): the handshake in progress, ALPN and `start_tls()` state.
     tls: crate::tls::TlsSlot,
@@ -335,10 +335,18 @@ impl TcpSocket {
     }
 
     /// Option values read back from the OS (or the simulator's model) and the library's queues.
+    ///
+    /// Options are read back only when asked: once the socket has released its OS (or simulator)
+    /// socket, `options` are the values the last `diag()` call read while it was open (all `None`
+    /// if there was none), so closing a socket costs no read-back.
     pub fn diag(&self) -> TcpSocketDiag {
-        let inner = lock(&self.shared().inner);
+        let mut inner = lock(&self.shared().inner);
         let options = match &inner.io.transport {
-            Some(t) => t.diag(),
+            Some(t) => {
+                let options = t.diag();
+                inner.io.diag = Some(Box::new(options.clone()));
+                options
+            }
             None => inner.io.diag.as_deref().cloned().unwrap_or_default(),
         };
         TcpSocketDiag {
@@ -405,10 +413,10 @@ impl TcpShared {
 
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, SocketError>> {
         let mut inner = lock(&self.inner);
+        let now = self.net.now(); // one clock read per call: no time passes that matters here
         for _ in 0..2 {
             inner.app.read_result = None;
             inner.app.readable_signal = false;
-            let now = self.net.now();
             let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
             inner.process(self);
             if let Some(result) = inner.app.read_result.take() {
@@ -516,6 +524,7 @@ impl Inner {
     /// waiting. Transport polls use the driver's waker (DESIGN §5: one poller per direction).
     fn process(&mut self, shared: &TcpShared) {
         let mut budget = STEP_BUDGET;
+        let mut now = None;
         loop {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
@@ -526,7 +535,8 @@ impl Inner {
             if matches!(event, IoEvent::Received(_)) && shared.net.faults().conversion_fails() {
                 event = IoEvent::ConversionFailed;
             }
-            let now = shared.net.now();
+            // One clock read per call: the steps of one call happen at one instant.
+            let now = *now.get_or_insert_with(|| shared.net.now());
             let _ = self.machine.handle(now, Input::Io(event));
             budget -= 1;
             if budget == 0 {
@@ -628,8 +638,8 @@ impl TransportSide {
         self.sending = None;
         self.shutdown_pending = false;
         self.read_interest = false;
+        read_pool::give(std::mem::take(&mut self.read_buf));
         if let Some(t) = self.transport.take() {
-            self.diag = Some(Box::new(t.diag()));
             if reset.is_some() {
                 t.reset();
             }
@@ -709,9 +719,7 @@ impl TransportSide {
             }
         }
         if self.read_interest {
-            if self.read_buf.capacity() < READ_CHUNK / 4 {
-                self.read_buf.reserve(READ_CHUNK);
-            }
+            read_pool::make_room(&mut self.read_buf);
             let spare = self.read_buf.spare_capacity_mut();
             let mut buf = ReadBuf::uninit(spare);
             match transport.poll_read(cx, &mut buf) {
@@ -719,28 +727,101 @@ impl TransportSide {
                     let n = buf.filled().len();
                     if n == 0 {
                         self.read_interest = false;
+                        read_pool::give(std::mem::take(&mut self.read_buf));
                         return Some(IoEvent::PeerFin);
                     }
                     // SAFETY: `ReadBuf::filled` guarantees the first `n` bytes of the spare
                     // capacity were initialised by the read.
                     unsafe { self.read_buf.set_len(n) };
                     // A fresh `Bytes` that no one will write to again (GEN-08).
-                    return Some(IoEvent::Received(self.read_buf.split().freeze()));
+                    let chunk = self.read_buf.split().freeze();
+                    if self.read_buf.capacity() == 0 {
+                        // Full: the pool may get the whole allocation back once the chunk goes.
+                        read_pool::give_filled(std::mem::take(&mut self.read_buf));
+                    }
+                    return Some(IoEvent::Received(chunk));
                 }
                 Poll::Ready(Err(e)) => {
                     self.read_interest = false;
+                    read_pool::give(std::mem::take(&mut self.read_buf));
                     return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
                 }
                 Poll::Pending => {
                     // An idle socket keeps no read buffer of its own (DESIGN §5: ≤ 2 KiB per idle
-                    // socket); the next readable data allocates a fresh one.
-                    if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-                        self.read_buf = BytesMut::new();
-                    }
+                    // socket): it goes back to the thread's pool for the next read of any socket.
+                    read_pool::give(std::mem::take(&mut self.read_buf));
                 }
             }
         }
         None
+    }
+}
+
+/// Read buffers between reads: a few per thread, shared by every socket polled there.
+///
+/// A socket waiting for data holds no buffer (DESIGN §5); taking a warm one here instead of
+/// allocating 64 KiB per read avoids a malloc, and the page faults of a heap that glibc trims and
+/// grows again, per read (the cost showed in every workload: per connection, per ping-pong
+/// message, per bulk chunk after each pause). A buffer whose chunks the application still holds
+/// is not reused in place: `reserve` then allocates a fresh one.
+mod read_pool {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::READ_CHUNK;
+
+    /// Buffers kept per thread (at most 4 × 64 KiB in all).
+    const KEPT: usize = 4;
+    /// Less room than this is not worth a read: find a bigger buffer.
+    const MIN_ROOM: usize = READ_CHUNK / 4;
+
+    thread_local! {
+        static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Gives `buf` room for a read: its own allocation back when every chunk split from it is
+    /// gone, else a pooled buffer that has room (or can get it back), else a fresh allocation.
+    pub(super) fn make_room(buf: &mut BytesMut) {
+        if buf.capacity() >= MIN_ROOM || buf.try_reclaim(READ_CHUNK) {
+            return;
+        }
+        let pooled = POOL
+            .try_with(|pool| {
+                let mut pool = pool.try_borrow_mut().ok()?;
+                let i =
+                    pool.iter_mut().position(|b| b.capacity() >= MIN_ROOM || b.try_reclaim(READ_CHUNK))?;
+                Some(pool.swap_remove(i))
+            })
+            .ok()
+            .flatten();
+        match pooled {
+            Some(pooled) => give(std::mem::replace(buf, pooled)),
+            None => buf.reserve(READ_CHUNK),
+        }
+    }
+
+    /// Keeps an empty buffer with room for a later read (dropped when the pool is full); one
+    /// without room is not kept.
+    pub(super) fn give(buf: BytesMut) {
+        if buf.capacity() > 0 {
+            give_filled(buf);
+        }
+    }
+
+    /// As [`give`], for an empty buffer a read filled to the end: no room, but it holds (a share
+    /// of) its allocation.
+    pub(super) fn give_filled(buf: BytesMut) {
+        if !buf.is_empty() {
+            return;
+        }
+        let _ = POOL.try_with(|pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut() {
+                if pool.len() < KEPT {
+                    pool.push(buf);
+                }
+            }
+        });
     }
 }
 

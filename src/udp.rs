@@ -21,7 +21,6 @@ use tcpudp_core::{
     AppCommand, Cause, Destination, ErrorName, Event, Input, IoCommand, IoEvent, Output, ReadResult,
     ReadyState, SocketError, UdpMachine, WriteId,
 };
-use tokio::io::ReadBuf;
 
 use crate::backend::{cause_of, BoxFuture, UdpBind, UdpDiag, UdpTransport};
 use crate::network::Network;
@@ -122,6 +121,10 @@ struct Inner {
     reader_locked: bool,
     writer_locked: bool,
     state_log: StateLog,
+    /// The last IP destination found permitted, with the policy generation it was read at: the
+    /// same destination is not checked (and its address not formatted) again until the policy
+    /// changes.
+    permitted: Option<(SocketAddr, u64)>,
 }
 
 #[derive(Default)]
@@ -203,6 +206,7 @@ impl UdpSocket {
                 reader_locked: false,
                 writer_locked: false,
                 state_log: StateLog::new(ReadyState::Opening),
+                permitted: None,
             }),
             span,
         });
@@ -408,11 +412,12 @@ impl UdpShared {
 
     fn write(&self, datagram: Datagram) -> u64 {
         let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
         let id = inner.writes.next_id();
         let dest = inner
             .machine
             .destination_for(datagram.remote_address.as_deref(), datagram.remote_port)
-            .and_then(|dest| self.permitted(dest));
+            .and_then(|dest| self.permitted(dest, &mut inner.permitted));
         let now = self.net.now();
         let cmd = AppCommand::SendDatagram { id: WriteId(id), data: datagram.data, dest };
         let _ = inner.machine.handle(now, Input::App(cmd));
@@ -420,13 +425,28 @@ impl UdpShared {
         id
     }
 
-    /// UDP-WRITE-04: the effective destination must be permitted (prompt counts as not).
-    fn permitted(&self, dest: Destination) -> Result<Destination, SocketError> {
+    /// UDP-WRITE-04: the effective destination must be permitted (prompt counts as not). `cache`
+    /// keeps the last permitted IP destination while the policy's generation stays the same.
+    fn permitted(
+        &self,
+        dest: Destination,
+        cache: &mut Option<(SocketAddr, u64)>,
+    ) -> Result<Destination, SocketError> {
+        let policy = self.net.policy();
         let request = match &dest {
-            Destination::Addr(addr) => PermissionRequest::udp_write(&addr.ip().to_string(), addr.port()),
+            Destination::Addr(addr) => {
+                if *cache == Some((*addr, policy.generation())) {
+                    return Ok(dest);
+                }
+                PermissionRequest::udp_write(&addr.ip().to_string(), addr.port())
+            }
             Destination::Name(name, port) => PermissionRequest::udp_write(name.as_str(), *port),
         };
-        if self.net.policy().state(&request).is_granted() {
+        let (state, generation) = policy.state_at(&request);
+        if state.is_granted() {
+            if let Destination::Addr(addr) = &dest {
+                *cache = Some((*addr, generation));
+            }
             Ok(dest)
         } else {
             Err(SocketError::security().with_message("sending to this destination is not permitted"))
@@ -435,10 +455,10 @@ impl UdpShared {
 
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<UdpMessage>, SocketError>> {
         let mut inner = lock(&self.inner);
+        let now = self.net.now(); // one clock read per call: no time passes that matters here
         for _ in 0..2 {
             inner.read_result = None;
             inner.readable_signal = false;
-            let now = self.net.now();
             let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
             inner.process(self);
             if let Some(result) = inner.read_result.take() {
@@ -498,6 +518,7 @@ impl WriteSource for UdpShared {
 impl Inner {
     fn process(&mut self, shared: &UdpShared) {
         let mut budget = 64;
+        let mut now = None;
         while take_step(&mut budget, self.io.driver.as_ref()) {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
@@ -517,7 +538,8 @@ impl Inner {
                 }
                 other => other,
             };
-            let now = shared.net.now();
+            // One clock read per call: the steps of one call happen at one instant.
+            let now = *now.get_or_insert_with(|| shared.net.now());
             let _ = self.machine.handle(now, Input::Io(report));
         }
         while let Some(out) = self.machine.poll_output() {
@@ -626,21 +648,16 @@ impl UdpIo {
         }
         if self.read_interest {
             // Receive into the thread's scratch buffer and copy the payload out: one exact-size
-            // allocation per datagram. (A fresh 64 KiB buffer per datagram made glibc grow and
-            // trim its heap, with page faults, every few datagrams: half the UDP throughput.)
-            let mut recv = |room: &mut [u8]| {
-                let mut buf = ReadBuf::new(room);
-                transport.poll_recv_from(cx, &mut buf).map_ok(|meta| {
-                    let n = buf.filled().len().min(meta.len);
-                    (Bytes::copy_from_slice(&buf.filled()[..n]), meta)
-                })
-            };
+            // allocation per datagram (the simulator hands its `Bytes` over as they are). (A
+            // fresh 64 KiB buffer per datagram made glibc grow and trim its heap, with page
+            // faults, every few datagrams: half the UDP throughput.)
             let polled = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut scratch) => {
-                    recv(scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()))
-                }
+                Ok(mut scratch) => transport.poll_recv_bytes(
+                    cx,
+                    scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()),
+                ),
                 // Not reachable (transports never call back into sockets), but never panic.
-                Err(_) => recv(&mut vec![0u8; DATAGRAM_ROOM]),
+                Err(_) => transport.poll_recv_bytes(cx, &mut vec![0u8; DATAGRAM_ROOM]),
             });
             match polled {
                 Poll::Ready(Ok((data, meta))) => {

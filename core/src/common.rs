@@ -16,14 +16,17 @@ impl Outbox {
         Outbox(VecDeque::new())
     }
 
+    #[inline]
     pub(crate) fn io(&mut self, cmd: crate::io::IoCommand) {
         self.0.push_back(Output::Io(cmd));
     }
 
+    #[inline]
     pub(crate) fn event(&mut self, ev: Event) {
         self.0.push_back(Output::Event(ev));
     }
 
+    #[inline]
     pub(crate) fn pop(&mut self) -> Option<Output> {
         self.0.pop_front()
     }

@@ -160,6 +160,7 @@ impl TcpMachine {
 
     /// Handles one input. `Err` is what the spec throws synchronously (only `start_tls()` misuse
     /// and commands of another socket kind); everything else is reported through events.
+    #[inline]
     pub fn handle(&mut self, now: Instant, input: Input) -> Result<(), SocketError> {
         match input {
             Input::Open(_) => {
@@ -175,6 +176,7 @@ impl TcpMachine {
     }
 
     /// The next output, in the order produced; call until `None` after every `handle`.
+    #[inline]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop()
     }

@@ -194,6 +194,7 @@ impl UdpMachine {
     /// `Input::Open` (`InvalidStateError`, no effect). Everything else — write rejections included —
     /// is reported through events. Backend events that do not apply in the current state are
     /// ignored. Never panics.
+    #[inline]
     pub fn handle(&mut self, now: Instant, input: Input) -> Result<(), SocketError> {
         let _ = now; // UDP arms no timers.
         let before = self.desired_size();
@@ -213,6 +214,7 @@ impl UdpMachine {
     }
 
     /// The next output, in the order produced; call until `None` after every `handle`.
+    #[inline]
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop()

@@ -25,6 +25,10 @@
 //! - **Keep-alive** without an idle time or interval leaves the OS default; if an earlier call set
 //!   explicit values, the host's defaults (`/proc/sys/net/ipv4/tcp_keepalive_{time,intvl}`, else
 //!   7,200 s and 75 s) are written back (DICT-TCPOPT-07).
+//! - **Route checks are cached briefly**: a constructor's route look-up (a throw-away UDP socket,
+//!   four system calls) is remembered per remote address for [`ROUTE_CACHE_TTL`] when it found a
+//!   route; a failed look-up is never cached. A route removed within that window is noticed by the
+//!   connect itself (`NetworkError`) instead of the constructor.
 //! - **Linux** is the tested platform. SO_RXQ_OVFL and IP_MULTICAST_ALL are Linux-only; elsewhere
 //!   the drop count stays 0 and multicast delivery follows the OS.
 #![warn(missing_docs, unreachable_pub)]
@@ -35,8 +39,11 @@ mod probe;
 mod tcp;
 mod udp;
 
+pub use probe::ROUTE_CACHE_TTL;
+
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use tcpudp::backend::{
     Backend, BackendKind, BoxFuture, ListenerTransport, TcpTransport, UdpBind, UdpTransport,
@@ -72,13 +79,15 @@ pub fn network_with_multicast_interface(
 #[derive(Clone)]
 pub struct RealBackend {
     handle: Handle,
+    /// Recent positive route look-ups (see [`probe::RouteCache`]).
+    routes: Arc<Mutex<probe::RouteCache>>,
 }
 
 impl RealBackend {
     /// A backend on the current tokio runtime; `NotSupportedError` outside one.
     pub fn new() -> Result<RealBackend, SocketError> {
         match Handle::try_current() {
-            Ok(handle) => Ok(RealBackend { handle }),
+            Ok(handle) => Ok(RealBackend::with_handle(handle)),
             Err(_) => Err(SocketError::new(ErrorName::NotSupportedError).with_message(
                 "the real network backend must be created inside a tokio runtime (with I/O and time enabled)",
             )),
@@ -87,7 +96,7 @@ impl RealBackend {
 
     /// A backend on the runtime behind `handle` (which must have I/O and time enabled).
     pub fn with_handle(handle: Handle) -> RealBackend {
-        RealBackend { handle }
+        RealBackend { handle, routes: Arc::default() }
     }
 
     /// The runtime this backend spawns on and registers sockets with.
@@ -117,7 +126,14 @@ impl Backend for RealBackend {
     }
 
     fn route(&self, remote: IpAddr) -> Option<IpAddr> {
-        probe::route(remote)
+        let now = std::time::Instant::now();
+        let mut routes = self.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(local) = routes.get(remote, now) {
+            return Some(local);
+        }
+        let local = probe::route(remote)?;
+        routes.put(remote, local, now);
+        Some(local)
     }
 
     fn resolve(&self, name: &HostName) -> BoxFuture<'static, Result<Vec<IpAddr>, Cause>> {

@@ -40,7 +40,11 @@ pub(crate) fn listen(
         socket.set_nonblocking(true)?;
         let _runtime = handle.enter();
         let listener = TcpListener::from_std(socket.into())?;
-        Ok(RealListener { listener, handle: handle.clone(), backoff: None })
+        // Bound to one address, every accepted connection's local address is the listener's
+        // (no getsockname per connection); on a wildcard the OS is asked.
+        let bound = listener.local_addr().map(canonical)?;
+        let local = (!bound.ip().is_unspecified()).then_some(bound);
+        Ok(RealListener { listener, handle: handle.clone(), backoff: None, local })
     };
     match open() {
         Ok(listener) => Ok(Box::new(listener)),
@@ -55,6 +59,8 @@ pub(crate) struct RealListener {
     handle: Handle,
     /// Set after a resource error: no accept is tried until it fires.
     backoff: Option<Pin<Box<Sleep>>>,
+    /// The bound address when it is not a wildcard: the local address of every accepted socket.
+    local: Option<SocketAddr>,
 }
 
 impl ListenerTransport for RealListener {
@@ -65,13 +71,14 @@ impl ListenerTransport for RealListener {
         }
         loop {
             match ready!(self.listener.poll_accept(cx)) {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     // AMB-39: accepted sockets have noDelay true. A failure here leaves the OS
                     // default, which diag() reports.
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::debug!(error = %err, "TCP_NODELAY on an accepted socket failed");
                     }
-                    return Poll::Ready(Ok(Box::new(RealTcp::new(stream))));
+                    let tcp = RealTcp::with_addrs(stream, self.local, Some(canonical(peer)));
+                    return Poll::Ready(Ok(Box::new(tcp)));
                 }
                 Err(err) if is_resource_error(&err) => {
                     let _runtime = self.handle.enter();

@@ -2,6 +2,7 @@
 //! UDP-CTOR-09..13, SRV-CTOR-04/11 (AMB-09) before editing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tcpudp::backend::cause_of;
@@ -43,6 +44,35 @@ pub(crate) fn route(remote: IpAddr) -> Option<IpAddr> {
         IpAddr::V6(v6) => v6 == Ipv6Addr::UNSPECIFIED,
     };
     (!unspecified).then_some(ip)
+}
+
+/// How long a route found for a remote address is reused without asking the OS again.
+pub const ROUTE_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Entries a [`RouteCache`] keeps (the oldest goes first).
+const ROUTE_CACHE_ENTRIES: usize = 8;
+
+/// Recent positive answers of [`route`]: (remote, local, when found).
+#[derive(Debug, Default)]
+pub(crate) struct RouteCache(Vec<(IpAddr, IpAddr, Instant)>);
+
+impl RouteCache {
+    /// The local address cached for `remote`, if found less than [`ROUTE_CACHE_TTL`] ago.
+    pub(crate) fn get(&self, remote: IpAddr, now: Instant) -> Option<IpAddr> {
+        self.0
+            .iter()
+            .find(|(r, _, at)| *r == remote && now.saturating_duration_since(*at) < ROUTE_CACHE_TTL)
+            .map(|(_, local, _)| *local)
+    }
+
+    /// Remembers that `remote` routes from `local` as of `now`.
+    pub(crate) fn put(&mut self, remote: IpAddr, local: IpAddr, now: Instant) {
+        self.0.retain(|(r, _, at)| *r != remote && now.saturating_duration_since(*at) < ROUTE_CACHE_TTL);
+        if self.0.len() >= ROUTE_CACHE_ENTRIES {
+            self.0.remove(0);
+        }
+        self.0.push((remote, local, now));
+    }
 }
 
 /// Resolves `name` with the system resolver, in resolver order without duplicates. Any failure,
@@ -95,6 +125,23 @@ mod tests {
         assert_eq!(route("127.0.0.1".parse().unwrap()), Some("127.0.0.1".parse().unwrap()));
         assert_eq!(route("::1".parse().unwrap()), Some("::1".parse().unwrap()));
         assert_eq!(route("::ffff:127.0.0.1".parse().unwrap()), Some("127.0.0.1".parse().unwrap()));
+    }
+
+    // rule: TCP-CTOR-08, UDP-CTOR-13
+    #[test]
+    fn test_route_cache_keeps_answers_for_the_ttl_only() {
+        let (remote, local) = (IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 1]));
+        let t0 = Instant::now();
+        let mut cache = RouteCache::default();
+        assert_eq!(cache.get(remote, t0), None);
+        cache.put(remote, local, t0);
+        assert_eq!(cache.get(remote, t0 + ROUTE_CACHE_TTL / 2), Some(local));
+        assert_eq!(cache.get(IpAddr::from([127, 0, 0, 2]), t0), None);
+        assert_eq!(cache.get(remote, t0 + ROUTE_CACHE_TTL), None, "expired");
+        for i in 0..2 * ROUTE_CACHE_ENTRIES as u8 {
+            cache.put(IpAddr::from([10, 0, 0, i]), local, t0);
+        }
+        assert!(cache.0.len() <= ROUTE_CACHE_ENTRIES);
     }
 
     // rule: UDP-CTOR-02

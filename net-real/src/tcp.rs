@@ -26,7 +26,8 @@ pub(crate) async fn connect(
 ) -> Result<Box<dyn TcpTransport>, Cause> {
     let socket = configured_socket(remote, local, config).map_err(|err| cause_of(&err))?;
     let stream = socket.connect(remote).await.map_err(|err| cause_of(&err))?;
-    Ok(Box::new(RealTcp::new(stream)))
+    // The peer is the address connected to: no getpeername needed.
+    Ok(Box::new(RealTcp::with_addrs(stream, None, Some(canonical(remote)))))
 }
 
 /// A socket of `remote`'s family with every option of `config`, bound to `local` when given.
@@ -35,7 +36,7 @@ fn configured_socket(
     local: Option<SocketAddr>,
     config: SocketConfig,
 ) -> io::Result<TcpSocket> {
-    let socket = Socket::new(Domain::for_address(remote), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(Domain::for_address(remote), stream_type(), Some(Protocol::TCP))?;
     socket.set_reuse_address(config.address_reuse)?;
     if remote.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -50,8 +51,19 @@ fn configured_socket(
     if let Some(local) = local {
         socket.bind(&local.into())?;
     }
-    socket.set_nonblocking(true)?;
+    if !cfg!(any(target_os = "linux", target_os = "android")) {
+        socket.set_nonblocking(true)?;
+    }
     Ok(TcpSocket::from_std_stream(socket.into()))
+}
+
+/// A stream socket type; on Linux non-blocking from the start (SOCK_NONBLOCK saves two `fcntl`
+/// calls per connection).
+pub(crate) fn stream_type() -> Type {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return Type::STREAM.nonblocking();
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return Type::STREAM;
 }
 
 /// One connected TCP socket.
@@ -60,12 +72,21 @@ pub(crate) struct RealTcp {
     stream: TcpStream,
     /// Whether keep-alive timing was ever set explicitly (so "OS default" must be written back).
     keep_alive_tuned: bool,
+    /// The local address when known without asking the OS (canonical).
+    local: Option<SocketAddr>,
+    /// The peer's address when known without asking the OS (canonical).
+    peer: Option<SocketAddr>,
 }
 
 impl RealTcp {
-    /// Wraps a connected stream.
-    pub(crate) fn new(stream: TcpStream) -> RealTcp {
-        RealTcp { stream, keep_alive_tuned: false }
+    /// Wraps a connected stream whose addresses are already known (`None`: ask the OS when
+    /// needed), which saves a `getsockname`/`getpeername` per connection.
+    pub(crate) fn with_addrs(
+        stream: TcpStream,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    ) -> RealTcp {
+        RealTcp { stream, keep_alive_tuned: false, local, peer }
     }
 }
 
@@ -92,11 +113,17 @@ impl TcpTransport for RealTcp {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.local_addr().map(canonical)
+        match self.local {
+            Some(local) => Ok(local),
+            None => self.stream.local_addr().map(canonical),
+        }
     }
 
     fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.peer_addr().map(canonical)
+        match self.peer {
+            Some(peer) => Ok(peer),
+            None => self.stream.peer_addr().map(canonical),
+        }
     }
 
     fn set_keep_alive(&mut self, keep_alive: Option<KeepAlive>) -> io::Result<()> {

@@ -349,7 +349,7 @@ impl<'a> Simulation<'a> {
             }
         }
         let st = self.net.lock();
-        Ok(SimReport { trace: st.trace().to_vec(), digest: st.digest(), elapsed: self.sim.elapsed() })
+        Ok(SimReport { trace: st.trace(), digest: st.digest(), elapsed: self.sim.elapsed() })
     }
 
     /// The duration limit now: the one set, else the latest armed adapter timer (at least the
@@ -638,7 +638,7 @@ impl SimFaults {
 
     /// The trace so far.
     pub fn trace(&self) -> Vec<String> {
-        self.net.lock().trace().to_vec()
+        self.net.lock().trace()
     }
 
     /// The digest of the trace so far.

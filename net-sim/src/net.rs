@@ -91,7 +91,12 @@ pub(crate) struct NetState {
     rngs: BTreeMap<(&'static str, IpAddr, IpAddr), SimRng>,
     pub(crate) tcp: TcpTables,
     pub(crate) udp: UdpTables,
-    trace: Vec<String>,
+    /// The kept trace lines, one after another (no allocation per line).
+    trace_text: String,
+    /// Where each kept line ends in `trace_text`.
+    trace_ends: Vec<usize>,
+    /// A line past the kept ones is formatted here (for the digest only), reused.
+    scratch: String,
     digest: u64,
     next_id: u64,
     /// The latest simulated time seen (for records made where turmoil cannot tell the time).
@@ -113,7 +118,9 @@ impl NetState {
             rngs: BTreeMap::new(),
             tcp: TcpTables::default(),
             udp: UdpTables::default(),
-            trace: Vec::new(),
+            trace_text: String::new(),
+            trace_ends: Vec::new(),
+            scratch: String::new(),
             digest: FNV_BASIS,
             next_id: 1,
             last_now: Duration::ZERO,
@@ -192,13 +199,20 @@ impl NetState {
     /// Appends a line to the trace (and to its running digest). Past [`TRACE_LINES_KEPT`] lines
     /// only the digest grows.
     pub(crate) fn record(&mut self, at: Duration, text: std::fmt::Arguments<'_>) {
-        let mut line = String::with_capacity(64);
-        let _ = write!(line, "{:>6}.{:06} ", at.as_secs(), at.subsec_micros());
-        let _ = line.write_fmt(text);
-        self.digest = fnv1a(self.digest, line.as_bytes());
+        let keep = self.trace_ends.len() < TRACE_LINES_KEPT;
+        let (buf, start) = if keep {
+            let start = self.trace_text.len();
+            (&mut self.trace_text, start)
+        } else {
+            self.scratch.clear();
+            (&mut self.scratch, 0)
+        };
+        let _ = write!(buf, "{:>6}.{:06} ", at.as_secs(), at.subsec_micros());
+        let _ = buf.write_fmt(text);
+        self.digest = fnv1a(self.digest, &buf.as_bytes()[start..]);
         self.digest = fnv1a(self.digest, b"\n");
-        if self.trace.len() < TRACE_LINES_KEPT {
-            self.trace.push(line);
+        if keep {
+            self.trace_ends.push(self.trace_text.len());
         }
     }
 
@@ -207,9 +221,17 @@ impl NetState {
         self.latest_deadline = self.latest_deadline.max(at);
     }
 
-    /// The trace so far.
-    pub(crate) fn trace(&self) -> &[String] {
-        &self.trace
+    /// The trace so far (the kept lines).
+    pub(crate) fn trace(&self) -> Vec<String> {
+        let mut start = 0;
+        self.trace_ends
+            .iter()
+            .map(|&end| {
+                let line = self.trace_text[start..end].to_owned();
+                start = end;
+                line
+            })
+            .collect()
     }
 
     /// The digest of the trace so far (FNV-1a over its lines).
@@ -232,11 +254,8 @@ pub(crate) fn ordered(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
 
 /// turmoil's simulated time, when a host is running (never panics outside a simulation).
 pub(crate) fn sim_now() -> Option<Duration> {
-    if turmoil::in_simulation() {
-        turmoil::sim_elapsed()
-    } else {
-        None
-    }
+    // `sim_elapsed` is itself `None` outside a simulation (one look-up instead of two).
+    turmoil::sim_elapsed()
 }
 
 thread_local! {

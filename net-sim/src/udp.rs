@@ -83,8 +83,9 @@ struct UdpEnd {
     /// The sender's multicast loopback flag (IP_MULTICAST_LOOP).
     loopback: bool,
     groups: BTreeSet<IpAddr>,
-    /// Datagrams in flight, by (arrival time, order).
-    arrivals: BTreeMap<(Duration, u64), Arrival>,
+    /// Datagrams in flight, sorted by (arrival time, order). Mostly appended at the back: a deque
+    /// keeps its room, where a tree allocated a node whenever it went from empty to one.
+    arrivals: VecDeque<((Duration, u64), Arrival)>,
     /// The emulated receive buffer.
     queue: VecDeque<Arrival>,
     used: usize,
@@ -98,11 +99,11 @@ impl UdpEnd {
     /// Returns the ids dropped (for the trace).
     fn settle(&mut self, now: Duration) -> Vec<u64> {
         let mut dropped = Vec::new();
-        while let Some(entry) = self.arrivals.first_entry() {
-            if entry.key().0 > now {
+        while let Some(((at, _), _)) = self.arrivals.front() {
+            if *at > now {
                 break;
             }
-            let arrival = entry.remove();
+            let Some((_, arrival)) = self.arrivals.pop_front() else { break };
             let charge = arrival.data.len() + UDP_DATAGRAM_OVERHEAD;
             if self.used > 0 && self.used + charge > self.capacity {
                 self.dropped += 1;
@@ -149,7 +150,9 @@ fn push_arrival(st: &mut NetState, to: u64, at: Duration, arrival: Arrival, now:
     settle(st, to, now);
     let order = st.next_id();
     let end = st.udp.ends.get_mut(&to)?;
-    end.arrivals.insert((at, order), arrival);
+    let key = (at, order);
+    let i = end.arrivals.partition_point(|(k, _)| *k < key);
+    end.arrivals.insert(i, (key, arrival));
     if at <= now {
         settle(st, to, now);
     }
@@ -204,7 +207,7 @@ pub(crate) fn bind(host: &Arc<HostCtx>, bind: UdpBind) -> Result<SimUdp, Cause> 
         reuse: bind.config.address_reuse,
         loopback: bind.multicast_loopback,
         groups: BTreeSet::new(),
-        arrivals: BTreeMap::new(),
+        arrivals: VecDeque::new(),
         queue: VecDeque::new(),
         used: 0,
         capacity,
@@ -218,7 +221,16 @@ pub(crate) fn bind(host: &Arc<HostCtx>, bind: UdpBind) -> Result<SimUdp, Cause> 
     st.record(now, format_args!("udp bind {}:{port} as #{id} ({})", host.name, SocketAddr::new(ip, port)));
     drop(st);
     let local = host.reported_local(bind.local, SocketAddr::new(ip, port));
-    Ok(SimUdp { host: Arc::clone(host), id, local, bind, received: 0, sleep: None, sleep_for: None })
+    Ok(SimUdp {
+        host: Arc::clone(host),
+        id,
+        local,
+        bind,
+        received: 0,
+        sleep: None,
+        sleep_for: None,
+        wake: Vec::new(),
+    })
 }
 
 /// Takes datagrams plain turmoil sockets send to a bound port and hands each to the library
@@ -339,6 +351,8 @@ pub(crate) struct SimUdp {
     sleep: Option<Pin<Box<Sleep>>>,
     /// The arrival time `sleep` is armed for.
     sleep_for: Option<Duration>,
+    /// Room for the wakers one send collects (kept between sends).
+    wake: Vec<Waker>,
 }
 
 impl SimUdp {
@@ -369,10 +383,19 @@ impl SimUdp {
     }
 
     /// Sends one datagram (already checked) from this socket.
-    fn send(&self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+    fn send(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+        // The receivers' wakers, woken after the lock is released; the list keeps its room.
+        let mut wake = std::mem::take(&mut self.wake);
+        let result = self.send_collecting(data, dest, &mut wake);
+        wake.drain(..).for_each(Waker::wake);
+        self.wake = wake;
+        result
+    }
+
+    /// Sends one datagram, collecting the wakers to wake in `wake`.
+    fn send_collecting(&self, data: &[u8], dest: SocketAddr, wake: &mut Vec<Waker>) -> io::Result<()> {
         let host = &self.host;
         let net = &host.net;
-        let mut wake = Vec::new();
         let mut st = net.lock();
         let now = st.now();
         if st.frozen(host.ip) {
@@ -396,7 +419,7 @@ impl SimUdp {
                 if to_host == host.ip && !loopback {
                     continue; // the sender's flag decides (UDP-MCAST-07), default off
                 }
-                wake.extend(deliver(&mut st, host.ip, to_host, to, from, dest, data.clone(), now));
+                deliver(&mut st, host.ip, to_host, to, from, dest, data.clone(), now, wake);
             }
             // Plain turmoil members (library sockets never join in turmoil, so only they).
             if let Some(port) = st.udp.ports.get(&(host.ip, self.local.port())) {
@@ -407,7 +430,7 @@ impl SimUdp {
             let library_port = to_host.filter(|h| st.udp.ports.contains_key(&(*h, dest.port())));
             match library_port {
                 Some(to_host) => match pick_unicast(&st, (to_host, dest.port()), dest.ip()) {
-                    Some(to) => wake.extend(deliver(&mut st, host.ip, to_host, to, from, dest, data, now)),
+                    Some(to) => deliver(&mut st, host.ip, to_host, to, from, dest, data, now, wake),
                     None => {
                         let id = st.next_id();
                         st.record(
@@ -419,8 +442,6 @@ impl SimUdp {
                 None => self.send_turmoil(&mut st, to_host, from, dest, data, now),
             }
         }
-        drop(st);
-        wake.into_iter().for_each(Waker::wake);
         Ok(())
     }
 
@@ -492,7 +513,8 @@ fn extra_delay(st: &mut NetState, from: IpAddr, to: IpAddr) -> Duration {
 }
 
 /// Delivers one datagram from host `from_host` to library socket `to` on `to_host`: at once
-/// inside one host; over a link with its latency, partition and impairments otherwise.
+/// inside one host; over a link with its latency, partition and impairments otherwise. The
+/// receiver's waker goes to `wake`.
 #[allow(clippy::too_many_arguments, reason = "one delivery's whole description")]
 fn deliver(
     st: &mut NetState,
@@ -503,22 +525,24 @@ fn deliver(
     dest: SocketAddr,
     data: Bytes,
     now: Duration,
-) -> Vec<Waker> {
+    wake: &mut Vec<Waker>,
+) {
     let id = st.next_id();
     let len = data.len();
     if from_host == to_host {
         st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} local"));
-        return push_arrival(st, to, now, Arrival { id, data, from }, now).into_iter().collect();
+        wake.extend(push_arrival(st, to, now, Arrival { id, data, from }, now));
+        return;
     }
     let link = st.link(from_host, to_host);
     if link.partitioned || st.crashed(to_host) {
         st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} lost: partition"));
-        return Vec::new();
+        return;
     }
     let imp = link.udp;
     if imp.loss > 0.0 && st.rng("udp-loss", from_host, to_host).chance(imp.loss) {
         st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} lost"));
-        return Vec::new();
+        return;
     }
     let profile = st.profile(from_host, to_host);
     let latency =
@@ -527,20 +551,18 @@ fn deliver(
     st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} arrives {:.6}", at.as_secs_f64()));
     let duplicate = imp.duplicate > 0.0 && st.rng("udp-dup", from_host, to_host).chance(imp.duplicate);
     let copy = duplicate.then(|| data.clone());
-    let mut wake: Vec<Waker> =
-        push_arrival(st, to, at, Arrival { id, data, from }, now).into_iter().collect();
+    wake.extend(push_arrival(st, to, at, Arrival { id, data, from }, now));
     if let Some(data) = copy {
         let dup = st.next_id();
         st.record(now, format_args!("udp#{dup} duplicate of udp#{id}"));
         wake.extend(push_arrival(st, to, at, Arrival { id: dup, data, from }, now));
     }
-    wake
 }
 
-impl UdpTransport for SimUdp {
-    /// The next datagram of the emulated receive buffer (settling arrivals due by now first);
-    /// `dropped_total` counts its tail drops so far.
-    fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>> {
+impl SimUdp {
+    /// The next datagram of the emulated receive buffer (settling arrivals due by now first), with
+    /// its metadata; `dropped_total` counts its tail drops so far.
+    fn poll_next_arrival(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Bytes, RecvMeta)>> {
         for _ in 0..4 {
             let next = {
                 let mut st = self.host.net.lock();
@@ -554,15 +576,15 @@ impl UdpTransport for SimUdp {
                 };
                 if let Some(arrival) = end.queue.pop_front() {
                     end.used -= arrival.data.len() + UDP_DATAGRAM_OVERHEAD;
-                    let len = arrival.data.len().min(buf.remaining());
-                    buf.put_slice(&arrival.data[..len]);
                     self.received += 1;
-                    return Poll::Ready(Ok(RecvMeta { len, from: arrival.from, dropped_total: end.dropped }));
+                    let meta =
+                        RecvMeta { len: arrival.data.len(), from: arrival.from, dropped_total: end.dropped };
+                    return Poll::Ready(Ok((arrival.data, meta)));
                 }
                 if !end.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     end.waker = Some(cx.waker().clone());
                 }
-                end.arrivals.first_key_value().map(|((at, _), _)| (*at, now))
+                end.arrivals.front().map(|((at, _), _)| (*at, now))
             };
             let Some((at, now)) = next else { return Poll::Pending };
             if self.sleep_for != Some(at) {
@@ -580,6 +602,33 @@ impl UdpTransport for SimUdp {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+impl UdpTransport for SimUdp {
+    /// The next datagram of the emulated receive buffer (settling arrivals due by now first);
+    /// `dropped_total` counts its tail drops so far.
+    fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>> {
+        self.poll_next_arrival(cx).map_ok(|(data, meta)| {
+            let len = data.len().min(buf.remaining());
+            buf.put_slice(&data[..len]);
+            RecvMeta { len, ..meta }
+        })
+    }
+
+    /// As `poll_recv_from`, handing the datagram's `Bytes` over without a copy.
+    fn poll_recv_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        scratch: &mut [u8],
+    ) -> Poll<io::Result<(Bytes, RecvMeta)>> {
+        let room = scratch.len();
+        self.poll_next_arrival(cx).map_ok(|(data, meta)| {
+            let len = data.len().min(room);
+            // A slice of a fresh `Bytes` allocates its shared header: only when truncating.
+            let data = if len < data.len() { data.slice(..len) } else { data };
+            (data, RecvMeta { len, ..meta })
+        })
     }
 
     /// Sends one datagram. A datagram larger than the family's maximum is rejected (`EMSGSIZE`),

@@ -1,0 +1,112 @@
+//! The shortcuts the performance work took (issue #6) keep their semantics, on loopback: a UDP
+//! write's permission decision is reused only while the policy is unchanged, and a TCP socket's
+//! options are read back when asked (after close, the last values read).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tcpudp::{
+    Datagram, Policy, TcpOptions, TcpServerOptions, TcpServerSocket, TcpSocket, UdpOptions, UdpSocket,
+};
+use tcpudp_core::permission::PermissionRequest;
+use tcpudp_core::{ErrorName, ReadyState};
+
+/// Hang guard: far above anything loopback needs; never a timing assertion.
+const GUARD: Duration = Duration::from_secs(20);
+
+async fn guard<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("hang guard: {what}"),
+    }
+}
+
+fn loopback_udp(net: &tcpudp::Network) -> UdpSocket {
+    let options = UdpOptions { local_address: Some("127.0.0.1".into()), ..UdpOptions::default() };
+    UdpSocket::new(net, options).expect("udp socket")
+}
+
+// rule: UDP-WRITE-04
+#[tokio::test]
+async fn udp_write_permission_follows_policy_changes() {
+    let policy = Policy::allow_all();
+    let net = tcpudp_net_real::network(policy.clone()).expect("network");
+    let rx = loopback_udp(&net);
+    guard("rx opened", rx.opened()).await.expect("rx opened");
+    let port = rx.local_port().expect("rx port");
+    let tx = loopback_udp(&net);
+    guard("tx opened", tx.opened()).await.expect("tx opened");
+    let writer = tx.writable().expect("writable");
+    let mut reader = rx.readable().expect("readable");
+
+    // Permitted twice (the second time from the remembered decision): both arrive.
+    for payload in [&b"one"[..], b"two"] {
+        guard("write", writer.write(Datagram::to(payload, "127.0.0.1", port))).await.expect("permitted");
+        let got = guard("read", reader.read()).await.expect("read").expect("a datagram");
+        assert_eq!(&got.data[..], payload);
+    }
+
+    // The policy now denies this destination: the remembered grant must not be used.
+    policy.deny(PermissionRequest::udp_write("127.0.0.1", port));
+    let err = guard("denied write", writer.write(Datagram::to(&b"three"[..], "127.0.0.1", port)))
+        .await
+        .expect_err("denied after the policy changed");
+    assert_eq!(err.kind(), ErrorName::SecurityError);
+
+    // Nothing of it was sent: a marker from a socket of another network (whose policy still
+    // allows this destination) is the next thing rx reads.
+    let net2 = tcpudp_net_real::network(Policy::allow_all()).expect("network");
+    let other = loopback_udp(&net2);
+    guard("other opened", other.opened()).await.expect("other opened");
+    let other_writer = other.writable().expect("writable");
+    guard("marker", other_writer.write(Datagram::to(&b"marker"[..], "127.0.0.1", port))).await.expect("sent");
+    let next = guard("marker read", reader.read()).await.expect("read").expect("marker");
+    assert_eq!(&next.data[..], b"marker");
+
+    // Only that write failed: the same writer still sends elsewhere.
+    let other_port = other.local_port().expect("other port");
+    guard("elsewhere", writer.write(Datagram::to(&b"four"[..], "127.0.0.1", other_port)))
+        .await
+        .expect("sent");
+    let mut other_reader = other.readable().expect("readable");
+    let got = guard("elsewhere read", other_reader.read()).await.expect("read").expect("a datagram");
+    assert_eq!(&got.data[..], b"four");
+}
+
+// rule: TCP-CTOR-12, TCP-CTOR-16
+#[tokio::test]
+async fn tcp_options_read_back_when_asked_and_kept_after_close() {
+    let net = tcpudp_net_real::network(Policy::allow_all()).expect("network");
+    let options = TcpServerOptions { local_address: Some("127.0.0.1".into()), ..TcpServerOptions::default() };
+    let server = TcpServerSocket::new(&net, options).expect("server");
+    guard("server opened", server.opened()).await.expect("listening");
+    let port = server.local_port().expect("server port");
+
+    let asked =
+        TcpSocket::new(&net, "127.0.0.1", port, TcpOptions { no_delay: false, ..TcpOptions::default() })
+            .expect("client");
+    let (accepted, opened) = guard("accept", async { tokio::join!(server.listen(), asked.opened()) }).await;
+    opened.expect("opened");
+    let accepted = accepted.expect("accepted");
+    let open = asked.diag();
+    assert!(open.transport_open);
+    assert_eq!(open.options.no_delay, Some(false), "read back from the OS while open");
+    assert_eq!(open.options.keep_alive, Some(false));
+    let (a, b) = guard("close", async { tokio::join!(asked.close(), accepted.close()) }).await;
+    a.expect("client closed");
+    b.expect("server side closed");
+    assert_eq!(asked.ready_state(), ReadyState::Closed);
+    let closed = asked.diag();
+    assert!(!closed.transport_open);
+    assert_eq!(closed.options, open.options, "after close: the values last read");
+
+    // A socket never asked reads nothing back, before or after close.
+    let silent = TcpSocket::new(&net, "127.0.0.1", port, TcpOptions::default()).expect("client");
+    let (accepted, opened) = guard("accept", async { tokio::join!(server.listen(), silent.opened()) }).await;
+    opened.expect("opened");
+    let accepted = accepted.expect("accepted");
+    let (a, b) = guard("close", async { tokio::join!(silent.close(), accepted.close()) }).await;
+    a.expect("client closed");
+    b.expect("server side closed");
+    assert_eq!(silent.diag().options, tcpudp::backend::TcpDiag::default());
+}
