@@ -2,8 +2,6 @@
 //! in their own threads, and one Python 3 peer (`tests/peers/echo.py`). Everything stays on
 //! 127.0.0.1 or ::1; every peer binds port 0 and reports its port; every wait is bounded.
 
-mod support;
-
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::sync::mpsc;
@@ -17,7 +15,12 @@ use tcpudp::{
     TcpServerSocket, TcpSocket,
 };
 
-use support::{assert_err, pattern, read_n, read_to_end, within, TestError};
+use super::support::{assert_err, pattern, read_n, read_to_end, within, TestError};
+
+/// Why these tests do not run on the other backend.
+const IN_SIM: &str = "a foreign peer (std/socket2 threads, a Python process) does not run in the simulator";
+
+crate::only_on! {
 
 /// How long any peer waits for anything.
 const WAIT: Duration = Duration::from_secs(30);
@@ -92,8 +95,8 @@ fn connect(net: &Network, port: u16, opts: TcpOptions) -> Result<TcpSocket, Sock
     TcpSocket::new(net, "127.0.0.1", port, opts)
 }
 
-// rule: TCP-OPEN-01, TCP-WRITE-01, TCP-WRITE-04, TCP-READ-01, TCP-HALFCLOSE-02, TCP-READ-CLOSE-01
-#[tokio::test]
+/// rule: TCP-OPEN-01, TCP-WRITE-01, TCP-WRITE-04, TCP-READ-01, TCP-HALFCLOSE-02, TCP-READ-CLOSE-01
+#[only(Real, IN_SIM)]
 async fn std_echo_peer_round_trips_one_mib() -> Result<(), TestError> {
     let (port, peer) = std_peer(|mut s| {
         let mut buf = vec![0; 65536];
@@ -137,8 +140,8 @@ async fn std_echo_peer_round_trips_one_mib() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: TCP-READ-CLOSE-02, TCP-WRITE-06
-#[tokio::test]
+/// rule: TCP-READ-CLOSE-02, TCP-WRITE-06
+#[only(Real, IN_SIM)]
 async fn std_peer_sends_then_fin_and_the_app_replies() -> Result<(), TestError> {
     let (port, peer) = std_peer(|mut s| {
         s.write_all(b"req")?;
@@ -163,8 +166,8 @@ async fn std_peer_sends_then_fin_and_the_app_replies() -> Result<(), TestError> 
     Ok(())
 }
 
-// rule: DICT-TCPOPT-08, EXT-01, EXT-02
-#[tokio::test]
+/// rule: DICT-TCPOPT-08, EXT-01, EXT-02
+#[only(Real, IN_SIM)]
 async fn std_peer_half_open_request_then_response() -> Result<(), TestError> {
     let (port, peer) = std_peer(|mut s| {
         s.write_all(b"req")?;
@@ -183,8 +186,8 @@ async fn std_peer_half_open_request_then_response() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: TCP-READ-ERR-01, TCP-READ-ERR-02, TCP-READ-ERR-04, EXT-04, TCP-WRITE-02, TCP-WRITE-05, GEN-14
-#[tokio::test]
+/// rule: TCP-READ-ERR-01, TCP-READ-ERR-02, TCP-READ-ERR-04, EXT-04, TCP-WRITE-02, TCP-WRITE-05, GEN-14
+#[only(Real, IN_SIM)]
 async fn std_peer_resets_in_open_halfclosed_and_closing() -> Result<(), TestError> {
     let net = net();
     let baseline = net.faults().open_sockets();
@@ -228,8 +231,8 @@ async fn std_peer_resets_in_open_halfclosed_and_closing() -> Result<(), TestErro
     Ok(())
 }
 
-// rule: EXT-03
-#[tokio::test]
+/// rule: EXT-03
+#[only(Real, IN_SIM)]
 async fn std_peer_sees_the_apps_reset() -> Result<(), TestError> {
     let (port, peer) = std_peer(|mut s| {
         let mut buf = [0u8; 1];
@@ -249,9 +252,9 @@ async fn std_peer_sees_the_apps_reset() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: TCP-WRITE-ABORT-01, ERR-07
-// invariant: INV-18
-#[tokio::test]
+/// rule: TCP-WRITE-ABORT-01, ERR-07
+/// invariant: INV-18
+#[only(Real, IN_SIM)]
 async fn never_reading_peer_then_abort_discards_the_queue() -> Result<(), TestError> {
     // Small buffers on both ends, so most of 4 MiB is still queued in the library at abort.
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
@@ -300,8 +303,8 @@ async fn never_reading_peer_then_abort_discards_the_queue() -> Result<(), TestEr
     Ok(())
 }
 
-// rule: TCP-CLOSE-04, TCP-READ-ERR-02, GEN-14
-#[tokio::test]
+/// rule: TCP-CLOSE-04, TCP-READ-ERR-02, GEN-14
+#[only(Real, IN_SIM)]
 async fn never_reading_peer_close_times_out() -> Result<(), TestError> {
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let (port, peer) = std_peer(move |s| {
@@ -326,9 +329,9 @@ async fn never_reading_peer_close_times_out() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: TCP-READ-FLOW-01, TCP-READ-PULL-01
-// invariant: INV-19
-#[tokio::test]
+/// rule: TCP-READ-FLOW-01, TCP-READ-PULL-01
+/// invariant: INV-19
+#[only(Real, IN_SIM)]
 async fn std_writer_is_flow_controlled_then_resumes() -> Result<(), TestError> {
     let (blocked_tx, blocked_rx) = tokio::sync::oneshot::channel::<usize>();
     let (port, peer) = std_peer(move |mut s| {
@@ -372,8 +375,8 @@ async fn std_writer_is_flow_controlled_then_resumes() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: TCP-OPEN-02, TCP-OPEN-03, GEN-14
-#[tokio::test]
+/// rule: TCP-OPEN-02, TCP-OPEN-03, GEN-14
+#[only(Real, IN_SIM)]
 async fn refusing_port_fails_opening() -> Result<(), TestError> {
     let net = net();
     let baseline = net.faults().open_sockets();
@@ -388,8 +391,8 @@ async fn refusing_port_fails_opening() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: TCP-OPEN-05, TCP-OPEN-02
-#[tokio::test]
+/// rule: TCP-OPEN-05, TCP-OPEN-02
+#[only(Real, IN_SIM)]
 async fn full_backlog_listener_connect_times_out() -> Result<(), TestError> {
     // Backlog 0, never accepts, already holds one connection: Linux drops further SYNs.
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
@@ -407,8 +410,8 @@ async fn full_backlog_listener_connect_times_out() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: TCP-CTOR-10, TCP-CTOR-05, TCP-ATTR-01
-#[tokio::test]
+/// rule: TCP-CTOR-10, TCP-CTOR-05, TCP-ATTR-01
+#[only(Real, IN_SIM)]
 async fn given_local_port_is_the_source_port() -> Result<(), TestError> {
     let (port, peer) = std_peer(|s| s.peer_addr());
     let local_port = refusing_port(); // just released: free
@@ -438,11 +441,11 @@ fn std_refused(addr: SocketAddr) -> bool {
     matches!(StdStream::connect_timeout(&addr, WAIT), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
 }
 
-// rule: SRV-CTOR-11, SRV-CTOR-02, SRV-ACCEPT-01
-#[tokio::test]
+/// rule: SRV-CTOR-11, SRV-CTOR-02, SRV-ACCEPT-01
+#[only(Real, IN_SIM)]
 async fn wildcard_servers_are_single_family() -> Result<(), TestError> {
     if !has_ipv6_loopback() {
-        eprintln!("skipped: no IPv6 loopback on this host (SRV-CTOR-11 needs ::1)");
+        crate::scenarios::skip("no IPv6 loopback on this host (SRV-CTOR-11 needs ::1)");
         return Ok(());
     }
     let net = net();
@@ -489,8 +492,8 @@ async fn wildcard_servers_are_single_family() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: SRV-CTOR-12, SRV-OPEN-02
-#[tokio::test]
+/// rule: SRV-CTOR-12, SRV-OPEN-02
+#[only(Real, IN_SIM)]
 async fn time_wait_port_rebinds_only_with_address_reuse() -> Result<(), TestError> {
     let net = net();
     let s1 = TcpServerSocket::new(&net, TcpServerOptions::default())?;
@@ -540,11 +543,11 @@ impl Drop for ChildGuard {
     }
 }
 
-// rule: TCP-WRITE-01, TCP-READ-01, TCP-HALFCLOSE-02, TCP-READ-CLOSE-01
-#[tokio::test]
+/// rule: TCP-WRITE-01, TCP-READ-01, TCP-HALFCLOSE-02, TCP-READ-CLOSE-01
+#[only(Real, IN_SIM)]
 async fn python_echo_peer() -> Result<(), TestError> {
     use std::io::BufRead;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/echo.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/echo.py");
     let child = match std::process::Command::new("python3")
         .arg(script)
         .stdout(std::process::Stdio::piped())
@@ -553,7 +556,7 @@ async fn python_echo_peer() -> Result<(), TestError> {
     {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("skipped: python3 is not available here ({e})");
+            crate::scenarios::skip(format!("python3 is not available here ({e})"));
             return Ok(());
         }
     };
@@ -599,4 +602,5 @@ async fn python_echo_peer() -> Result<(), TestError> {
     .0?;
     assert!(status.success(), "the Python peer failed: {status}");
     Ok(())
+}
 }

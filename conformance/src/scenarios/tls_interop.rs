@@ -3,20 +3,24 @@
 //! port 0 and report their port; certificates are generated at test time. A peer whose program is
 //! missing is skipped with a printed reason (nothing is installed by the tests).
 
-mod tls_support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use super::tls_support::{read_n, within, Leaf, Pki, TestError};
 use bytes::Bytes;
 use tcpudp::{
     Cause, ErrorName, Network, Policy, SocketError, TcpOptions, TcpServerOptions, TcpServerSocket, TcpSocket,
     TlsCause, TlsContext,
 };
-use tls_support::{read_n, within, Leaf, Pki, TestError};
+
+/// Why these tests do not run on the other backend.
+const IN_SIM: &str =
+    "a foreign TLS peer (Python ssl, openssl s_server/s_client) does not run in the simulator";
+
+crate::only_on! {
 
 /// Files for one test in a fresh temporary directory, removed on drop.
 struct Files {
@@ -152,7 +156,7 @@ fn have(program: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        println!("skipped: `{program}` is not installed on this machine");
+        crate::scenarios::skip(format!("`{program}` is not installed on this machine"));
     }
     found
 }
@@ -249,8 +253,8 @@ print("clean", flush=True)
 sock.close()
 "#;
 
-// rule: TCP-CTOR-15, EXT-05
-#[tokio::test]
+/// rule: TCP-CTOR-15, EXT-05
+#[only(Real, IN_SIM)]
 async fn python_ssl_server_and_our_client() -> Result<(), TestError> {
     if !have("python3") {
         return Ok(());
@@ -282,8 +286,8 @@ async fn python_ssl_server_and_our_client() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: TCP-CTOR-15, EXT-06
-#[tokio::test]
+/// rule: TCP-CTOR-15, EXT-06
+#[only(Real, IN_SIM)]
 async fn python_ssl_server_with_an_untrusted_certificate() -> Result<(), TestError> {
     if !have("python3") {
         return Ok(());
@@ -311,8 +315,8 @@ async fn python_ssl_server_with_an_untrusted_certificate() -> Result<(), TestErr
     Ok(())
 }
 
-// rule: EXT-07
-#[tokio::test]
+/// rule: EXT-07
+#[only(Real, IN_SIM)]
 async fn python_starttls_server_and_our_start_tls() -> Result<(), TestError> {
     if !have("python3") {
         return Ok(());
@@ -343,8 +347,8 @@ async fn python_starttls_server_and_our_start_tls() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: SRV-CTOR-09, EXT-08
-#[tokio::test]
+/// rule: SRV-CTOR-09, EXT-08
+#[only(Real, IN_SIM)]
 async fn python_ssl_client_and_our_server() -> Result<(), TestError> {
     if !have("python3") {
         return Ok(());
@@ -380,8 +384,8 @@ async fn python_ssl_client_and_our_server() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: SRV-CTOR-09, EXT-08, SRV-CONNFAIL-01
-#[tokio::test]
+/// rule: SRV-CTOR-09, EXT-08, SRV-CONNFAIL-01
+#[only(Real, IN_SIM)]
 async fn python_ssl_client_certificates() -> Result<(), TestError> {
     if !have("python3") {
         return Ok(());
@@ -432,8 +436,8 @@ async fn python_ssl_client_certificates() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: TCP-CTOR-15, EXT-05
-#[tokio::test]
+/// rule: TCP-CTOR-15, EXT-05
+#[only(Real, IN_SIM)]
 async fn openssl_s_server_and_our_client() -> Result<(), TestError> {
     if !have("openssl") {
         return Ok(());
@@ -476,8 +480,8 @@ async fn openssl_s_server_and_our_client() -> Result<(), TestError> {
     Ok(())
 }
 
-// rule: SRV-CTOR-09, EXT-08
-#[tokio::test]
+/// rule: SRV-CTOR-09, EXT-08
+#[only(Real, IN_SIM)]
 async fn openssl_s_client_and_our_server() -> Result<(), TestError> {
     if !have("openssl") {
         return Ok(());
@@ -527,4 +531,5 @@ async fn openssl_s_client_and_our_server() -> Result<(), TestError> {
     assert!(status.success(), "s_client: {status}; stdout {out:?}; stderr {}", peer.stderr());
     assert!(out.iter().any(|l| l == "hello from s_client"), "s_client printed the echo: {out:?}");
     Ok(())
+}
 }

@@ -10,8 +10,8 @@ use std::pin::pin;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
+use crate::{BackendChoice, Ctx};
 use tcpudp::{ErrorName, ReadyState, SocketError, UdpMessage, UdpOptions, UdpReadable, UdpSocket};
-use tcpudp_conformance::{BackendChoice, Ctx};
 
 /// Hang guard for one step (never a timing assertion): generous on real sockets, simulated time in
 /// the simulator.

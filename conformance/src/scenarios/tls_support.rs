@@ -8,9 +8,9 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
+use crate::{BackendChoice, Ctx};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use tcpudp::{SocketError, TcpReadable};
-use tcpudp_conformance::{BackendChoice, Ctx};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A boxed error for world bodies.

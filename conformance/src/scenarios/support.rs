@@ -12,8 +12,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::{BackendChoice, Ctx, World};
 use tcpudp::{ErrorName, Network, Policy, SocketError, TcpReadable};
-use tcpudp_conformance::{BackendChoice, Ctx, World};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// A boxed error for world bodies.

@@ -3,21 +3,25 @@
 //! checks constructors and UDP writes make. Mostly the real backend on loopback (permissions do
 //! not depend on the backend); the write checks of DICT-PERM-01/09 also run in simulation.
 
-mod support_udp;
-
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use support_udp::{assert_err, err_name, within, Peer, Rng, LO};
+use super::support_udp::{assert_err, err_name, within, Peer, Rng, LO};
+use crate::BackendChoice;
 use tcpudp::{
     Datagram, ErrorName, Network, PermissionKind, PermissionRequest, PermissionState, Policy, SocketError,
     TcpOptions, TcpPermissionOptions, TcpServerOptions, TcpServerPermissionOptions, TcpServerSocket,
     TcpSocket, UdpOptions, UdpPermissionOptions, UdpSocket,
 };
-use tcpudp_conformance::{on_both_backends, BackendChoice};
 use tcpudp_core::permission::PermissionStore;
+
+/// Why these tests do not run on the other backend.
+const IN_SIM: &str =
+    "backend-independent: a Network's permission objects are the same code on both backends; checked once, on real sockets";
+
+crate::only_on! {
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -129,8 +133,8 @@ async fn let_others_run() {
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
 }
 
-// rule: ENTRY-01, ENUM-PERM-01, ENUM-PERM-03
-#[tokio::test]
+/// rule: ENTRY-01, ENUM-PERM-01, ENUM-PERM-03
+#[only(Real, IN_SIM)]
 async fn three_independent_permission_objects() -> TestResult {
     let policy = undecided();
     let net = net(policy.clone());
@@ -168,8 +172,8 @@ async fn three_independent_permission_objects() -> TestResult {
     Ok(())
 }
 
-// rule: PERM-GEN-01, ERR-01, GEN-01, UDP-CTOR-01, ENUM-PERM-02
-#[tokio::test]
+/// rule: PERM-GEN-01, ERR-01, GEN-01, UDP-CTOR-01, ENUM-PERM-02
+#[only(Real, IN_SIM)]
 async fn constructors_without_permission_throw_security_error_first() -> TestResult {
     for policy in [Policy::deny_all(), undecided()] {
         let net = net(policy);
@@ -204,8 +208,8 @@ async fn constructors_without_permission_throw_security_error_first() -> TestRes
     Ok(())
 }
 
-// rule: PERM-GEN-02
-#[tokio::test]
+/// rule: PERM-GEN-02
+#[only(Real, IN_SIM)]
 async fn permission_calls_return_pending_futures() -> TestResult {
     let policy = undecided();
     policy.answer_prompts(true);
@@ -235,8 +239,8 @@ async fn permission_calls_return_pending_futures() -> TestResult {
     Ok(())
 }
 
-// rule: PERM-GEN-03
-#[tokio::test]
+/// rule: PERM-GEN-03
+#[only(Real, IN_SIM)]
 async fn omitted_options_equal_empty_options() -> TestResult {
     // A few policies, made twice each so requests can be compared on identical fresh ones.
     let make: [fn() -> Policy; 5] = [
@@ -274,8 +278,8 @@ async fn omitted_options_equal_empty_options() -> TestResult {
     Ok(())
 }
 
-// rule: PERM-GEN-04
-#[tokio::test]
+/// rule: PERM-GEN-04
+#[only(Real, IN_SIM)]
 async fn has_permission_never_prompts_or_changes_state() -> TestResult {
     let policy = undecided();
     policy.answer_prompts(true);
@@ -300,8 +304,8 @@ async fn has_permission_never_prompts_or_changes_state() -> TestResult {
     Ok(())
 }
 
-// rule: PERM-GEN-05, PERM-UDP-REQ-04, PERM-UDP-REQ-05, ENUM-PERM-01, ENUM-PERM-02, ENUM-PERM-03, ERR-02
-#[tokio::test]
+/// rule: PERM-GEN-05, PERM-UDP-REQ-04, PERM-UDP-REQ-05, ENUM-PERM-01, ENUM-PERM-02, ENUM-PERM-03, ERR-02
+#[only(Real, IN_SIM)]
 async fn request_outcomes_are_stored() -> TestResult {
     let policy = undecided();
     let net = net(policy.clone());
@@ -364,8 +368,8 @@ fn net_without_prompt() -> Network {
     net(undecided())
 }
 
-// rule: PERM-UDP-HAS-01, PERM-UDP-HAS-02, PERM-TCP-HAS-01, PERM-TCP-HAS-02, PERM-SRV-HAS-01, PERM-SRV-HAS-02, ERR-10, ENUM-PERM-01, ENUM-PERM-02, ENUM-PERM-03
-#[tokio::test]
+/// rule: PERM-UDP-HAS-01, PERM-UDP-HAS-02, PERM-TCP-HAS-01, PERM-TCP-HAS-02, PERM-SRV-HAS-01, PERM-SRV-HAS-02, ERR-10, ENUM-PERM-01, ENUM-PERM-02, ENUM-PERM-03
+#[only(Real, IN_SIM)]
 async fn has_permission_reports_the_state() -> TestResult {
     for kind in PermissionKind::ALL {
         let policy = undecided();
@@ -387,8 +391,8 @@ async fn has_permission_reports_the_state() -> TestResult {
     Ok(())
 }
 
-// rule: PERM-UDP-REQ-01, PERM-UDP-REQ-02, PERM-UDP-REQ-03, PERM-UDP-REQ-04, PERM-UDP-REQ-05, PERM-TCP-REQ-01, PERM-TCP-REQ-02, PERM-TCP-REQ-03, PERM-TCP-REQ-04, PERM-SRV-REQ-01, PERM-SRV-REQ-02, PERM-SRV-REQ-03, PERM-SRV-REQ-04, ERR-02
-#[tokio::test]
+/// rule: PERM-UDP-REQ-01, PERM-UDP-REQ-02, PERM-UDP-REQ-03, PERM-UDP-REQ-04, PERM-UDP-REQ-05, PERM-TCP-REQ-01, PERM-TCP-REQ-02, PERM-TCP-REQ-03, PERM-TCP-REQ-04, PERM-SRV-REQ-01, PERM-SRV-REQ-02, PERM-SRV-REQ-03, PERM-SRV-REQ-04, ERR-02
+#[only(Real, IN_SIM)]
 async fn request_permission_steps() -> TestResult {
     for kind in PermissionKind::ALL {
         let r = sample(kind);
@@ -435,8 +439,8 @@ async fn request_permission_steps() -> TestResult {
     Ok(())
 }
 
-// rule: DICT-PERM-02, DICT-PERM-03, DICT-PERM-04, DICT-PERM-05, DICT-PERM-06, DICT-PERM-07, DICT-PERM-08
-#[tokio::test]
+/// rule: DICT-PERM-02, DICT-PERM-03, DICT-PERM-04, DICT-PERM-05, DICT-PERM-06, DICT-PERM-07, DICT-PERM-08
+#[only(Real, IN_SIM)]
 async fn omitted_fields_in_grants() -> TestResult {
     let tcp = |net: &Network, addr: &str, port: u16| {
         let r = TcpSocket::new(net, addr, port, TcpOptions::default());
@@ -576,8 +580,8 @@ mod oracle {
     }
 }
 
-// rule: DICT-PERM-09, DICT-PERM-03, DICT-PERM-04, GEN-13
-#[tokio::test]
+/// rule: DICT-PERM-09, DICT-PERM-03, DICT-PERM-04, GEN-13
+#[only(Real, IN_SIM)]
 async fn stored_decisions_match_dict_perm_09() -> TestResult {
     let addresses = [
         None,
@@ -727,7 +731,7 @@ fn udp_like(
 }
 
 on_both_backends! {
-    // rule: DICT-PERM-01, DICT-PERM-09, UDP-WRITE-04, ERR-03
+    /// rule: DICT-PERM-01, DICT-PERM-09, UDP-WRITE-04, ERR-03
     fn grant_without_address_covers_every_peer(world: &mut World) {
         world.policy(|| Policy::from_store(PermissionStore::new()));
         world.host("second", |ctx| async move {
@@ -774,7 +778,7 @@ on_both_backends! {
     }
 }
 
-async fn sim_client(ctx: tcpudp_conformance::Ctx) -> Result<(), Box<dyn std::error::Error>> {
+async fn sim_client(ctx: crate::Ctx) -> Result<(), Box<dyn std::error::Error>> {
     let peer = Peer::bind(&ctx).await?;
     let port = peer.port();
     ctx.net.policy().grant(udp_req(None, Some(port)));
@@ -798,4 +802,5 @@ async fn sim_client(ctx: tcpudp_conformance::Ctx) -> Result<(), Box<dyn std::err
     within("write", w.write(Datagram::to(&b"again"[..], LO, port))).await??;
     assert_eq!(peer.recv().await?.0, b"again");
     Ok(())
+}
 }

@@ -21,6 +21,12 @@ use tcpudp_net_sim::{
     FaultError, LinkProfile, SimBuilder, SimError, SimFaults, Simulation, TcpLoss, UdpImpairment, RTO_INITIAL,
 };
 
+/// Why these tests do not run on the other backend.
+const ON_REAL: &str =
+    "the simulator's fault layer at exact simulated times (partition, TCP loss, crash, emulated receive buffer, multicast by the sender's flag): not expressible on real sockets (the proxy terminates TCP; netem unavailable)";
+
+crate::only_on! {
+
 /// The TCP port servers listen on.
 const PORT: u16 = 7000;
 /// The UDP port receivers bind.
@@ -159,9 +165,9 @@ fn addresses(sock: &TcpSocket, faults: &SimFaults) -> (SocketAddr, SocketAddr) {
 // ---------------------------------------------------------------------------------------------
 // TCP loss
 
-// rule: TCP-WRITE-01
-// invariant: INV-07, INV-08
-#[test]
+/// rule: TCP-WRITE-01
+/// invariant: INV-07, INV-08
+#[only(Sim, ON_REAL)]
 fn tcp_segment_lost_k_times_arrives_after_rto_times_2k_minus_1() {
     // k = 0 is the negative control: no fault, the segment arrives after one latency.
     for k in [0u32, 1, 2, 5, 8] {
@@ -233,8 +239,8 @@ fn budget_run(variant: &'static str) -> (Log, Log, Duration) {
     (client_log, server_log, sent.get())
 }
 
-// rule: TCP-READ-ERR-01, ERR-06
-#[test]
+/// rule: TCP-READ-ERR-01, ERR-06
+#[only(Sim, ON_REAL)]
 fn tcp_retransmission_budget_times_out_both_ends_at_the_sum_of_backoffs() {
     let tick = ms(10);
     let budget = ms(804_600); // 0.2 · (2^10 − 1) + 5 · 120 s: the sum of 15 back-offs
@@ -260,9 +266,9 @@ fn tcp_retransmission_budget_times_out_both_ends_at_the_sum_of_backoffs() {
 // ---------------------------------------------------------------------------------------------
 // Partitions
 
-// rule: TCP-WRITE-01
-// invariant: INV-07, INV-08
-#[test]
+/// rule: TCP-WRITE-01
+/// invariant: INV-07, INV-08
+#[only(Sim, ON_REAL)]
 fn tcp_partition_holds_data_until_the_first_retransmission_after_repair() {
     // (variant, when "x" arrives after the write). Repair comes 5 s after the write; the
     // retransmissions are at 0.2, 0.6, 1.4, 3.0 and 6.2 s.
@@ -311,8 +317,8 @@ fn tcp_partition_holds_data_until_the_first_retransmission_after_repair() {
 // ---------------------------------------------------------------------------------------------
 // Resets
 
-// rule: EXT-04, TCP-READ-ERR-01
-#[test]
+/// rule: EXT-04, TCP-READ-ERR-01
+#[only(Sim, ON_REAL)]
 fn reset_connection_resets_both_library_ends() {
     for reset in [true, false] {
         let (server_log, client_log) = (Log::default(), Log::default());
@@ -351,8 +357,8 @@ fn reset_connection_resets_both_library_ends() {
     }
 }
 
-// rule: EXT-04, TCP-READ-ERR-01
-#[test]
+/// rule: EXT-04, TCP-READ-ERR-01
+#[only(Sim, ON_REAL)]
 fn reset_connection_from_a_raw_turmoil_peer_resets_the_library_end() {
     let client_log = Log::default();
     let mut sim = sim(32);
@@ -414,8 +420,8 @@ fn idle_server(sim: &mut Simulation<'static>, log: &Log) {
     .expect("server host");
 }
 
-// rule: EXT-04, TCP-READ-ERR-01, TCP-OPEN-02
-#[test]
+/// rule: EXT-04, TCP-READ-ERR-01, TCP-OPEN-02
+#[only(Sim, ON_REAL)]
 fn crash_host_is_silent_then_rst_after_restart() {
     let (server_log, client_log) = (Log::default(), Log::default());
     let mut sim = sim(41);
@@ -457,8 +463,8 @@ fn crash_host_is_silent_then_rst_after_restart() {
     assert_near(opened, write_at.get() - secs(1) + secs(1) + LATENCY, TICK, "second connect");
 }
 
-// rule: TCP-READ-CLOSE-02, EXT-04, TCP-READ-ERR-01, TCP-OPEN-02
-#[test]
+/// rule: TCP-READ-CLOSE-02, EXT-04, TCP-READ-ERR-01, TCP-OPEN-02
+#[only(Sim, ON_REAL)]
 fn kill_process_sends_fin_or_rst_with_unread_data_and_restart_serves_again() {
     for unread in [false, true] {
         let (server_log, client_log) = (Log::default(), Log::default());
@@ -514,8 +520,8 @@ fn kill_process_sends_fin_or_rst_with_unread_data_and_restart_serves_again() {
 // ---------------------------------------------------------------------------------------------
 // Connect
 
-// rule: TCP-OPEN-02, ERR-06
-#[test]
+/// rule: TCP-OPEN-02, ERR-06
+#[only(Sim, ON_REAL)]
 fn connect_into_a_partition_or_to_a_silent_host_times_out_at_the_connect_timeout() {
     // (variant, outcome, when after the connect call). SYNs go at 0, 1, 3, 7, 15, 31, 63 s.
     let cases = [
@@ -557,8 +563,8 @@ fn connect_into_a_partition_or_to_a_silent_host_times_out_at_the_connect_timeout
     }
 }
 
-// rule: SRV-LISTEN-03, TCP-OPEN-02
-#[test]
+/// rule: SRV-LISTEN-03, TCP-OPEN-02
+#[only(Sim, ON_REAL)]
 fn backlog_overflow_waits_for_room_never_refuses() {
     // Backlog 2: the accept queue holds 3 connections (as Linux). The server calls listen() only
     // at 2 s (or never): the 4th connect waits for room, retrying its SYN at 1, 3, 7… s.
@@ -711,9 +717,9 @@ fn series(count: usize) -> Vec<String> {
     (0..count).map(|i| format!("d{i}")).collect()
 }
 
-// rule: UDP-WRITE-06, UDP-READ-01
-// invariant: INV-10
-#[test]
+/// rule: UDP-WRITE-06, UDP-READ-01
+/// invariant: INV-10
+#[only(Sim, ON_REAL)]
 fn udp_loss_drops_datagrams_and_the_control_delivers_all() {
     let (server, _) = udp_run(71, UdpImpairment { loss: 1.0, ..Default::default() }, 10);
     assert_eq!(server.events(), ["dgram marker"], "every datagram lost, the marker is the next thing seen");
@@ -725,9 +731,9 @@ fn udp_loss_drops_datagrams_and_the_control_delivers_all() {
     assert_eq!(received(&server), series(10), "control: all, in order");
 }
 
-// rule: UDP-READ-01
-// invariant: INV-10
-#[test]
+/// rule: UDP-READ-01
+/// invariant: INV-10
+#[only(Sim, ON_REAL)]
 fn udp_duplication_delivers_each_datagram_twice_and_the_control_once() {
     let (server, client) = udp_run(72, UdpImpairment { duplicate: 1.0, ..Default::default() }, 5);
     let twice: Vec<String> = series(5).into_iter().flat_map(|d| [d.clone(), d]).collect();
@@ -737,9 +743,9 @@ fn udp_duplication_delivers_each_datagram_twice_and_the_control_once() {
     assert_eq!(received(&server), series(5));
 }
 
-// rule: UDP-READ-01
-// invariant: INV-10
-#[test]
+/// rule: UDP-READ-01
+/// invariant: INV-10
+#[only(Sim, ON_REAL)]
 fn udp_reordering_on_a_fixed_latency_link_and_order_without_it() {
     let held = ms(5);
     let (server, client) =
@@ -758,9 +764,9 @@ fn udp_reordering_on_a_fixed_latency_link_and_order_without_it() {
     assert!(delays(&server, &client).iter().all(|d| *d == LATENCY));
 }
 
-// rule: UDP-READ-01
-// invariant: INV-10
-#[test]
+/// rule: UDP-READ-01
+/// invariant: INV-10
+#[only(Sim, ON_REAL)]
 fn udp_delay_and_jitter_at_exact_times() {
     let (server, client) = udp_run(74, UdpImpairment { delay: ms(50), ..Default::default() }, 5);
     assert_eq!(received(&server), series(5));
@@ -778,9 +784,9 @@ fn udp_delay_and_jitter_at_exact_times() {
     assert!(delays(&server, &client).iter().all(|d| *d == LATENCY));
 }
 
-// rule: UDP-READ-01
-// invariant: INV-10
-#[test]
+/// rule: UDP-READ-01
+/// invariant: INV-10
+#[only(Sim, ON_REAL)]
 fn udp_partitions_drop_datagrams_until_repair() {
     for variant in ["none", "both ways", "client to server", "server to client"] {
         let log = Log::default();
@@ -880,9 +886,9 @@ fn flood(n: usize) -> (usize, u64, ReadyState) {
     outcome.get()
 }
 
-// rule: UDP-READ-04, EXT-09
-// invariant: INV-19
-#[test]
+/// rule: UDP-READ-04, EXT-09
+/// invariant: INV-19
+#[only(Sim, ON_REAL)]
 fn udp_receive_buffer_tail_drops_are_counted_exactly() {
     let n = 5_000;
     let (delivered, dropped, state) = flood(n);
@@ -905,8 +911,8 @@ async fn next_text(reader: &mut tcpudp::UdpReadable) -> Result<String, Box<dyn s
     Ok(String::from_utf8_lossy(&msg.data).into_owned())
 }
 
-// rule: UDP-MCAST-07, UDP-MCAST-01, DICT-UDPOPT-06
-#[test]
+/// rule: UDP-MCAST-07, UDP-MCAST-01, DICT-UDPOPT-06
+#[only(Sim, ON_REAL)]
 fn multicast_loopback_is_the_senders_flag() {
     for sender_loopback in [false, true] {
         let log = Log::default();
@@ -968,8 +974,8 @@ fn multicast_loopback_is_the_senders_flag() {
     }
 }
 
-// rule: UDP-MCAST-08, UDP-MCAST-01, UDP-CTOR-17, DICT-UDPOPT-05
-#[test]
+/// rule: UDP-MCAST-08, UDP-MCAST-01, UDP-CTOR-17, DICT-UDPOPT-05
+#[only(Sim, ON_REAL)]
 fn only_joined_wildcard_sockets_receive_a_group_and_unicast_goes_to_the_latest_bound() {
     let log = Log::default();
     let mut sim = sim(92);
@@ -1031,8 +1037,8 @@ fn only_joined_wildcard_sockets_receive_a_group_and_unicast_goes_to_the_latest_b
     assert_eq!(log.events(), ["a group", "b marker-lo", "c marker-ip"]);
 }
 
-// rule: SRV-CTOR-12, SRV-OPEN-02
-#[test]
+/// rule: SRV-CTOR-12, SRV-OPEN-02
+#[only(Sim, ON_REAL)]
 fn a_listener_port_is_rebound_after_close_but_never_shared_live() {
     let log = Log::default();
     let mut sim = sim(93);
@@ -1078,9 +1084,9 @@ fn a_listener_port_is_rebound_after_close_but_never_shared_live() {
 // ---------------------------------------------------------------------------------------------
 // Half-close behind a full window
 
-// rule: TCP-WRITE-CLOSE-01, TCP-HALFCLOSE-01
-// invariant: INV-09, INV-18
-#[test]
+/// rule: TCP-WRITE-CLOSE-01, TCP-HALFCLOSE-01
+/// invariant: INV-09, INV-18
+#[only(Sim, ON_REAL)]
 fn half_close_after_64_and_128_writes_reaches_a_late_reader() {
     for writes in [64usize, 128] {
         let log = Log::default();
@@ -1126,7 +1132,7 @@ fn half_close_after_64_and_128_writes_reaches_a_late_reader() {
 // The harness
 
 // rule: none (DESIGN §7: the harness's typed errors)
-#[test]
+#[only(Sim, ON_REAL)]
 fn harness_errors_are_typed_never_panics() {
     let mut sim = sim(95);
     idle_server(&mut sim, &Log::default());
@@ -1176,7 +1182,7 @@ fn harness_errors_are_typed_never_panics() {
 }
 
 // rule: none (DESIGN §7: the default simulation duration)
-#[test]
+#[only(Sim, ON_REAL)]
 fn the_duration_limit_fails_a_hung_run() {
     // Default: the latest armed adapter timer (none here: the connect timeout's 127 s) + 60 s.
     let mut sim = sim_tick(97, ms(100));
@@ -1190,8 +1196,8 @@ fn the_duration_limit_fails_a_hung_run() {
     assert!(matches!(sim.run(), Err(SimError::Timeout { limit, .. }) if limit == secs(5)));
 }
 
-// rule: UDP-READ-01, TCP-WRITE-01
-#[test]
+/// rule: UDP-READ-01, TCP-WRITE-01
+#[only(Sim, ON_REAL)]
 fn traffic_inside_one_host_never_crosses_a_link() {
     let mut sim = sim(98);
     idle_server(&mut sim, &Log::default());
@@ -1230,11 +1236,14 @@ fn traffic_inside_one_host_never_crosses_a_link() {
 // Determinism
 
 /// Set in the child process the determinism test spawns: print the digests, compare nothing.
+#[cfg(test)]
 const DIGEST_CHILD: &str = "TCPUDP_SIM_FAULTS_DIGESTS";
 /// Seeds the determinism test checks.
+#[cfg(test)]
 const DETERMINISM_SEEDS: u64 = 20;
 
 /// Echoes a TCP connection until the peer's end, then closes.
+#[cfg(test)]
 async fn tcp_echo(sock: TcpSocket) {
     let (Ok(mut reader), Ok(writer)) = (sock.readable(), sock.writable()) else { return };
     while let Ok(Some(chunk)) = reader.read().await {
@@ -1245,6 +1254,7 @@ async fn tcp_echo(sock: TcpSocket) {
 
 /// A world exercising every fault kind with random latencies, all drawn from `seed`; the
 /// client records what it observes. Returns the trace digest and its length.
+#[cfg(test)]
 fn fault_world(seed: u64) -> (u64, usize) {
     let mut sim = SimBuilder::new(seed).build(); // turmoil's 0–100 ms latency, drawn from the seed
     sim.host("server", || async {
@@ -1329,7 +1339,9 @@ fn fault_world(seed: u64) -> (u64, usize) {
     (report.digest, report.trace.len())
 }
 
-// rule: none (DESIGN §8: determinism, and DESIGN §2: tokio_unstable)
+// rule: none (DESIGN §8: determinism, and DESIGN §2: tokio_unstable). Not a scenario of the
+// command: it re-runs itself through the test binary's filter.
+#[cfg(test)]
 #[test]
 fn same_seed_same_trace_in_process_and_in_another_process() {
     assert!(tcpudp_net_sim::tokio_unstable(), "build with --cfg tokio_unstable (DESIGN §2)");
@@ -1352,7 +1364,7 @@ fn same_seed_same_trace_in_process_and_in_another_process() {
     let exe = std::env::current_exe().expect("test binary");
     let output = std::process::Command::new(exe)
         .args([
-            "same_seed_same_trace_in_process_and_in_another_process",
+            "scenarios::sim_faults::same_seed_same_trace_in_process_and_in_another_process",
             "--exact",
             "--nocapture",
             "--test-threads=1",
@@ -1371,7 +1383,7 @@ fn same_seed_same_trace_in_process_and_in_another_process() {
 // The conformance World exposes the same fault API
 
 /// A World body uses `ctx.sim_faults()`, and the world schedules a repair with `world.at`.
-fn world_with_faults(world: &mut tcpudp_conformance::World) {
+fn world_with_faults(world: &mut crate::World) {
     world.link(LinkProfile::fixed(LATENCY));
     world.at(secs(3), |f| f.repair("client", "server"));
     world.host("server", |ctx| async move {
@@ -1401,10 +1413,11 @@ fn world_with_faults(world: &mut tcpudp_conformance::World) {
     });
 }
 
-// rule: TCP-WRITE-01
-// invariant: INV-07
-#[test]
+/// rule: TCP-WRITE-01
+/// invariant: INV-07
+#[only(Sim, ON_REAL)]
 fn conformance_worlds_schedule_and_inject_faults() {
-    tcpudp_conformance::harness::run(tcpudp_conformance::BackendChoice::Sim, 5, world_with_faults)
+    crate::harness::run(crate::BackendChoice::Sim, 5, world_with_faults)
         .unwrap_or_else(|e| panic!("{e}"));
+}
 }

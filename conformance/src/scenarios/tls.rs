@@ -3,20 +3,20 @@
 //! order, STARTTLS upgrades in place, truncation is an error, and in simulation the ciphertext on
 //! the wire repeats exactly for a seed. Certificates are generated at test time (rcgen, Ed25519).
 
-mod tls_support;
-
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::tls_support::{read_n, within, Leaf, Pki, RawListener, RawTls, TestError};
+use crate::{BackendChoice, Ctx, World};
 use bytes::Bytes;
 use tcpudp::{
     Cause, ErrorName, KeepAliveMode, Network, Policy, ReadyState, SocketError, TcpOptions, TcpServerOptions,
     TcpServerSocket, TcpSocket, TlsCause, TlsContext,
 };
-use tcpudp_conformance::{on_both_backends, BackendChoice, Ctx, World};
-use tls_support::{read_n, within, Leaf, Pki, RawListener, RawTls, TestError};
+
+crate::only_on! {
 
 /// The DNS name clients use for the server (scripted in each client's resolver).
 const NAME: &str = "tls.test";
@@ -118,7 +118,7 @@ async fn round_trip(sock: &TcpSocket, data: &'static [u8]) -> Result<(), TestErr
 // Servers are registered as clients too (`World::client`): every body runs to its end inside the
 // simulation, so no socket is dropped after the simulation stopped.
 on_both_backends! {
-    // rule: TCP-CTOR-15, EXT-05, EXT-08, SRV-CTOR-09
+    /// rule: TCP-CTOR-15, EXT-05, EXT-08, SRV-CTOR-09
     fn tls_echo_by_host_name_with_alpn(world: &mut World) {
         guard(world);
         let pki = Rc::new(Pki::new("tcpudp test CA"));
@@ -165,7 +165,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-CTOR-15, EXT-05, EXT-06
+    /// rule: TCP-CTOR-15, EXT-05, EXT-06
     fn tls_ip_literal_is_checked_against_ip_sans(world: &mut World) {
         guard(world);
         let pki = Rc::new(Pki::new("tcpudp test CA"));
@@ -224,22 +224,22 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-CTOR-15, EXT-06
+    /// rule: TCP-CTOR-15, EXT-06
     fn tls_wrong_host_name_fails_with_name_mismatch(world: &mut World) {
         bad_certificate(world, |pki| pki.leaf(&["other.test"]), TlsCause::NameMismatch);
     }
 
-    // rule: TCP-CTOR-15, EXT-06
+    /// rule: TCP-CTOR-15, EXT-06
     fn tls_untrusted_root_fails_with_unknown_issuer(world: &mut World) {
         bad_certificate(world, |_| Pki::new("someone else's CA").leaf(&[NAME]), TlsCause::UnknownIssuer);
     }
 
-    // rule: TCP-CTOR-15, EXT-06
+    /// rule: TCP-CTOR-15, EXT-06
     fn tls_self_signed_certificate_fails_with_unknown_issuer(world: &mut World) {
         bad_certificate(world, |_| Pki::self_signed(&[NAME]), TlsCause::UnknownIssuer);
     }
 
-    // rule: TCP-CTOR-15, EXT-06
+    /// rule: TCP-CTOR-15, EXT-06
     fn tls_expired_certificate_fails_with_expired(world: &mut World) {
         bad_certificate(
             world,
@@ -253,7 +253,7 @@ on_both_backends! {
         );
     }
 
-    // rule: TCP-CTOR-15, EXT-06, EXT-08, SRV-CONNFAIL-01
+    /// rule: TCP-CTOR-15, EXT-06, EXT-08, SRV-CONNFAIL-01
     fn tls_client_certificate_required(world: &mut World) {
         guard(world);
         let pki = Rc::new(Pki::new("tcpudp test CA"));
@@ -317,7 +317,7 @@ on_both_backends! {
         });
     }
 
-    // rule: SRV-CTOR-09, EXT-08, SRV-CONNFAIL-01, SRV-LISTEN-03
+    /// rule: SRV-CTOR-09, EXT-08, SRV-CONNFAIL-01, SRV-LISTEN-03
     fn tls_server_delivers_in_handshake_completion_order(world: &mut World) {
         guard(world);
         let pki = Rc::new(Pki::new("tcpudp test CA"));
@@ -368,7 +368,7 @@ on_both_backends! {
         });
     }
 
-    // rule: EXT-08, SRV-CONNFAIL-01, SRV-CONNFAIL-02
+    /// rule: EXT-08, SRV-CONNFAIL-01, SRV-CONNFAIL-02
     fn tls_server_handshake_timeout_is_unservable(world: &mut World) {
         guard(world);
         let pki = Rc::new(Pki::new("tcpudp test CA"));
@@ -423,7 +423,7 @@ on_both_backends! {
         });
     }
 
-    // rule: EXT-05, EXT-06, AMB-49
+    /// rule: EXT-05, EXT-06, AMB-49
     fn tls_client_handshake_bounded_by_connect_timeout(world: &mut World) {
         guard(world);
         world.client("server", |ctx| async move {
@@ -453,7 +453,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-CTOR-15, EXT-06
+    /// rule: TCP-CTOR-15, EXT-06
     fn tls_peer_answering_plain_text_fails_with_protocol(world: &mut World) {
         guard(world);
         world.client("server", |ctx| async move {
@@ -481,7 +481,7 @@ on_both_backends! {
         });
     }
 
-    // rule: EXT-07, ERR-08
+    /// rule: EXT-07, ERR-08
     fn start_tls_upgrades_an_open_socket(world: &mut World) {
         guard(world);
         let pki = Rc::new(Pki::new("tcpudp test CA"));
@@ -547,7 +547,7 @@ on_both_backends! {
         });
     }
 
-    // rule: EXT-07, ERR-06
+    /// rule: EXT-07, ERR-06
     fn start_tls_failure_closes_the_socket(world: &mut World) {
         guard(world);
         let pki = Rc::new(Pki::new("tcpudp test CA"));
@@ -590,7 +590,7 @@ on_both_backends! {
         });
     }
 
-    // rule: ERR-06
+    /// rule: ERR-06
     fn tls_end_without_close_notify_is_truncation(world: &mut World) {
         guard(world);
         let pki = Rc::new(Pki::new("tcpudp test CA"));
@@ -635,7 +635,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-CTOR-14, TCP-CTOR-15, SRV-CTOR-09, SRV-CTOR-10, ERR-11, DICT-TCPOPT-05, DICT-SRVOPT-04
+    /// rule: TCP-CTOR-14, TCP-CTOR-15, SRV-CTOR-09, SRV-CTOR-10, ERR-11, DICT-TCPOPT-05, DICT-SRVOPT-04
     fn tls_constructor_checks(world: &mut World) {
         guard(world);
         world.client("server", |ctx| async move {
@@ -764,7 +764,7 @@ fn digest(bytes: &[u8]) -> Vec<u8> {
 fn relayed_tls_run(seed: u64, pki: Rc<Pki>, leaf: Rc<Leaf>) -> Result<Wire, String> {
     let wire = Rc::new(RefCell::new(Wire::default()));
     let out = wire.clone();
-    tcpudp_conformance::harness::run_with(BackendChoice::Sim, seed, move |world: &mut World| {
+    crate::harness::run_with(BackendChoice::Sim, seed, move |world: &mut World| {
         world.client("server", move |ctx| {
             let leaf = leaf.clone();
             async move {
@@ -786,7 +786,7 @@ fn relayed_tls_run(seed: u64, pki: Rc<Pki>, leaf: Rc<Leaf>) -> Result<Wire, Stri
                 ctx.publish("relay", port);
                 let upstream_port = ctx.lookup("tls").await;
                 let mut down = listener.accept().await?;
-                let mut up = tls_support::raw_connect(&ctx, "server", upstream_port).await?;
+                let mut up = super::tls_support::raw_connect(&ctx, "server", upstream_port).await?;
                 relay(&mut down, &mut up, &wire).await?;
                 Ok(())
             }
@@ -824,8 +824,8 @@ fn relayed_tls_run(seed: u64, pki: Rc<Pki>, leaf: Rc<Leaf>) -> Result<Wire, Stri
 
 /// Copies both directions until both have ended, recording the bytes.
 async fn relay(
-    down: &mut Box<dyn tls_support::RawStream>,
-    up: &mut Box<dyn tls_support::RawStream>,
+    down: &mut Box<dyn super::tls_support::RawStream>,
+    up: &mut Box<dyn super::tls_support::RawStream>,
     wire: &Rc<RefCell<Wire>>,
 ) -> Result<(), TestError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -853,8 +853,8 @@ async fn relay(
     Ok(())
 }
 
-// rule: EXT-05, EXT-08
-#[test]
+/// rule: EXT-05, EXT-08
+#[only(Sim, "the same ciphertext for a seed needs the simulator's seeded randomness: real TLS draws from the OS")]
 fn sim_tls_ciphertext_repeats_for_a_seed() {
     // The same certificates for every run: only the seed may change the bytes.
     let pki = Rc::new(Pki::new("tcpudp test CA"));
@@ -874,13 +874,13 @@ fn sim_tls_ciphertext_repeats_for_a_seed() {
     assert_ne!(digest(&other.to_server), digest(&first.to_server), "another seed, other ciphertext");
 }
 
-// rule: ERR-11
-#[test]
+/// rule: ERR-11
+#[only(Sim, "a property of the build, not of a backend: checked once")]
 fn exactly_one_rustls_crypto_provider() {
     // Configurations are built with an explicit provider: no process default is ever installed.
     assert!(rustls::crypto::CryptoProvider::get_default().is_none());
     let lock =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).expect("Cargo.lock");
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).expect("Cargo.lock");
     let packages: Vec<&str> =
         lock.lines().filter_map(|l| l.strip_prefix("name = \"")).map(|l| l.trim_end_matches('"')).collect();
     assert!(packages.contains(&"ring"), "ring is the provider");
@@ -889,4 +889,5 @@ fn exactly_one_rustls_crypto_provider() {
         assert!(!packages.contains(&other), "a second crypto provider is in the build: {other}");
     }
     let _ring: fn() -> rustls::crypto::CryptoProvider = rustls::crypto::ring::default_provider;
+}
 }

@@ -2,19 +2,19 @@
 //! EXT-09, STATE-06). Real-only checks (options read back, IPv6, multicast sharing a port,
 //! namespaces) are in `real_udp.rs`.
 
-mod support_udp;
-
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use bytes::Bytes;
-use support_udp::{
+use super::support_udp::{
     assert_err, assert_udp_state_log, err_name, flood_unread_socket, next_msg, pending_once, seq_of,
     seq_payload, within, Peer, Rng, LO,
 };
+use crate::{BackendChoice, Ctx};
+use bytes::Bytes;
 use tcpudp::{Cause, Datagram, ErrorName, Policy, ReadyState, UdpOptions, UdpSocket};
-use tcpudp_conformance::{on_both_backends, BackendChoice, Ctx};
 use tcpudp_core::permission::{PermissionRequest, PermissionStore, UdpPermissionOptions};
+
+crate::only_on! {
 
 fn lo(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -52,7 +52,7 @@ async fn nothing_more_in_sim(
 }
 
 on_both_backends! {
-    // rule: UDP-CTOR-04, UDP-CTOR-07, UDP-CTOR-14, UDP-CTOR-15, UDP-CTOR-17, UDP-CTOR-18, DICT-UDPOPT-01, DICT-UDPOPT-02, DICT-UDPOPT-03, DICT-UDPOPT-04, DICT-UDPOPT-05, DICT-UDPOPT-06, UDP-OPEN-01
+    /// rule: UDP-CTOR-04, UDP-CTOR-07, UDP-CTOR-14, UDP-CTOR-15, UDP-CTOR-17, UDP-CTOR-18, DICT-UDPOPT-01, DICT-UDPOPT-02, DICT-UDPOPT-03, DICT-UDPOPT-04, DICT-UDPOPT-05, DICT-UDPOPT-06, UDP-OPEN-01
     fn default_options_attributes(world: &mut World) {
         world.client("client", |ctx| async move {
             let sock = UdpSocket::new(&ctx.net, UdpOptions::default())?;
@@ -92,7 +92,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-CTOR-02, UDP-CTOR-05, UDP-CTOR-08, UDP-CTOR-10, UDP-CTOR-13, UDP-CTOR-23, UDP-WRITE-06
+    /// rule: UDP-CTOR-02, UDP-CTOR-05, UDP-CTOR-08, UDP-CTOR-10, UDP-CTOR-13, UDP-CTOR-23, UDP-WRITE-06
     fn given_addresses_are_reported(world: &mut World) {
         world.client("client", |ctx| async move {
             let peer = Peer::bind(&ctx).await?;
@@ -140,7 +140,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-CTOR-16
+    /// rule: UDP-CTOR-16
     fn local_port_is_bound(world: &mut World) {
         world.client("client", |ctx| async move {
             // A port known to be free: one this test bound and released (GEN-14).
@@ -160,7 +160,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-CTOR-03, UDP-CTOR-06, UDP-CTOR-09, UDP-CTOR-20, GEN-01
+    /// rule: UDP-CTOR-03, UDP-CTOR-06, UDP-CTOR-09, UDP-CTOR-20, GEN-01
     fn invalid_constructor_input_throws(world: &mut World) {
         world.client("client", |ctx| async move {
             let created = ctx.net.faults().created_sockets();
@@ -197,7 +197,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-CTOR-01, PERM-GEN-01, ERR-01, GEN-01
+    /// rule: UDP-CTOR-01, PERM-GEN-01, ERR-01, GEN-01
     fn denied_constructor_throws_security_error(world: &mut World) {
         world.policy(Policy::deny_all);
         world.client("client", |ctx| async move {
@@ -213,7 +213,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-CTOR-12, UDP-CTOR-13, DICT-UDPOPT-01
+    /// rule: UDP-CTOR-12, UDP-CTOR-13, DICT-UDPOPT-01
     fn unroutable_and_host_name_remotes(world: &mut World) {
         world.client("client", |ctx| async move {
             let nowhere: IpAddr = "127.0.0.9".parse()?;
@@ -247,7 +247,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-CTOR-19, UDP-OPEN-01, UDP-OPEN-04, STATE-06, UDP-ATTR-01
+    /// rule: UDP-CTOR-19, UDP-OPEN-01, UDP-OPEN-04, STATE-06, UDP-ATTR-01
     fn opening_is_held_and_writes_wait(world: &mut World) {
         world.client("client", |ctx| async move {
             let peer = Peer::bind(&ctx).await?;
@@ -280,7 +280,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-CTOR-21, UDP-OPEN-02, UDP-OPEN-03, UDP-CTOR-22, ERR-06
+    /// rule: UDP-CTOR-21, UDP-OPEN-02, UDP-OPEN-03, UDP-CTOR-22, ERR-06
     fn bind_conflict_fails_opening(world: &mut World) {
         world.client("client", |ctx| async move {
             let holder = UdpSocket::new(&ctx.net, UdpOptions { address_reuse: false, ..UdpOptions::default() })?;
@@ -309,7 +309,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-OPEN-02
+    /// rule: UDP-OPEN-02
     fn injected_bind_failure_fails_opening(world: &mut World) {
         world.client("client", |ctx| async move {
             ctx.net.faults().fail_bind(Cause::AddressInUse);
@@ -327,7 +327,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-READ-01, UDP-READ-02, UDP-READ-03, DICT-MSG-02, DICT-MSG-03
+    /// rule: UDP-READ-01, UDP-READ-02, UDP-READ-03, DICT-MSG-02, DICT-MSG-03
     fn fifty_datagrams_of_random_sizes(world: &mut World) {
         world.client("client", |ctx| async move {
             let sock = UdpSocket::new(&ctx.net, UdpOptions::default())?;
@@ -351,7 +351,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-READ-06, UDP-WRITE-06
+    /// rule: UDP-READ-06, UDP-WRITE-06
     fn zero_length_datagrams(world: &mut World) {
         world.client("client", |ctx| async move {
             let peer = Peer::bind(&ctx).await?;
@@ -368,7 +368,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-READ-05
+    /// rule: UDP-READ-05
     fn reception_does_not_wait_for_reads(world: &mut World) {
         world.client("client", |ctx| async move {
             let sock = UdpSocket::new(&ctx.net, UdpOptions::default())?;
@@ -393,7 +393,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-ATTR-02
+    /// rule: UDP-ATTR-02
     fn default_remote_does_not_filter(world: &mut World) {
         world.host("b", |ctx| async move {
             let peer_b = Peer::bind(&ctx).await?;
@@ -421,7 +421,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-READ-ERR-01, UDP-WRITE-10, GEN-14, ERR-06
+    /// rule: UDP-READ-ERR-01, UDP-WRITE-10, GEN-14, ERR-06
     fn dropped_link_errors_the_socket(world: &mut World) {
         world.client("client", |ctx| async move {
             let sock = UdpSocket::new(&ctx.net, UdpOptions::default())?;
@@ -443,7 +443,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-READ-ERR-02, ERR-09
+    /// rule: UDP-READ-ERR-02, ERR-09
     fn unconvertible_data_errors_the_socket(world: &mut World) {
         world.client("client", |ctx| async move {
             let sock = UdpSocket::new(&ctx.net, UdpOptions::default())?;
@@ -462,7 +462,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-READ-ERR-03
+    /// rule: UDP-READ-ERR-03
     fn transient_receive_error_is_skipped(world: &mut World) {
         world.client("client", |ctx| async move {
             let sock = UdpSocket::new(&ctx.net, UdpOptions::default())?;
@@ -480,7 +480,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-READ-CANCEL-02, UDP-CLOSE-01, ERR-07, UDP-MCAST-04
+    /// rule: UDP-READ-CANCEL-02, UDP-CLOSE-01, ERR-07, UDP-MCAST-04
     fn close_while_opening_aborts(world: &mut World) {
         world.client("client", |ctx| async move {
             ctx.net.faults().hold_open();
@@ -505,7 +505,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-READ-CANCEL-03, UDP-READ-CANCEL-04, UDP-CLOSE-01, GEN-06, GEN-14
+    /// rule: UDP-READ-CANCEL-03, UDP-READ-CANCEL-04, UDP-CLOSE-01, GEN-06, GEN-14
     fn close_while_open_flushes(world: &mut World) {
         world.client("client", |ctx| async move {
             let peer = Peer::bind(&ctx).await?;
@@ -546,7 +546,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-READ-CANCEL-01, UDP-CLOSE-02, UDP-CLOSE-03, GEN-05
+    /// rule: UDP-READ-CANCEL-01, UDP-CLOSE-02, UDP-CLOSE-03, GEN-05
     fn close_is_idempotent_and_ignores_locks(world: &mut World) {
         world.client("client", |ctx| async move {
             let sock = UdpSocket::new(&ctx.net, UdpOptions::default())?;
@@ -577,7 +577,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-WRITE-02, UDP-WRITE-03, UDP-WRITE-08, UDP-WRITE-13, GEN-03, ERR-05, DICT-UDPOPT-03, DICT-UDPOPT-04
+    /// rule: UDP-WRITE-02, UDP-WRITE-03, UDP-WRITE-08, UDP-WRITE-13, GEN-03, ERR-05, DICT-UDPOPT-03, DICT-UDPOPT-04
     fn writes_without_a_valid_destination_reject_alone(world: &mut World) {
         world.client("client", |ctx| async move {
             let peer = Peer::bind(&ctx).await?;
@@ -629,7 +629,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-WRITE-05, DICT-MSG-02, DICT-MSG-03, UDP-WRITE-13
+    /// rule: UDP-WRITE-05, DICT-MSG-02, DICT-MSG-03, UDP-WRITE-13
     fn each_destination_field_falls_back_alone(world: &mut World) {
         world.client("client", |ctx| async move {
             let p1 = Peer::bind(&ctx).await?;
@@ -649,7 +649,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-WRITE-04, UDP-WRITE-08, UDP-WRITE-13, ERR-03, DICT-PERM-09
+    /// rule: UDP-WRITE-04, UDP-WRITE-08, UDP-WRITE-13, ERR-03, DICT-PERM-09
     fn write_to_a_destination_not_permitted(world: &mut World) {
         world.policy(|| Policy::from_store(PermissionStore::new()));
         world.client("client", |ctx| async move {
@@ -682,7 +682,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-WRITE-07, UDP-WRITE-08, UDP-WRITE-06
+    /// rule: UDP-WRITE-07, UDP-WRITE-08, UDP-WRITE-06
     fn datagram_size_limit_and_send_failure(world: &mut World) {
         world.client("client", |ctx| async move {
             let peer = Peer::bind(&ctx).await?;
@@ -706,7 +706,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-WRITE-12, UDP-WRITE-14, UDP-WRITE-08, ERR-06
+    /// rule: UDP-WRITE-12, UDP-WRITE-14, UDP-WRITE-08, ERR-06
     fn write_to_the_other_family_rejects_alone(world: &mut World) {
         world.client("client", |ctx| async move {
             let peer = Peer::bind(&ctx).await?;
@@ -724,7 +724,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-WRITE-09, UDP-WRITE-10, ERR-09, STATE-06
+    /// rule: UDP-WRITE-09, UDP-WRITE-10, ERR-09, STATE-06
     fn writer_close_keeps_the_socket_open(world: &mut World) {
         world.client("client", |ctx| async move {
             let peer = Peer::bind(&ctx).await?;
@@ -751,7 +751,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-WRITE-09, ERR-07
+    /// rule: UDP-WRITE-09, ERR-07
     fn writer_abort_discards_queued_datagrams(world: &mut World) {
         world.client("client", |ctx| async move {
             let peer = Peer::bind(&ctx).await?;
@@ -781,7 +781,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-READ-04, EXT-09
+    /// rule: UDP-READ-04, EXT-09
     fn unread_socket_drops_and_counts(world: &mut World) {
         world.client("client", |ctx| async move {
             // Sim: delivered + dropped == N + 1 exactly; real: <= N + 1 with drops counted.
@@ -790,7 +790,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-MCAST-03, UDP-MCAST-04, UDP-MCAST-05, UDP-MCAST-06, ERR-05, ERR-08
+    /// rule: UDP-MCAST-03, UDP-MCAST-04, UDP-MCAST-05, UDP-MCAST-06, ERR-05, ERR-08
     fn membership_errors(world: &mut World) {
         world.client("client", |ctx| async move {
             let sock = UdpSocket::new(&ctx.net, mcast(UdpOptions::default()))?;
@@ -840,7 +840,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-MCAST-01, UDP-MCAST-04, UDP-MCAST-08, UDP-WRITE-11, UDP-CTOR-22
+    /// rule: UDP-MCAST-01, UDP-MCAST-04, UDP-MCAST-08, UDP-WRITE-11, UDP-CTOR-22
     fn only_joined_sockets_receive_a_group(world: &mut World) {
         // A joins 239.255.0.1 while opening; B, on the same port (real: shared with reuse; sim: on
         // another host), joins only the marker group 239.255.0.2.
@@ -886,7 +886,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-MCAST-02
+    /// rule: UDP-MCAST-02
     fn leaving_stops_reception(world: &mut World) {
         world.client("a", |ctx| async move {
             let a = UdpSocket::new(&ctx.net, mcast(UdpOptions::default()))?;
@@ -931,7 +931,7 @@ on_both_backends! {
         });
     }
 
-    // rule: UDP-ATTR-01, STATE-06, ERR-09, GEN-04, UDP-MCAST-03
+    /// rule: UDP-ATTR-01, STATE-06, ERR-09, GEN-04, UDP-MCAST-03
     fn bad_input_never_panics(world: &mut World) {
         world.client("client", |ctx| async move {
             // Opening (held), open, closed cleanly, closed by a failed opening.
@@ -1065,7 +1065,7 @@ async fn settle_bad_writes(
 /// UDP-MCAST-07 in simulation: the *sending* socket's `loopback` decides whether members on the
 /// sending host receive; members on other hosts receive either way. (On real sockets `lo` delivers
 /// regardless; `real_udp.rs` checks this inside a namespace with a veth pair.)
-fn multicast_loopback_is_the_senders_option(world: &mut tcpudp_conformance::World) {
+fn multicast_loopback_is_the_senders_option(world: &mut crate::World) {
     // Each round has its own group: both rounds' members share an ephemeral port number on
     // different hosts, so one round's group datagram must not count against the other.
     for (sender_loopback, round, group) in [(false, "quiet", "239.255.0.7"), (true, "looped", "239.255.0.8")]
@@ -1127,12 +1127,16 @@ fn multicast_loopback_is_the_senders_option(world: &mut tcpudp_conformance::Worl
     }
 }
 
-// rule: UDP-MCAST-07, DICT-UDPOPT-06
-#[test]
+/// rule: UDP-MCAST-07, DICT-UDPOPT-06
+#[only(
+    Sim,
+    "the sender's loopback flag seen from another host needs a second host: on real sockets it is checked inside a network namespace (real_udp)"
+)]
 fn sim_multicast_loopback_is_the_senders_option() {
-    tcpudp_conformance::harness::check(
+    crate::harness::check(
         BackendChoice::Sim,
         "sim_multicast_loopback",
         multicast_loopback_is_the_senders_option,
     );
+}
 }

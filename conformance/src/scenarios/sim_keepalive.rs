@@ -14,6 +14,12 @@ use std::time::Duration;
 use tcpudp::{KeepAliveMode, Policy, SocketError, TcpOptions, TcpServerOptions, TcpServerSocket, TcpSocket};
 use tcpudp_net_sim::{LinkProfile, SimBuilder, Simulation};
 
+/// Why these tests do not run on the other backend.
+const ON_REAL: &str =
+    "partition seen by keep-alive: not expressible on real sockets (keep-alive probes need idle times of minutes; loopback cannot be partitioned)";
+
+crate::only_on! {
+
 const PORT: u16 = 7000;
 const LATENCY: Duration = Duration::from_millis(10);
 
@@ -165,8 +171,8 @@ fn probes(seen: &Seen, what: &str) -> usize {
     seen.trace.iter().filter(|l| l.contains(what)).count()
 }
 
-// rule: ENUM-KA-03, TCP-CTOR-16, ERR-06, TCP-READ-ERR-01
-#[test]
+/// rule: ENUM-KA-03, TCP-CTOR-16, ERR-06, TCP-READ-ERR-01
+#[only(Sim, ON_REAL)]
 fn sparse_5s_declares_a_partitioned_peer_dead_between_49_and_55_seconds() {
     let seen = run(sparse(5), Fault::Partition, Duration::from_millis(1), &[secs(49), secs(55)], secs(56));
     assert!(seen.open_at(secs(49)), "closed is pending at 49 s: {seen:?}");
@@ -180,8 +186,8 @@ fn sparse_5s_declares_a_partitioned_peer_dead_between_49_and_55_seconds() {
     assert_eq!(seen.diag[0].1..=seen.diag[0].3.map(u64::from), Some(5)..=Some(9));
 }
 
-// rule: ENUM-KA-03, ENUM-KA-01, TCP-CTOR-16
-#[test]
+/// rule: ENUM-KA-03, ENUM-KA-01, TCP-CTOR-16
+#[only(Sim, ON_REAL)]
 fn sparse_5s_on_a_healthy_idle_connection_stays_open_for_30_minutes() {
     let half_hour = secs(1_800);
     let seen = run(sparse(5), Fault::None, Duration::from_millis(100), &[secs(55), half_hour], half_hour);
@@ -193,8 +199,8 @@ fn sparse_5s_on_a_healthy_idle_connection_stays_open_for_30_minutes() {
     assert_eq!(probes(&seen, "unanswered"), 0);
 }
 
-// rule: ENUM-KA-02, TCP-CTOR-16, ERR-06
-#[test]
+/// rule: ENUM-KA-02, TCP-CTOR-16, ERR-06
+#[only(Sim, ON_REAL)]
 fn frequent_then_sparse_30s_no_error_before_60s_and_dead_by_180s() {
     let options = TcpOptions {
         keep_alive: KeepAliveMode::FrequentThenSparse,
@@ -218,8 +224,8 @@ fn frequent_then_sparse_30s_no_error_before_60s_and_dead_by_180s() {
     assert_eq!(seen.diag[1], (secs(61), Some(30), Some(30), Some(9)));
 }
 
-// rule: ENUM-KA-01, DICT-TCPOPT-06
-#[test]
+/// rule: ENUM-KA-01, DICT-TCPOPT-06
+#[only(Sim, ON_REAL)]
 fn keep_alive_off_a_partitioned_idle_connection_stays_open_for_3_hours() {
     let three_hours = secs(3 * 3_600);
     let seen = run(TcpOptions::default(), Fault::Partition, secs(1), &[secs(60), three_hours], three_hours);
@@ -229,8 +235,8 @@ fn keep_alive_off_a_partitioned_idle_connection_stays_open_for_3_hours() {
     assert_eq!(seen.diag[0], (secs(60), None, None, None), "diag: keep-alive off by default");
 }
 
-// rule: ENUM-KA-03
-#[test]
+/// rule: ENUM-KA-03
+#[only(Sim, ON_REAL)]
 fn a_repaired_partition_answers_the_next_probe() {
     // Repaired at 32 s: the probes at 5…30 s were lost (6), the one at 35 s is answered and the
     // count starts again. Open at 55 s and beyond.
@@ -247,8 +253,8 @@ fn a_repaired_partition_answers_the_next_probe() {
     assert!(probes(&seen, "probe answered") >= 10);
 }
 
-// rule: ENUM-KA-03, EXT-04, ERR-06
-#[test]
+/// rule: ENUM-KA-03, EXT-04, ERR-06
+#[only(Sim, ON_REAL)]
 fn a_crashed_peer_goes_unanswered_and_a_restarted_one_answers_with_rst() {
     let seen = run(sparse(5), Fault::Crash, Duration::from_millis(1), &[secs(49), secs(55)], secs(56));
     assert!(seen.open_at(secs(49)));
@@ -262,10 +268,11 @@ fn a_crashed_peer_goes_unanswered_and_a_restarted_one_answers_with_rst() {
     assert_eq!(seen.closed_after(), Some(secs(25)));
 }
 
-// rule: DICT-TCPOPT-07, TCP-CTOR-16
-#[test]
+/// rule: DICT-TCPOPT-07, TCP-CTOR-16
+#[only(Sim, ON_REAL)]
 fn sparse_without_an_interval_records_the_os_defaults() {
     let options = TcpOptions { keep_alive: KeepAliveMode::Sparse, ..Default::default() };
     let seen = run(options, Fault::None, Duration::from_millis(100), &[secs(1)], secs(2));
     assert_eq!(seen.diag[0], (secs(1), Some(7_200), Some(75), Some(9)));
+}
 }

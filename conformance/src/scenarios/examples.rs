@@ -2,21 +2,23 @@
 //! simulator: the TCP echo server and client talk to each other, and the SSDP search finds a fake
 //! device through the multicast group (interface 127.0.0.1, TTL 0 on real sockets).
 
-#[allow(dead_code)]
-#[path = "../examples/echo_client.rs"]
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../../examples/echo_client.rs"]
 mod echo_client;
-#[allow(dead_code)]
-#[path = "../examples/echo_server.rs"]
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../../examples/echo_server.rs"]
 mod echo_server;
-#[allow(dead_code)]
-#[path = "../examples/ssdp_search.rs"]
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../../examples/ssdp_search.rs"]
 mod ssdp_search;
 
 use std::time::Duration;
 
+use crate::{harness, BackendChoice};
 use tcpudp::Policy;
-use tcpudp_conformance::{harness, on_both_backends, BackendChoice};
 use tcpudp_core::permission::PermissionStore;
+
+crate::only_on! {
 
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -29,7 +31,7 @@ fn user_says_yes() -> Policy {
 }
 
 on_both_backends! {
-    // rule: TCP-HALFCLOSE-02, TCP-READ-CLOSE-02, PERM-TCP-REQ-03, PERM-SRV-REQ-03, PERM-GEN-05
+    /// rule: TCP-HALFCLOSE-02, TCP-READ-CLOSE-02, PERM-TCP-REQ-03, PERM-SRV-REQ-03, PERM-GEN-05
     fn echo_examples_talk_to_each_other(world: &mut World) {
         world.policy(user_says_yes);
         world.host("server", |ctx| async move {
@@ -59,8 +61,8 @@ on_both_backends! {
     }
 }
 
-// rule: UDP-MCAST-01, UDP-WRITE-11, DICT-PERM-09, PERM-UDP-REQ-04
-#[tokio::test]
+/// rule: UDP-MCAST-01, UDP-WRITE-11, DICT-PERM-09, PERM-UDP-REQ-04
+#[only(Real, "the example's loopback network (multicast pinned to 127.0.0.1) is the real backend's; in simulation: ssdp_search_in_simulation")]
 async fn ssdp_search_on_loopback() -> Result<(), Box<dyn std::error::Error>> {
     // The device and the searcher are on this machine; multicast stays on lo with TTL 0.
     let device_net = ssdp_search::loopback_network(Policy::allow_all())?;
@@ -87,7 +89,7 @@ async fn ssdp_search_on_loopback() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn ssdp_in_simulation(world: &mut tcpudp_conformance::World) {
+fn ssdp_in_simulation(world: &mut crate::World) {
     world.policy(user_says_yes);
     world.host("device", |ctx| async move {
         ctx.net.policy().grant(tcpudp::PermissionRequest::new(tcpudp::PermissionKind::Udp));
@@ -116,9 +118,10 @@ fn ssdp_in_simulation(world: &mut tcpudp_conformance::World) {
     });
 }
 
-// rule: UDP-MCAST-01, UDP-WRITE-11, DICT-PERM-09
-#[test]
+/// rule: UDP-MCAST-01, UDP-WRITE-11, DICT-PERM-09
+#[only(Sim, "the SSDP group and port 1900 are private only in the simulator; on real sockets: ssdp_search_on_loopback")]
 fn ssdp_search_in_simulation() {
     // In the simulator the group and port 1900 are private to the simulation.
     harness::check(BackendChoice::Sim, "ssdp_search_in_simulation", ssdp_in_simulation);
+}
 }

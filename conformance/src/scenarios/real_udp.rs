@@ -3,13 +3,17 @@
 //! interface pinned to 127.0.0.1 and TTL 0 (AMB-58), and — inside a network namespace this test
 //! makes — unroutable and non-local addresses and multicast loopback on a veth pair.
 
-mod support_udp;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 
-use support_udp::{assert_err, err_name, next_msg, within, Peer, LO};
+use super::support_udp::{assert_err, err_name, next_msg, within, Peer, LO};
 use tcpudp::{Datagram, ErrorName, Network, Policy, ReadyState, UdpOptions, UdpSocket};
+
+/// Why these tests do not run on the other backend.
+const IN_SIM: &str =
+    "the kernel's own state (socket options read back, shared ports, IPv6 on ::1, IGMP membership, network namespaces) does not exist in the simulator";
+
+crate::only_on! {
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -51,8 +55,8 @@ fn igmp_groups_on_lo() -> Option<Vec<Ipv4Addr>> {
     Some(groups)
 }
 
-// rule: UDP-CTOR-17, UDP-CTOR-18, DICT-UDPOPT-05, DICT-UDPOPT-06, UDP-MCAST-07, UDP-MCAST-08
-#[tokio::test]
+/// rule: UDP-CTOR-17, UDP-CTOR-18, DICT-UDPOPT-05, DICT-UDPOPT-06, UDP-MCAST-07, UDP-MCAST-08
+#[only(Real, IN_SIM)]
 async fn options_are_applied_and_read_back() -> TestResult {
     let net = lo_net();
     let default = UdpSocket::new(&net, UdpOptions::default())?;
@@ -110,8 +114,8 @@ async fn options_are_applied_and_read_back() -> TestResult {
     Ok(())
 }
 
-// rule: UDP-CTOR-22, UDP-OPEN-02, UDP-MCAST-01, UDP-MCAST-08
-#[tokio::test]
+/// rule: UDP-CTOR-22, UDP-OPEN-02, UDP-MCAST-01, UDP-MCAST-08
+#[only(Real, IN_SIM)]
 async fn address_reuse_shares_a_port() -> TestResult {
     let net = lo_net();
     let a = UdpSocket::new(&net, ttl0(UdpOptions::default()))?;
@@ -151,8 +155,8 @@ async fn address_reuse_shares_a_port() -> TestResult {
     Ok(())
 }
 
-// rule: UDP-CTOR-15, UDP-CTOR-22
-#[tokio::test]
+/// rule: UDP-CTOR-15, UDP-CTOR-22
+#[only(Real, IN_SIM)]
 async fn ephemeral_ports_are_never_shared_by_accident() -> TestResult {
     // Every socket here has addressReuse true (SO_REUSEADDR). A port is shared only when a
     // socket asks for that port; two ephemeral binds must never land on the same port (else
@@ -179,8 +183,8 @@ async fn ephemeral_ports_are_never_shared_by_accident() -> TestResult {
     Ok(())
 }
 
-// rule: UDP-MCAST-01, UDP-MCAST-02, UDP-MCAST-08, UDP-WRITE-11
-#[tokio::test]
+/// rule: UDP-MCAST-01, UDP-MCAST-02, UDP-MCAST-08, UDP-WRITE-11
+#[only(Real, IN_SIM)]
 async fn multicast_membership_is_per_socket_on_loopback() -> TestResult {
     let net = lo_net();
     // Wildcard sockets sharing port P; only A joins the group (IP_MULTICAST_ALL=0).
@@ -219,8 +223,8 @@ async fn multicast_membership_is_per_socket_on_loopback() -> TestResult {
     Ok(())
 }
 
-// rule: UDP-CTOR-23, UDP-WRITE-14, UDP-WRITE-07, UDP-CTOR-13, UDP-READ-02
-#[tokio::test]
+/// rule: UDP-CTOR-23, UDP-WRITE-14, UDP-WRITE-07, UDP-CTOR-13, UDP-READ-02
+#[only(Real, IN_SIM)]
 async fn ipv6_on_loopback() -> TestResult {
     let net = lo_net();
     let peer = Peer::bind_real(IpAddr::V6(Ipv6Addr::LOCALHOST)).await?;
@@ -279,8 +283,8 @@ async fn ipv6_on_loopback() -> TestResult {
 const INSIDE: &str = "TCPUDP_REAL_UDP_IN_NAMESPACE";
 const DONE: &str = "namespace checks passed";
 
-// rule: UDP-CTOR-09, UDP-CTOR-11, UDP-CTOR-12, UDP-MCAST-07, DICT-UDPOPT-06
-#[test]
+/// rule: UDP-CTOR-09, UDP-CTOR-11, UDP-CTOR-12, UDP-MCAST-07, DICT-UDPOPT-06
+#[only(Real, IN_SIM)]
 fn namespace_routing_and_multicast_loopback() {
     if std::env::var_os(INSIDE).is_some() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -292,14 +296,10 @@ fn namespace_routing_and_multicast_loopback() {
         .args(["-rn", "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"])
         .output();
     if !probe.as_ref().is_ok_and(|out| out.status.success()) {
-        println!("SKIPPED namespace_routing_and_multicast_loopback: cannot make a network namespace with a veth pair (`unshare -rn ip link add … type veth`): {probe:?}");
+        crate::scenarios::skip(format!("cannot make a network namespace with a veth pair (`unshare -rn ip link add … type veth`): {probe:?}"));
         return;
     }
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = Command::new("unshare")
-        .arg("-rn")
-        .arg(exe)
-        .args(["--exact", "namespace_routing_and_multicast_loopback", "--test-threads=1", "--nocapture"])
+    let out = crate::scenarios::rerun_self(&["unshare", "-rn"], module_path!(), "namespace_routing_and_multicast_loopback")
         .env(INSIDE, "1")
         .output()
         .expect("run the test binary in a namespace");
@@ -426,4 +426,5 @@ async fn inside_namespace() -> TestResult {
         }
     }
     Ok(())
+}
 }
