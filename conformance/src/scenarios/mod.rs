@@ -17,7 +17,7 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::harness;
-use crate::world::{BackendChoice, World};
+use crate::world::{BackendChoice, Ctx, World};
 
 /// A registered scenario.
 pub struct Registered {
@@ -99,20 +99,40 @@ macro_rules! on_both_backends {
 
 /// Items, among which tests bound to one backend: doc lines (`/// rule: …`), then
 /// `#[only(Sim, WHY_NOT_ON_REAL)]` or `#[only(Real, WHY_NOT_IN_SIM)]`, then a `fn name()` or an
-/// `async fn name()` (run on a current-thread tokio runtime) returning `()` or a `Result`. Other
-/// items pass through. Emits an `ONLY` registry and a `#[test]` for each: `only::name`.
+/// `async fn name()` (run on a current-thread tokio runtime) returning `()` or a `Result`. Also
+/// `#[on_both] async fn name()`: a test made into a world (one client, "app") and run on both
+/// backends, reading its backend with [`current_ctx`]. Other items pass through. Emits an `ONLY`
+/// registry and a `#[test]` for each: `only::name`, or `only::real::name` and `only::sim::name`.
 #[macro_export]
 macro_rules! only_on {
-    (@acc [$($entries:tt)*] [$($names:ident)*]) => {
-        /// The tests of this module that run on one backend only.
+    (@acc [$($entries:tt)*] [$($names:ident)*] [$($both:ident)*]) => {
+        /// The tests of this module that are not worlds: bound to one backend, or `#[on_both]`.
         pub(crate) const ONLY: &[$crate::scenarios::Registered] = &[$($entries)*];
 
         #[cfg(test)]
         mod only {
             $( #[test] fn $names() { $crate::scenarios::check_only(super::ONLY, stringify!($names)) } )*
+
+            mod real {
+                $( #[test] fn $both() { $crate::scenarios::check_both(super::super::ONLY, stringify!($both), $crate::BackendChoice::Real) } )*
+            }
+
+            mod sim {
+                $( #[test] fn $both() { $crate::scenarios::check_both(super::super::ONLY, stringify!($both), $crate::BackendChoice::Sim) } )*
+            }
         }
     };
-    (@acc [$($entries:tt)*] [$($names:ident)*]
+    (@acc [$($entries:tt)*] [$($names:ident)*] [$($both:ident)*]
+        $(#[doc = $doc:literal])* #[on_both]
+        async fn $name:ident() $(-> $ret:ty)? $body:block $($rest:tt)*) => {
+        $(#[doc = $doc])* async fn $name() $(-> $ret)? $body
+        $crate::only_on!(@acc [$($entries)* $crate::scenarios::Registered {
+            name: stringify!($name),
+            docs: &[$($doc),*],
+            run: $crate::scenarios::Runner::Both(|world: &mut $crate::World| $crate::scenarios::as_world(world, $name)),
+        },] [$($names)*] [$($both)* $name] $($rest)*);
+    };
+    (@acc [$($entries:tt)*] [$($names:ident)*] [$($both:ident)*]
         $(#[doc = $doc:literal])* #[only($backend:ident, $why:expr)]
         async fn $name:ident() $(-> $ret:ty)? $body:block $($rest:tt)*) => {
         $(#[doc = $doc])* async fn $name() $(-> $ret)? $body
@@ -124,9 +144,9 @@ macro_rules! only_on {
                 elsewhere: $why,
                 test: || $crate::scenarios::finish($crate::scenarios::block_on($name())),
             },
-        },] [$($names)* $name] $($rest)*);
+        },] [$($names)* $name] [$($both)*] $($rest)*);
     };
-    (@acc [$($entries:tt)*] [$($names:ident)*]
+    (@acc [$($entries:tt)*] [$($names:ident)*] [$($both:ident)*]
         $(#[doc = $doc:literal])* #[only($backend:ident, $why:expr)]
         fn $name:ident() $(-> $ret:ty)? $body:block $($rest:tt)*) => {
         $(#[doc = $doc])* fn $name() $(-> $ret)? $body
@@ -138,14 +158,14 @@ macro_rules! only_on {
                 elsewhere: $why,
                 test: || $crate::scenarios::finish($name()),
             },
-        },] [$($names)* $name] $($rest)*);
+        },] [$($names)* $name] [$($both)*] $($rest)*);
     };
-    (@acc [$($entries:tt)*] [$($names:ident)*] $item:item $($rest:tt)*) => {
+    (@acc [$($entries:tt)*] [$($names:ident)*] [$($both:ident)*] $item:item $($rest:tt)*) => {
         $item
-        $crate::only_on!(@acc [$($entries)*] [$($names)*] $($rest)*);
+        $crate::only_on!(@acc [$($entries)*] [$($names)*] [$($both)*] $($rest)*);
     };
     ($($items:tt)*) => {
-        $crate::only_on!(@acc [] [] $($items)*);
+        $crate::only_on!(@acc [] [] [] $($items)*);
     };
 }
 
@@ -299,6 +319,45 @@ pub fn finish(result: impl IntoOutcome) -> Outcome {
         (Some(reason), _) => Outcome::Skip(reason),
         (None, outcome) => outcome,
     }
+}
+
+thread_local! {
+    /// The context of the `#[on_both]` test running on this thread.
+    static CURRENT: RefCell<Option<Ctx>> = const { RefCell::new(None) };
+}
+
+/// The world of an `#[on_both]` test: one client, "app", that runs `test` with its context
+/// reachable through [`current_ctx`].
+pub fn as_world<F, Fut>(world: &mut World, test: F)
+where
+    F: Fn() -> Fut + Copy + 'static,
+    Fut: Future + 'static,
+    Fut::Output: IntoOutcome,
+{
+    world.client("app", move |ctx| async move {
+        CURRENT.with(|c| *c.borrow_mut() = Some(ctx));
+        let outcome = test().await.into_outcome();
+        CURRENT.with(|c| c.borrow_mut().take());
+        match outcome {
+            Outcome::Pass => Ok(()),
+            Outcome::Fail(e) => Err(e.into()),
+            Outcome::Skip(why) => Err(format!("skipped inside a world: {why}").into()),
+        }
+    });
+}
+
+/// The context of the running `#[on_both]` test (its backend, its host's name); `None` outside
+/// one.
+pub fn current_ctx() -> Option<Ctx> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// The `#[test]` of an `#[on_both]` test on `backend`.
+pub fn check_both(list: &[Registered], name: &str, backend: BackendChoice) {
+    let Some(build) = list.iter().find(|r| r.name == name).and_then(Registered::world) else {
+        panic!("{name} is not a registered world");
+    };
+    harness::check(backend, name, build);
 }
 
 /// The `#[test]` of a one-backend test: runs `name` from `list`; panics on failure.

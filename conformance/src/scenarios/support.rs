@@ -1,4 +1,4 @@
-//! Helpers shared by `tests/tcp.rs`, `tests/server.rs` and `tests/real_tcp_peers.rs`: raw peers the
+//! Helpers shared by `tcp.rs`, `server.rs` and `real_tcp_peers.rs`: raw peers the
 //! library did not write (tokio sockets on real loopback, `turmoil::net` sockets in the simulator),
 //! one-poll checks, read loops, deterministic data and small signals between a world's bodies.
 #![allow(dead_code)]
