@@ -395,7 +395,8 @@ impl Matrix {
         out.push_str(&format!("{:<20} {columns}why not pass\n", "rule"));
         for (rule, cells, _) in &self.rules {
             let statuses: String = cells.iter().map(|c| format!("{:<6}", c.status.as_str())).collect();
-            out.push_str(&format!("{rule:<20} {statuses}{}\n", self.reason(cells)).trim_end());
+            let line = format!("{rule:<20} {statuses}{}", self.reason(cells));
+            out.push_str(line.trim_end());
             out.push('\n');
         }
         out.push('\n');

@@ -1,7 +1,6 @@
 //! Helpers shared by `tcp.rs`, `server.rs` and `real_tcp_peers.rs`: raw peers the
 //! library did not write (tokio sockets on real loopback, `turmoil::net` sockets in the simulator),
 //! one-poll checks, read loops, deterministic data and small signals between a world's bodies.
-#![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -1,6 +1,5 @@
 //! Helpers shared by the UDP and permission tests: hang guards, one-poll checks, and a raw UDP
 //! peer outside the library (tokio on 127.0.0.1 for the real backend, turmoil in simulation).
-#![allow(dead_code, unreachable_pub)]
 
 use std::error::Error;
 use std::future::Future;

@@ -2,7 +2,6 @@
 //! (rcgen, Ed25519: deterministic signatures in simulation; nothing secret is committed), raw TCP
 //! peers the library did not write, and a bare rustls session over them (for peers that misbehave
 //! on purpose, such as one that ends without close_notify).
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::io;
