@@ -17,9 +17,9 @@ use tcpudp::{
 };
 use tcpudp_core::permission::PermissionStore;
 
-/// Why two tests run on real sockets only.
+/// Why a test runs on real sockets only.
 const LOOPBACK_PEERS: &str =
-    "datagrams to raw peers on 127.0.0.1 and ::1 of this machine: simulated hosts have their own addresses and no IPv6 loopback";
+    "a raw peer on ::1 beside the library's IPv4 sockets: a simulation has one address family";
 
 crate::only_on! {
 
@@ -121,6 +121,17 @@ crate::only_on! {
             PermissionKind::Udp => req(kind, Some("127.0.0.2"), Some(9), None, None),
             PermissionKind::Tcp => req(kind, Some("127.0.0.2"), Some(9), None, None),
             PermissionKind::TcpServer => req(kind, None, None, Some(LO), Some(5_000)),
+        }
+    }
+
+    /// A raw UDP peer on 127.0.0.1 of this host: a tokio socket on real sockets, a turmoil one in
+    /// the simulator.
+    async fn loopback_peer() -> std::io::Result<Peer> {
+        match crate::scenarios::current_ctx() {
+            Some(ctx) if ctx.backend() == BackendChoice::Sim => {
+                Ok(Peer::Sim(turmoil::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?))
+            }
+            _ => Peer::bind_real(Ipv4Addr::LOCALHOST.into()).await,
         }
     }
 
@@ -444,7 +455,7 @@ crate::only_on! {
     }
 
     /// rule: DICT-PERM-02, DICT-PERM-03, DICT-PERM-04, DICT-PERM-05, DICT-PERM-06, DICT-PERM-07, DICT-PERM-08
-    #[only(Real, LOOPBACK_PEERS)]
+    #[on_both]
     async fn omitted_fields_in_grants() -> TestResult {
         let tcp = |net: &Network, addr: &str, port: u16| {
             let r = TcpSocket::new(net, addr, port, TcpOptions::default());
@@ -510,7 +521,7 @@ crate::only_on! {
         let policy = undecided();
         let n = net(policy.clone());
         policy.grant(udp_req(Some(LO), None));
-        let peers = [Peer::bind_real(LO.parse()?).await?, Peer::bind_real(LO.parse()?).await?];
+        let peers = [loopback_peer().await?, loopback_peer().await?];
         let sock = UdpSocket::new(&n, UdpOptions::default())?;
         let w = sock.writable()?;
         for peer in &peers {
