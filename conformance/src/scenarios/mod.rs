@@ -397,3 +397,35 @@ pub fn rerun_self(wrapper: &[&str], module: &str, name: &str) -> std::process::C
 
 /// Set by [`rerun_self`] for the command: run only this scenario.
 pub const ONLY_ENV: &str = "TCPUDP_CONFORMANCE_ONLY";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIM_ONLY: Registered = Registered {
+        name: "sim_only",
+        docs: &[" Something.", " rule: TCP-OPEN-01,UDP-OPEN-01 ", " (see AMB-49)"],
+        run: Runner::Only { backend: BackendChoice::Sim, elsewhere: "no netem", test: || finish(()) },
+    };
+
+    #[test]
+    fn rules_come_from_rule_doc_lines_only() {
+        assert_eq!(SIM_ONLY.rules(), ["TCP-OPEN-01", "UDP-OPEN-01"]);
+    }
+
+    #[test]
+    fn a_one_backend_test_is_a_skip_with_its_reason_elsewhere() {
+        assert_eq!(SIM_ONLY.run_on(BackendChoice::Sim), Outcome::Pass);
+        assert_eq!(SIM_ONLY.run_on(BackendChoice::Real), Outcome::Skip("no netem".into()));
+    }
+
+    #[test]
+    fn a_called_skip_is_a_skip_a_failure_stays_a_failure_and_a_panic_fails() {
+        skip("python3 missing");
+        assert_eq!(finish(()), Outcome::Skip("python3 missing".into()));
+        assert_eq!(finish(()), Outcome::Pass, "a skip is taken once");
+        skip("python3 missing");
+        assert_eq!(finish(Err::<(), _>("broken")), Outcome::Fail("\"broken\"".into()));
+        assert_eq!(caught(|| panic!("boom")), Outcome::Fail("panicked: boom".into()));
+    }
+}
