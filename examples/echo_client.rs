@@ -9,7 +9,7 @@
 //!
 //! As in the spec: request `tcpPermission` for the server (the "user" here is a prompt that
 //! grants), create the `TCPSocket`, write, `halfClose()` ("we won't be writing any more"), read
-//! the answer, then `close()`. [`run`] is the example's logic; `tests/examples.rs` runs it.
+//! the answer, then `close()`. [`run`] is the example's logic; `conformance/src/scenarios/examples.rs` runs it.
 
 use bytes::Bytes;
 use tcpudp::{Network, Policy, SocketError, TcpOptions, TcpPermissionOptions, TcpSocket};

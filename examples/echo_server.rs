@@ -8,7 +8,7 @@
 //! As in the spec, the server first asks `tcpServerPermission` for the port (here the "user" is a
 //! prompt that grants and says so on stderr), then creates the `TCPServerSocket` and calls
 //! `listen()` again after every accepted connection. It binds 127.0.0.1 only, so nothing outside
-//! this machine can reach it. [`serve`] is the example's logic; `tests/examples.rs` runs it on
+//! this machine can reach it. [`serve`] is the example's logic; `conformance/src/scenarios/examples.rs` runs it on
 //! real sockets and in the simulator.
 
 use bytes::Bytes;

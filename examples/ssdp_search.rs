@@ -13,7 +13,7 @@
 //! As in the spec: request `udpPermission` for the group's address and port, create a
 //! `UDPSocket` with no options (permission for the pair covers it, DICT-PERM-09), join the group,
 //! write the M-SEARCH to the group and read the responses. [`search`] and [`device`] are the
-//! example's logic; `tests/examples.rs` runs them on loopback and in the simulator.
+//! example's logic; `conformance/src/scenarios/examples.rs` runs them on loopback and in the simulator.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;

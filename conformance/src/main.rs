@@ -1,12 +1,10 @@
-//! `tcpudp-conformance`: runs the built-in scenario worlds on each backend and prints the rule ×
-//! backend matrix. Exit status 1 when any scenario fails.
+//! `tcpudp-conformance`: runs every scenario on each backend and prints the rule × backend matrix
+//! (`tcpudp_conformance::matrix`). Exit status 1 when any scenario fails.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tcpudp_conformance::harness::{run, seed_of};
-use tcpudp_conformance::{interpreter, scenarios, BackendChoice, Scenario};
+use tcpudp_conformance::{interpreter, matrix, scenarios, BackendChoice};
 
 mod bench;
 
@@ -101,107 +99,30 @@ fn main() -> ExitCode {
         Which::Real => vec![BackendChoice::Real],
         Which::Both => vec![BackendChoice::Sim, BackendChoice::Real],
     };
-    // rule id -> backend -> (status, scenarios)
-    let mut matrix: BTreeMap<&str, BTreeMap<&str, (&str, Vec<&str>)>> = BTreeMap::new();
-    let mut failures = 0;
-    let mut runs = 0;
-    for scenario in &json_scenarios() {
-        for &backend in &backends {
-            runs += 1;
-            let (_, outcome) = interpreter::run(scenario, backend);
-            let status = match &outcome {
-                Ok(()) => "pass",
-                Err(e) if e.starts_with("skip:") => "skip",
-                Err(e) => {
-                    failures += 1;
-                    eprintln!("FAIL {} on {}: {e}", scenario.name, backend.as_str());
-                    "fail"
-                }
-            };
-            println!("{:<5} {:<4} {}", status, backend.as_str(), scenario.name);
-            for rule in &scenario.rules {
-                let rule: &'static str = all_rule(rule);
-                let cell =
-                    matrix.entry(rule).or_default().entry(backend.as_str()).or_insert(("pass", Vec::new()));
-                if status == "fail" || (status == "skip" && cell.0 == "pass" && cell.1.is_empty()) {
-                    cell.0 = status;
-                }
-                cell.1.push(leak(&scenario.name));
-            }
+    let matrix = match matrix::run(&matrix::Options { backends, jobs: None }) {
+        Ok(matrix) => matrix,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
         }
-    }
-    for scenario in scenarios::ALL {
-        runs += backends.len();
-        for &backend in &backends {
-            let outcome = run(backend, seed_of(scenario.name), scenario.build);
-            let status = match &outcome {
-                Ok(()) => "pass",
-                Err(e) => {
-                    failures += 1;
-                    eprintln!("FAIL {} on {}: {e}", scenario.name, backend.as_str());
-                    "fail"
-                }
-            };
-            println!("{:<5} {:<4} {}", status, backend.as_str(), scenario.name);
-            for rule in scenario.rules {
-                let cell =
-                    matrix.entry(rule).or_default().entry(backend.as_str()).or_insert(("pass", Vec::new()));
-                if status == "fail" {
-                    cell.0 = "fail";
-                }
-                cell.1.push(scenario.name);
-            }
-        }
-    }
-    let all_rules: Vec<&str> = include_str!("../rules.tsv")
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split('\t').next())
-        .collect();
+    };
     println!();
-    println!("{:<22} {}", "rule", backends.iter().map(|b| format!("{:<9}", b.as_str())).collect::<String>());
-    let mut json_rules = serde_json::Map::new();
-    for rule in &all_rules {
-        let row = matrix.get(rule);
-        let mut cells = String::new();
-        let mut json_row = serde_json::Map::new();
-        let mut names: Vec<&str> = Vec::new();
-        for b in &backends {
-            let status = row.and_then(|r| r.get(b.as_str())).map(|c| c.0).unwrap_or("untested");
-            if let Some(c) = row.and_then(|r| r.get(b.as_str())) {
-                names.extend(c.1.iter().copied());
-            }
-            cells.push_str(&format!("{status:<9}"));
-            json_row.insert(b.as_str().into(), status.into());
-        }
-        names.sort_unstable();
-        names.dedup();
-        json_row.insert("scenarios".into(), names.into_iter().map(serde_json::Value::from).collect());
-        if row.is_some() {
-            println!("{rule:<22} {cells}");
-        }
-        json_rules.insert((*rule).into(), json_row.into());
-    }
-    let covered = all_rules.iter().filter(|r| matrix.contains_key(*r)).count();
-    println!();
-    println!(
-        "{covered}/{} rules exercised by the built-in scenarios; the workspace tests (cargo test --workspace) check more",
-        all_rules.len()
-    );
-    println!("{runs} scenario runs, {failures} failed");
-    if backends.len() == 2 {
+    print!("{}", matrix.render());
+    let mut failures = matrix.failures() + matrix.unknown.len();
+    if matrix.backends.len() == 2 {
         failures += differential();
     }
-    let campaign = if args.cases > 0 && backends.contains(&BackendChoice::Sim) {
+    let campaign = if args.cases > 0 && matrix.backends.contains(&BackendChoice::Sim) {
         let (json, failed) = run_campaign(&args);
         failures += failed;
         json
     } else {
         serde_json::Value::Null
     };
-    if let Some(path) = args.json {
-        let doc = serde_json::json!({ "rules": json_rules, "campaign": campaign });
-        if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap_or_default()) {
+    if let Some(path) = &args.json {
+        let mut doc = matrix.to_json();
+        doc["campaign"] = campaign;
+        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default()) {
             eprintln!("cannot write {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
@@ -217,7 +138,13 @@ fn main() -> ExitCode {
 /// Returns the number of scenarios that differ.
 fn differential() -> usize {
     use tcpudp_conformance::differential;
-    let scenarios: Vec<Scenario> = json_scenarios().into_iter().filter(differential::fault_free).collect();
+    let scenarios: Vec<tcpudp_conformance::Scenario> = match matrix::json_scenarios() {
+        Ok(all) => all.into_iter().filter(differential::fault_free).collect(),
+        Err(e) => {
+            println!("DIFFERS (no scenarios): {e}");
+            return 1;
+        }
+    };
     let mut differ = 0;
     for scenario in &scenarios {
         if let Err(e) = differential::check(scenario) {
@@ -366,47 +293,14 @@ fn replay(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// The JSON scenarios shipped in `conformance/scenarios/`.
-fn json_scenarios() -> Vec<Scenario> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        eprintln!("no scenario folder at {}", dir.display());
-        return Vec::new();
-    };
-    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    paths
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter_map(|p| match std::fs::read_to_string(p).map(|t| Scenario::from_json(&t)) {
-            Ok(Ok(s)) => Some(s),
-            other => {
-                eprintln!("cannot read {}: {other:?}", p.display());
-                None
-            }
-        })
-        .collect()
-}
-
-/// A rule ID as a `'static` string from the catalog (scenario files name rules as owned strings).
-fn all_rule(rule: &str) -> &'static str {
-    include_str!("../rules.tsv")
-        .lines()
-        .filter_map(|l| l.split('\t').next())
-        .find(|id| *id == rule)
-        .unwrap_or_else(|| leak(rule))
-}
-
-fn leak(text: &str) -> &'static str {
-    // The command runs once and exits: a few leaked names cost nothing.
-    Box::leak(text.to_owned().into_boxed_str())
-}
-
 /// Each §9 row disabled in turn; the rows no scenario catches are printed. Exit 1 if any.
 fn mutants() -> ExitCode {
     use tcpudp_core::state::mutation;
     use tcpudp_core::Row;
-    let scenarios = json_scenarios();
+    let scenarios = matrix::json_scenarios().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        Vec::new()
+    });
     let mut uncaught = Vec::new();
     for row in Row::ALL {
         mutation::disable(Some(*row));
@@ -420,8 +314,8 @@ fn mutants() -> ExitCode {
             }
         }
         if caught_by.is_none() {
-            for registered in scenarios::ALL {
-                if run(BackendChoice::Sim, seed_of(registered.name), registered.build).is_err() {
+            for registered in scenarios::BUILTIN {
+                if registered.run_on(BackendChoice::Sim) != scenarios::Outcome::Pass {
                     caught_by = Some(registered.name.to_owned());
                     break;
                 }

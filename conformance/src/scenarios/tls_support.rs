@@ -1,16 +1,15 @@
-//! Helpers for `tests/tls.rs` and `tests/tls_interop.rs`: a test PKI generated at test time
+//! Helpers for `tls.rs` and `tls_interop.rs`: a test PKI generated at test time
 //! (rcgen, Ed25519: deterministic signatures in simulation; nothing secret is committed), raw TCP
 //! peers the library did not write, and a bare rustls session over them (for peers that misbehave
 //! on purpose, such as one that ends without close_notify).
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
+use crate::{BackendChoice, Ctx};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use tcpudp::{SocketError, TcpReadable};
-use tcpudp_conformance::{BackendChoice, Ctx};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A boxed error for world bodies.

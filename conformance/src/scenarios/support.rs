@@ -1,7 +1,6 @@
-//! Helpers shared by `tests/tcp.rs`, `tests/server.rs` and `tests/real_tcp_peers.rs`: raw peers the
+//! Helpers shared by `tcp.rs`, `server.rs` and `real_tcp_peers.rs`: raw peers the
 //! library did not write (tokio sockets on real loopback, `turmoil::net` sockets in the simulator),
 //! one-poll checks, read loops, deterministic data and small signals between a world's bodies.
-#![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -12,8 +11,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::{BackendChoice, Ctx, World};
 use tcpudp::{ErrorName, Network, Policy, SocketError, TcpReadable};
-use tcpudp_conformance::{BackendChoice, Ctx, World};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// A boxed error for world bodies.

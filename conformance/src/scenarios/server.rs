@@ -1,17 +1,15 @@
 //! `TcpServerSocket` at API level on both backends (RULES.md §5, §9.3): the library's server against
 //! raw clients it did not write (tokio sockets on real loopback, `turmoil::net` in the simulator).
 
-mod support;
-
 use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::{BackendChoice, Ctx};
 use tcpudp::{Cause, ErrorName, Policy, ReadyState, TcpServerOptions, TcpServerSocket, TcpSocket};
-use tcpudp_conformance::{on_both_backends, BackendChoice, Ctx};
 use tokio::io::AsyncWriteExt;
 
-use support::*;
+use super::support::*;
 
 /// A port for a server to bind explicitly: a port just released on loopback, a fixed free one in
 /// simulation (the simulator hands out ephemeral ports from 49152 up).
@@ -50,7 +48,7 @@ async fn refused(ctx: &Ctx, host: &str, port: u16) -> Result<bool, TestError> {
 }
 
 on_both_backends! {
-    // rule: SRV-CTOR-01, SRV-CTOR-04, SRV-CTOR-09, SRV-CTOR-10, GEN-01, ERR-01, ERR-04, ERR-11
+    /// rule: SRV-CTOR-01, SRV-CTOR-04, SRV-CTOR-09, SRV-CTOR-10, GEN-01, ERR-01, ERR-04, ERR-11
     fn server_constructor_checks_fail_synchronously(world: &mut World) {
         guard(world);
         world.client("app", |ctx| async move {
@@ -82,7 +80,7 @@ on_both_backends! {
         });
     }
 
-    // rule: SRV-CTOR-02, SRV-CTOR-05, SRV-CTOR-07, SRV-ACCEPT-01, SRV-ACCEPT-02, SRV-LISTEN-02, DICT-SRVOPT-01, DICT-SRVOPT-02, DICT-SRVOPT-03, DICT-SRVOPT-04, GEN-09
+    /// rule: SRV-CTOR-02, SRV-CTOR-05, SRV-CTOR-07, SRV-ACCEPT-01, SRV-ACCEPT-02, SRV-LISTEN-02, DICT-SRVOPT-01, DICT-SRVOPT-02, DICT-SRVOPT-03, DICT-SRVOPT-04, GEN-09
     fn accepted_socket_attributes_without_tcp_permission(world: &mut World) {
         guard(world);
         // Only the server permission: accepted sockets need no TCP permission.
@@ -152,7 +150,7 @@ on_both_backends! {
         });
     }
 
-    // rule: SRV-OPEN-01
+    /// rule: SRV-OPEN-01
     fn client_connects_before_the_first_listen(world: &mut World) {
         guard(world);
         let connected = Flag::default();
@@ -181,8 +179,8 @@ on_both_backends! {
         });
     }
 
-    // rule: SRV-LISTEN-03, SRV-LISTEN-04, GEN-10
-    // invariant: INV-15
+    /// rule: SRV-LISTEN-03, SRV-LISTEN-04, GEN-10
+    /// invariant: INV-15
     fn listens_are_served_in_call_order(world: &mut World) {
         guard(world);
         let tags: Slot<Vec<u8>> = Slot::default();
@@ -246,7 +244,7 @@ on_both_backends! {
         });
     }
 
-    // rule: GEN-11, SRV-LISTEN-03
+    /// rule: GEN-11, SRV-LISTEN-03
     fn dropped_listen_loses_no_connection(world: &mut World) {
         guard(world);
         let dropped = Flag::default();
@@ -280,7 +278,7 @@ on_both_backends! {
         });
     }
 
-    // rule: SRV-CONNFAIL-01, ERR-06
+    /// rule: SRV-CONNFAIL-01, ERR-06
     fn unservable_connection_rejects_the_oldest_listen(world: &mut World) {
         guard(world);
         world.host("server", |ctx| async move {
@@ -305,7 +303,7 @@ on_both_backends! {
         });
     }
 
-    // rule: SRV-CTOR-08, SRV-CLOSE-03, SRV-LISTEN-01, GEN-02, ERR-07, ERR-08
+    /// rule: SRV-CTOR-08, SRV-CLOSE-03, SRV-LISTEN-01, GEN-02, ERR-07, ERR-08
     fn close_while_opening(world: &mut World) {
         guard(world);
         world.client("app", |ctx| async move {
@@ -335,7 +333,7 @@ on_both_backends! {
         });
     }
 
-    // rule: SRV-CTOR-08, SRV-CTOR-06, SRV-CTOR-03, SRV-OPEN-01
+    /// rule: SRV-CTOR-08, SRV-CTOR-06, SRV-CTOR-03, SRV-OPEN-01
     fn held_server_opens_on_release(world: &mut World) {
         guard(world);
         world.host("server", |ctx| async move {
@@ -364,7 +362,7 @@ on_both_backends! {
         });
     }
 
-    // rule: SRV-OPEN-02, SRV-CTOR-12, ERR-06
+    /// rule: SRV-OPEN-02, SRV-CTOR-12, ERR-06
     fn port_with_a_live_listener_is_never_shared(world: &mut World) {
         guard(world);
         world.client("app", |ctx| async move {
@@ -392,8 +390,8 @@ on_both_backends! {
         });
     }
 
-    // rule: SRV-CLOSE-01, SRV-CLOSE-02, SRV-CLOSE-04, SRV-CLOSE-05, SRV-LISTEN-01, GEN-02, GEN-06
-    // invariant: INV-15, INV-16
+    /// rule: SRV-CLOSE-01, SRV-CLOSE-02, SRV-CLOSE-04, SRV-CLOSE-05, SRV-LISTEN-01, GEN-02, GEN-06
+    /// invariant: INV-15, INV-16
     fn close_stops_listening_and_leaves_accepted_sockets(world: &mut World) {
         guard(world);
         world.host("server", |ctx| async move {
@@ -434,7 +432,7 @@ on_both_backends! {
         });
     }
 
-    // rule: SRV-ERR-01, SRV-CLOSE-05, ERR-06
+    /// rule: SRV-ERR-01, SRV-CLOSE-05, ERR-06
     fn dropped_link_fails_the_server(world: &mut World) {
         guard(world);
         world.client("app", |ctx| async move {
@@ -453,8 +451,8 @@ on_both_backends! {
         });
     }
 
-    // rule: GEN-12, GEN-14
-    // invariant: INV-16
+    /// rule: GEN-12, GEN-14
+    /// invariant: INV-16
     fn dropping_the_server_stops_listening_only(world: &mut World) {
         guard(world);
         world.host("server", |ctx| async move {
@@ -485,7 +483,7 @@ on_both_backends! {
         });
     }
 
-    // rule: GEN-04, GEN-02, SRV-LISTEN-01, SRV-CLOSE-05
+    /// rule: GEN-04, GEN-02, SRV-LISTEN-01, SRV-CLOSE-05
     // Bad input never panics: every server method in every state, repeated close and listen.
     fn every_server_method_in_every_state_never_panics(world: &mut World) {
         guard(world);

@@ -2,20 +2,18 @@
 //! library against raw peers it did not write (tokio sockets on real loopback, `turmoil::net`
 //! sockets in the simulator).
 
-mod support;
-
 use std::future::Future;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::{BackendChoice, Ctx};
 use bytes::Bytes;
 use tcpudp::{Cause, ErrorName, KeepAliveMode, Policy, ReadyState, TcpOptions, TcpSocket};
-use tcpudp_conformance::{on_both_backends, BackendChoice, Ctx};
 use tokio::io::AsyncWriteExt;
 
-use support::*;
+use super::support::*;
 
 /// The address text of `host` and its IP.
 fn ip_of(ctx: &Ctx, host: &str) -> IpAddr {
@@ -30,7 +28,7 @@ fn own_address(ctx: &Ctx) -> String {
 
 /// A raw peer that accepts one connection, publishes its port under "peer" and hands the stream to
 /// `then`.
-fn one_peer<F, Fut>(world: &mut tcpudp_conformance::World, then: F)
+fn one_peer<F, Fut>(world: &mut crate::World, then: F)
 where
     F: Fn(Ctx, RawStream) -> Fut + 'static,
     Fut: std::future::Future<Output = Result<(), TestError>> + 'static,
@@ -82,7 +80,7 @@ fn state_log(sock: &TcpSocket) -> Vec<ReadyState> {
 }
 
 on_both_backends! {
-    // rule: GEN-01, TCP-CTOR-01, TCP-CTOR-02, TCP-CTOR-03, TCP-CTOR-06, TCP-CTOR-07, TCP-CTOR-14, TCP-CTOR-15, TCP-CTOR-17, GEN-13, ERR-01, ERR-04, ERR-11, PERM-GEN-01
+    /// rule: GEN-01, TCP-CTOR-01, TCP-CTOR-02, TCP-CTOR-03, TCP-CTOR-06, TCP-CTOR-07, TCP-CTOR-14, TCP-CTOR-15, TCP-CTOR-17, GEN-13, ERR-01, ERR-04, ERR-11, PERM-GEN-01
     fn constructor_checks_fail_synchronously_and_create_nothing(world: &mut World) {
         guard(world);
         world.client("app", |ctx| async move {
@@ -136,7 +134,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-CTOR-04, TCP-CTOR-05, TCP-CTOR-08, TCP-CTOR-09, TCP-CTOR-11, TCP-CTOR-12, TCP-CTOR-16, TCP-ATTR-01, DICT-TCPOPT-01, DICT-TCPOPT-02, DICT-TCPOPT-03, DICT-TCPOPT-04, DICT-TCPOPT-05, DICT-TCPOPT-06, DICT-TCPOPT-07, TCP-OPEN-01, STATE-02, GEN-09
+    /// rule: TCP-CTOR-04, TCP-CTOR-05, TCP-CTOR-08, TCP-CTOR-09, TCP-CTOR-11, TCP-CTOR-12, TCP-CTOR-16, TCP-ATTR-01, DICT-TCPOPT-01, DICT-TCPOPT-02, DICT-TCPOPT-03, DICT-TCPOPT-04, DICT-TCPOPT-05, DICT-TCPOPT-06, DICT-TCPOPT-07, TCP-OPEN-01, STATE-02, GEN-09
     fn attributes_as_given_and_as_learned(world: &mut World) {
         guard(world);
         let seen: Slot<Vec<std::net::SocketAddr>> = Slot::default();
@@ -253,7 +251,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-CTOR-13, TCP-OPEN-04, STATE-01, TCP-WRITE-01, TCP-READ-CLOSE-01
+    /// rule: TCP-CTOR-13, TCP-OPEN-04, STATE-01, TCP-WRITE-01, TCP-READ-CLOSE-01
     fn opening_under_hold_queues_writes(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| expect_then_fin(stream, b"abc".to_vec()));
@@ -283,7 +281,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-WRITE-CLOSE-03, TCP-HALFCLOSE-01
+    /// rule: TCP-WRITE-CLOSE-03, TCP-HALFCLOSE-01
     fn half_close_while_opening_waits_for_the_connection(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| expect_then_fin(stream, Vec::new()));
@@ -303,7 +301,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-OPEN-02, TCP-OPEN-03, EXT-04, GEN-05, GEN-09, GEN-14, ERR-06
+    /// rule: TCP-OPEN-02, TCP-OPEN-03, EXT-04, GEN-05, GEN-09, GEN-14, ERR-06
     fn refused_connect_fails_every_future(world: &mut World) {
         guard(world);
         world.client("app", |ctx| async move {
@@ -329,7 +327,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-OPEN-02, TCP-CTOR-07, GEN-13
+    /// rule: TCP-OPEN-02, TCP-CTOR-07, GEN-13
     fn unresolvable_name_fails_opening(world: &mut World) {
         guard(world);
         world.client("app", |ctx| async move {
@@ -347,7 +345,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-OPEN-05, TCP-OPEN-02
+    /// rule: TCP-OPEN-05, TCP-OPEN-02
     fn connect_timeout_ends_a_hanging_connect(world: &mut World) {
         guard(world);
         world.client("app", |ctx| async move {
@@ -375,7 +373,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-CANCEL-02, TCP-CLOSE-01, GEN-06, GEN-14, ERR-07
+    /// rule: TCP-READ-CANCEL-02, TCP-CLOSE-01, GEN-06, GEN-14, ERR-07
     fn close_while_opening_aborts(world: &mut World) {
         guard(world);
         world.client("app", |ctx| async move {
@@ -397,7 +395,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-OPEN-06
+    /// rule: TCP-OPEN-06
     fn several_addresses_are_tried_in_order(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| hold_forever(stream));
@@ -419,7 +417,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-01, GEN-08, TCP-READ-CLOSE-02
+    /// rule: TCP-READ-01, GEN-08, TCP-READ-CLOSE-02
     fn ten_mib_arrive_intact(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, mut stream| async move {
@@ -446,8 +444,8 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-FLOW-01, TCP-READ-PULL-01
-    // invariant: INV-19
+    /// rule: TCP-READ-FLOW-01, TCP-READ-PULL-01
+    /// invariant: INV-19
     fn inbound_queue_stays_bounded_then_resumes(world: &mut World) {
         guard(world);
         let blocked = Flag::default();
@@ -504,7 +502,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-01, TCP-READ-CLOSE-02
+    /// rule: TCP-READ-01, TCP-READ-CLOSE-02
     // DESIGN §5: a reader parked while the peer sends data then FIN never hangs (50 rounds).
     fn parked_reader_sees_data_then_fin(world: &mut World) {
         guard(world);
@@ -549,7 +547,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-CLOSE-02, STATE-03, GEN-09, TCP-WRITE-06
+    /// rule: TCP-READ-CLOSE-02, STATE-03, GEN-09, TCP-WRITE-06
     fn peer_fin_closes_after_the_app_reads_done(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, mut stream| async move {
@@ -578,7 +576,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-HALFCLOSE-01, TCP-HALFCLOSE-02, TCP-WRITE-CLOSE-04, TCP-WRITE-CLOSE-05, TCP-WRITE-06, TCP-READ-CLOSE-01, TCP-READ-CLOSE-03, STATE-05, GEN-03
+    /// rule: TCP-HALFCLOSE-01, TCP-HALFCLOSE-02, TCP-WRITE-CLOSE-04, TCP-WRITE-CLOSE-05, TCP-WRITE-06, TCP-READ-CLOSE-01, TCP-READ-CLOSE-03, STATE-05, GEN-03
     fn half_close_keeps_receiving_until_the_peer_fin(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, mut stream| async move {
@@ -609,8 +607,8 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-ERR-01, EXT-04, TCP-WRITE-02, TCP-WRITE-05, GEN-14, ERR-06
-    // invariant: INV-06
+    /// rule: TCP-READ-ERR-01, EXT-04, TCP-WRITE-02, TCP-WRITE-05, GEN-14, ERR-06
+    /// invariant: INV-06
     fn peer_reset_while_open_errors_everything(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| async move {
@@ -638,7 +636,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-ERR-04, EXT-04
+    /// rule: TCP-READ-ERR-04, EXT-04
     fn peer_reset_while_halfclosed(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| async move {
@@ -658,7 +656,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-ERR-02, EXT-04
+    /// rule: TCP-READ-ERR-02, EXT-04
     fn peer_reset_while_closing(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| async move {
@@ -681,7 +679,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-ERR-01, TCP-WRITE-02, GEN-14
+    /// rule: TCP-READ-ERR-01, TCP-WRITE-02, GEN-14
     fn dropped_link_fails_the_connection(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| hold_forever(stream));
@@ -702,7 +700,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-ERR-03, ERR-09
+    /// rule: TCP-READ-ERR-03, ERR-09
     fn unconvertible_data_errors_with_type_error(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, mut stream| async move {
@@ -722,8 +720,8 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-CANCEL-03, TCP-CLOSE-01, TCP-WRITE-CLOSE-02, GEN-10, GEN-06
-    // invariant: INV-09
+    /// rule: TCP-READ-CANCEL-03, TCP-CLOSE-01, TCP-WRITE-CLOSE-02, GEN-10, GEN-06
+    /// invariant: INV-09
     fn close_flushes_queued_writes_then_fin(world: &mut World) {
         guard(world);
         let mut expected = b"ab".to_vec();
@@ -750,7 +748,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-CANCEL-04
+    /// rule: TCP-READ-CANCEL-04
     fn close_in_halfclosed_waits_for_the_peer(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, mut stream| async move {
@@ -774,7 +772,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-READ-CANCEL-05, TCP-CLOSE-02
+    /// rule: TCP-READ-CANCEL-05, TCP-CLOSE-02
     fn read_pending_at_close_gives_done(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, mut stream| async move {
@@ -800,8 +798,8 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-CLOSE-03, TCP-READ-CANCEL-01, GEN-06, GEN-05
-    // invariant: INV-12
+    /// rule: TCP-CLOSE-03, TCP-READ-CANCEL-01, GEN-06, GEN-05
+    /// invariant: INV-12
     fn repeated_close_returns_the_same_outcome(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| expect_then_fin(stream, Vec::new()));
@@ -820,7 +818,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-CLOSE-04, TCP-READ-ERR-02, GEN-14
+    /// rule: TCP-CLOSE-04, TCP-READ-ERR-02, GEN-14
     fn close_timeout_when_the_peer_never_fins(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, mut stream| async move {
@@ -852,7 +850,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-CLOSE-04, TCP-READ-ERR-02, GEN-14
+    /// rule: TCP-CLOSE-04, TCP-READ-ERR-02, GEN-14
     fn close_timeout_when_the_flush_stalls(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| hold_forever(stream)); // never reads
@@ -881,8 +879,8 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-WRITE-01, TCP-WRITE-04, TCP-WRITE-07
-    // invariant: INV-08, INV-11
+    /// rule: TCP-WRITE-01, TCP-WRITE-04, TCP-WRITE-07
+    /// invariant: INV-08, INV-11
     fn writes_arrive_in_order_and_settle_in_order(world: &mut World) {
         guard(world);
         let chunks: Vec<Vec<u8>> = (0..200u64).map(|i| {
@@ -923,7 +921,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-WRITE-07
+    /// rule: TCP-WRITE-07
     fn empty_write_resolves_in_order_and_sends_nothing(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| expect_then_fin(stream, b"ab".to_vec()));
@@ -940,7 +938,7 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-WRITE-CLOSE-01, STATE-05
+    /// rule: TCP-WRITE-CLOSE-01, STATE-05
     fn writer_close_after_queued_writes(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| expect_then_fin(stream, b"onetwothree".to_vec()));
@@ -960,8 +958,8 @@ on_both_backends! {
         });
     }
 
-    // rule: TCP-WRITE-ABORT-01, ERR-07, STATE-05
-    // invariant: INV-18
+    /// rule: TCP-WRITE-ABORT-01, ERR-07, STATE-05
+    /// invariant: INV-18
     fn writer_abort_discards_queued_then_fin(world: &mut World) {
         guard(world);
         let resume = Flag::default();
@@ -1015,7 +1013,7 @@ on_both_backends! {
         });
     }
 
-    // rule: GEN-11
+    /// rule: GEN-11
     fn dropped_read_loses_no_chunk(world: &mut World) {
         guard(world);
         let go = Flag::default();
@@ -1047,7 +1045,7 @@ on_both_backends! {
         });
     }
 
-    // rule: GEN-12, GEN-14
+    /// rule: GEN-12, GEN-14
     fn dropping_every_handle_flushes_and_closes(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, stream| expect_then_fin(stream, b"onetwothree".to_vec()));
@@ -1067,7 +1065,7 @@ on_both_backends! {
         });
     }
 
-    // rule: EXT-01, EXT-02, DICT-TCPOPT-08
+    /// rule: EXT-01, EXT-02, DICT-TCPOPT-08
     fn allow_half_open_keeps_writing_after_the_peer_fin(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, mut stream| async move {
@@ -1089,7 +1087,7 @@ on_both_backends! {
         });
     }
 
-    // rule: EXT-02, TCP-CLOSE-04
+    /// rule: EXT-02, TCP-CLOSE-04
     fn allow_half_open_stalled_flush_times_out(world: &mut World) {
         guard(world);
         one_peer(world, |_ctx, mut stream| async move {
@@ -1114,7 +1112,7 @@ on_both_backends! {
         });
     }
 
-    // rule: EXT-03, ERR-07, GEN-14
+    /// rule: EXT-03, ERR-07, GEN-14
     fn reset_in_every_state_aborts_everything(world: &mut World) {
         guard(world);
         let done: Slot<usize> = Slot::default();
@@ -1198,7 +1196,7 @@ on_both_backends! {
         });
     }
 
-    // rule: GEN-04, GEN-02, GEN-03, TCP-READ-CANCEL-01, TCP-WRITE-CLOSE-02, TCP-WRITE-CLOSE-05, TCP-CLOSE-02, TCP-HALFCLOSE-01
+    /// rule: GEN-04, GEN-02, GEN-03, TCP-READ-CANCEL-01, TCP-WRITE-CLOSE-02, TCP-WRITE-CLOSE-05, TCP-CLOSE-02, TCP-HALFCLOSE-01
     // Bad input never panics: every method in every state, repeated closes, second readable()/writable().
     fn every_method_in_every_state_never_panics(world: &mut World) {
         guard(world);

@@ -1,6 +1,5 @@
 //! Helpers shared by the UDP and permission tests: hang guards, one-poll checks, and a raw UDP
 //! peer outside the library (tokio on 127.0.0.1 for the real backend, turmoil in simulation).
-#![allow(dead_code, unreachable_pub)]
 
 use std::error::Error;
 use std::future::Future;
@@ -10,8 +9,8 @@ use std::pin::pin;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
+use crate::{BackendChoice, Ctx};
 use tcpudp::{ErrorName, ReadyState, SocketError, UdpMessage, UdpOptions, UdpReadable, UdpSocket};
-use tcpudp_conformance::{BackendChoice, Ctx};
 
 /// Hang guard for one step (never a timing assertion): generous on real sockets, simulated time in
 /// the simulator.
