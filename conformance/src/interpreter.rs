@@ -493,64 +493,43 @@ impl Host {
 
     /// Reads `socket` in the background to its end, then once more.
     fn read_all(&self, socket: &str) -> Result<(), String> {
+        let mut reader = self.take_reader(socket)?;
         let host = self.clone();
         let name = socket.to_owned();
+        tokio::task::spawn_local(async move {
+            let end = loop {
+                match reader.next(&host).await {
+                    Ok(Some(read)) => {
+                        host.record_states();
+                        host.observe(&name, read);
+                    }
+                    Ok(None) => break Observation::ReadDone,
+                    Err(e) => break Observation::ReadError { name: e.name().into() },
+                }
+            };
+            host.record_states();
+            host.observe(&name, end);
+            let again = match reader.next(&host).await {
+                Ok(Some(_)) => "data".to_owned(),
+                Ok(None) => "done".to_owned(),
+                Err(e) => e.name().to_owned(),
+            };
+            host.observe(&name, Observation::ReadAfterEnd { outcome: again });
+        });
+        Ok(())
+    }
+
+    /// The socket's readable: the one a step already holds, or a new one.
+    fn take_reader(&self, socket: &str) -> Result<Reader, String> {
         match self.sockets.borrow_mut().get_mut(socket) {
             Some(Sock::Tcp { sock, reader, .. }) => {
-                let mut r = match reader.take() {
-                    Some(r) => r,
-                    None => sock.readable().map_err(|e| e.to_string())?,
-                };
-                tokio::task::spawn_local(async move {
-                    let end = loop {
-                        match r.read().await {
-                            Ok(Some(chunk)) => {
-                                host.record_states();
-                                host.observe(&name, Observation::Read { data: chunk.to_vec(), from: None });
-                            }
-                            Ok(None) => break Observation::ReadDone,
-                            Err(e) => break Observation::ReadError { name: e.name().into() },
-                        }
-                    };
-                    host.record_states();
-                    host.observe(&name, end);
-                    let again = match r.read().await {
-                        Ok(Some(_)) => "data".to_owned(),
-                        Ok(None) => "done".to_owned(),
-                        Err(e) => e.name().to_owned(),
-                    };
-                    host.observe(&name, Observation::ReadAfterEnd { outcome: again });
-                });
+                Ok(Reader::Tcp(reader.take().map_or_else(|| sock.readable(), Ok).map_err(|e| e.to_string())?))
             }
             Some(Sock::Udp { sock, reader, .. }) => {
-                let mut r = match reader.take() {
-                    Some(r) => r,
-                    None => sock.readable().map_err(|e| e.to_string())?,
-                };
-                tokio::task::spawn_local(async move {
-                    let end = loop {
-                        match r.read().await {
-                            Ok(Some(m)) => {
-                                let from = Some(host.udp_source(&m));
-                                host.observe(&name, Observation::Read { data: m.data.to_vec(), from });
-                            }
-                            Ok(None) => break Observation::ReadDone,
-                            Err(e) => break Observation::ReadError { name: e.name().into() },
-                        }
-                    };
-                    host.record_states();
-                    host.observe(&name, end);
-                    let again = match r.read().await {
-                        Ok(Some(_)) => "data".to_owned(),
-                        Ok(None) => "done".to_owned(),
-                        Err(e) => e.name().to_owned(),
-                    };
-                    host.observe(&name, Observation::ReadAfterEnd { outcome: again });
-                });
+                Ok(Reader::Udp(reader.take().map_or_else(|| sock.readable(), Ok).map_err(|e| e.to_string())?))
             }
-            _ => return Err(format!("no socket {socket} to read")),
+            _ => Err(format!("no socket {socket} to read")),
         }
-        Ok(())
     }
 
     /// Accepts every connection of `server` in the background.
@@ -892,54 +871,30 @@ impl Host {
     async fn read(&self, socket: &str, want: Option<usize>) -> Result<Vec<u8>, String> {
         let mut got = Vec::new();
         let mut observations = Vec::new();
-        enum Reader {
-            Tcp(TcpReadable),
-            Udp(UdpReadable),
+        let mut reader = self.take_reader(socket)?;
+        // TCP reads until `want` bytes arrived; UDP reads one datagram.
+        let one = matches!(reader, Reader::Udp(_));
+        while want.is_none_or(|n| got.len() < n) {
+            match reader.next(self).await {
+                Ok(Some(read)) => {
+                    if let Observation::Read { data, .. } = &read {
+                        got.extend_from_slice(data);
+                    }
+                    observations.push(read);
+                }
+                Ok(None) => {
+                    observations.push(Observation::ReadDone);
+                    break;
+                }
+                Err(e) => {
+                    observations.push(Observation::ReadError { name: e.name().into() });
+                    break;
+                }
+            }
+            if one {
+                break;
+            }
         }
-        let reader = match self.sockets.borrow_mut().get_mut(socket) {
-            Some(Sock::Tcp { sock, reader, .. }) => {
-                Reader::Tcp(reader.take().map_or_else(|| sock.readable(), Ok).map_err(|e| e.to_string())?)
-            }
-            Some(Sock::Udp { sock, reader, .. }) => {
-                Reader::Udp(reader.take().map_or_else(|| sock.readable(), Ok).map_err(|e| e.to_string())?)
-            }
-            _ => return Err(format!("no socket {socket} to read")),
-        };
-        let reader = match reader {
-            Reader::Tcp(mut r) => {
-                while want.is_none_or(|n| got.len() < n) {
-                    match r.read().await {
-                        Ok(Some(chunk)) => {
-                            got.extend_from_slice(&chunk);
-                            observations.push(Observation::Read { data: chunk.to_vec(), from: None });
-                        }
-                        Ok(None) => {
-                            observations.push(Observation::ReadDone);
-                            break;
-                        }
-                        Err(e) => {
-                            observations.push(Observation::ReadError { name: e.name().into() });
-                            break;
-                        }
-                    }
-                }
-                Reader::Tcp(r)
-            }
-            Reader::Udp(mut r) => {
-                match r.read().await {
-                    Ok(Some(m)) => {
-                        got.extend_from_slice(&m.data);
-                        observations.push(Observation::Read {
-                            data: m.data.to_vec(),
-                            from: Some(self.udp_source(&m)),
-                        });
-                    }
-                    Ok(None) => observations.push(Observation::ReadDone),
-                    Err(e) => observations.push(Observation::ReadError { name: e.name().into() }),
-                }
-                Reader::Udp(r)
-            }
-        };
         match (self.sockets.borrow_mut().get_mut(socket), reader) {
             (Some(Sock::Tcp { reader, .. }), Reader::Tcp(r)) => *reader = Some(r),
             (Some(Sock::Udp { reader, .. }), Reader::Udp(r)) => *reader = Some(r),
@@ -957,6 +912,27 @@ fn address(ip: &str, port: u16) -> String {
     match ip.parse::<std::net::IpAddr>() {
         Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
         Err(_) => format!("{ip}:{port}"),
+    }
+}
+
+/// A socket's readable, either kind.
+enum Reader {
+    Tcp(TcpReadable),
+    Udp(UdpReadable),
+}
+
+impl Reader {
+    /// The next chunk or datagram as a `Read` observation; `None` at the end.
+    async fn next(&mut self, host: &Host) -> Result<Option<Observation>, SocketError> {
+        Ok(match self {
+            Reader::Tcp(r) => {
+                r.read().await?.map(|chunk| Observation::Read { data: chunk.to_vec(), from: None })
+            }
+            Reader::Udp(r) => r
+                .read()
+                .await?
+                .map(|m| Observation::Read { data: m.data.to_vec(), from: Some(host.udp_source(&m)) }),
+        })
     }
 }
 

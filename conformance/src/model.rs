@@ -67,16 +67,10 @@ pub fn check(trace: &Trace, bounds: Bounds) -> Vec<Violation> {
 /// Socket identity: (host, scenario name).
 type Key = (String, String);
 
-const CATALOG: &[&str] = &[
-    "NetworkError",
-    "SecurityError",
-    "InvalidAccessError",
-    "InvalidStateError",
-    "AbortError",
-    "TypeError",
-    "UnknownError",
-    "NotSupportedError",
-];
+/// Whether `name` is an error name of the catalog (RULES.md §8).
+fn in_catalog(name: &str) -> bool {
+    tcpudp_core::ErrorName::ALL.iter().any(|n| n.name() == name)
+}
 
 fn rank(state: &str) -> Option<u8> {
     match state {
@@ -216,7 +210,7 @@ impl Model {
                 _ => vec![],
             };
             for name in names {
-                if name != "ok" && !CATALOG.contains(&name) {
+                if name != "ok" && !in_catalog(name) {
                     out.push(violation("INV-13", i, format!("{name} is not a catalog error name")));
                 }
             }
