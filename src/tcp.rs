@@ -334,6 +334,12 @@ impl TcpSocket {
         Ok(TcpIo { readable, writable, leftover: Bytes::new(), in_write: None })
     }
 
+    /// Inbound bytes received and queued in the library, not yet read (a cheap part of
+    /// [`diag`](Self::diag): no option is read back from the OS).
+    pub fn queued_read_bytes(&self) -> usize {
+        lock(&self.shared().inner).machine.queued_read_bytes()
+    }
+
     /// Option values read back from the OS (or the simulator's model) and the library's queues.
     ///
     /// Options are read back only when asked: once the socket has released its OS (or simulator)

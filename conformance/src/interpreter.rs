@@ -379,7 +379,7 @@ impl Host {
             .map(|(n, s)| {
                 let queued = match s {
                     Sock::Tcp { sock, high_water_mark, .. } => {
-                        Some((sock.diag().queued_read_bytes as u64, *high_water_mark))
+                        Some((sock.queued_read_bytes() as u64, *high_water_mark))
                     }
                     _ => None,
                 };

@@ -527,6 +527,32 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// One profiled round: runs `round` with the counting allocator on and prints its throughput
+/// and allocations per unit; false when the round failed.
+fn profile_round(workload: &Workload, side: Side, round: impl FnOnce() -> BenchResult<Sample>) -> bool {
+    alloc::enable();
+    let before = alloc::snapshot();
+    let result = round();
+    let allocs = alloc::snapshot().allocs - before.allocs;
+    alloc::disable();
+    match result {
+        Ok(s) => {
+            println!(
+                "{} {side:?}: {}, {:.2} allocations per {}",
+                workload.name,
+                workload.unit.format(s.rate()),
+                allocs as f64 / (s.units / workload.unit.per()).max(1.0),
+                workload.unit.singular()
+            );
+            true
+        }
+        Err(e) => {
+            eprintln!("{} {side:?}: {e}", workload.name);
+            false
+        }
+    }
+}
+
 /// `--side`: runs one side of the selected workloads, `rounds` times, on the current-thread
 /// runtime, and prints each round's throughput and heap allocations per unit (the counting
 /// allocator is on for these runs: timings are for profiles, not for comparison).
@@ -559,23 +585,8 @@ fn profile_side(args: &BenchArgs, sizes: Sizes, rounds: usize, side: Side) -> Ex
                     return ExitCode::FAILURE;
                 }
             };
-            alloc::enable();
-            let before = alloc::snapshot();
-            let result = rt.block_on(run(sizes, false));
-            let allocs = alloc::snapshot().allocs - before.allocs;
-            alloc::disable();
-            match result {
-                Ok(s) => println!(
-                    "{} {side:?}: {}, {:.2} allocations per {}",
-                    workload.name,
-                    workload.unit.format(s.rate()),
-                    allocs as f64 / (s.units / workload.unit.per()).max(1.0),
-                    workload.unit.singular()
-                ),
-                Err(e) => {
-                    eprintln!("{} {side:?}: {e}", workload.name);
-                    return ExitCode::FAILURE;
-                }
+            if !profile_round(&workload, side, || rt.block_on(run(sizes, false))) {
+                return ExitCode::FAILURE;
             }
         }
     }
@@ -585,23 +596,8 @@ fn profile_side(args: &BenchArgs, sizes: Sizes, rounds: usize, side: Side) -> Ex
         }
         let run = if side == Side::Ours { ours } else { raw };
         for _ in 0..rounds {
-            alloc::enable();
-            let before = alloc::snapshot();
-            let result = run(sizes, false);
-            let allocs = alloc::snapshot().allocs - before.allocs;
-            alloc::disable();
-            match result {
-                Ok(s) => println!(
-                    "{} {side:?}: {}, {:.2} allocations per {}",
-                    workload.name,
-                    workload.unit.format(s.rate()),
-                    allocs as f64 / (s.units / workload.unit.per()).max(1.0),
-                    workload.unit.singular()
-                ),
-                Err(e) => {
-                    eprintln!("{} {side:?}: {e}", workload.name);
-                    return ExitCode::FAILURE;
-                }
+            if !profile_round(&workload, side, || run(sizes, false)) {
+                return ExitCode::FAILURE;
             }
         }
     }
