@@ -401,6 +401,13 @@ impl Host {
         }
     }
 
+    /// `closed` settled with `outcome`: with readyState now and whether `opened` was still
+    /// unsettled (INV-03).
+    fn closed_observation(&self, socket: &str, outcome: String) -> Observation {
+        let opened_pending = !self.sockets.borrow().get(socket).is_some_and(|s| settled(s.promise(true)));
+        Observation::Closed { outcome, state: self.state_of(socket), opened_pending }
+    }
+
     fn state_of(&self, socket: &str) -> Option<String> {
         self.sockets.borrow().get(socket).map(|s| s.state().to_string())
     }
@@ -462,9 +469,8 @@ impl Host {
         let name = socket.to_owned();
         tokio::task::spawn_local(async move {
             let outcome = outcome_text(&closed.await);
-            let opened_pending = !host.sockets.borrow().get(&name).is_some_and(|s| settled(s.promise(true)));
             host.record_states();
-            host.observe(&name, Observation::Closed { outcome, state: host.state_of(&name), opened_pending });
+            host.observe(&name, host.closed_observation(&name, outcome));
         });
         Ok(())
     }
@@ -720,13 +726,10 @@ impl Host {
                 };
                 let outcome = outcome_text(&promise.await);
                 self.record_states();
-                let state = self.state_of(socket);
                 let what = if opened {
-                    Observation::Opened { outcome: outcome.clone(), state }
+                    Observation::Opened { outcome: outcome.clone(), state: self.state_of(socket) }
                 } else {
-                    let opened_pending =
-                        !self.sockets.borrow().get(socket).is_some_and(|s| settled(s.promise(true)));
-                    Observation::Closed { outcome: outcome.clone(), state, opened_pending }
+                    self.closed_observation(socket, outcome.clone())
                 };
                 self.observe(socket, what);
                 if opened && outcome == "ok" {
