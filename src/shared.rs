@@ -351,3 +351,100 @@ impl Future for FlushFuture {
         self.source.poll_flushed(self.upto, cx)
     }
 }
+
+/// Routes a transport's read wake-ups straight to the application's reader while one waits in a
+/// read, and to the socket's driver otherwise.
+///
+/// Without it every received message costs two task polls: the driver, woken by the transport,
+/// moves the data into the machine and wakes the reader. A waiting reader runs the same
+/// `process()` itself, so it can be woken directly (ping-pong traffic halves its task polls).
+/// The transport's read direction is always polled with this one waker, from the reader and the
+/// driver alike, so there is still exactly one registered poller per direction (DESIGN §5).
+///
+/// A wake-up handed to a reader that does not poll again is not lost: a readable that goes away
+/// passes it to the driver ([`ReadRoute::release`]), so does a pending `opened`/`closed` promise
+/// ([`ReadRoute::pass_on`]), and any later readiness of the transport goes to the driver anyway
+/// (the reader's slot empties when it is woken). Application calls re-poll the transport too.
+#[derive(Debug, Default)]
+pub(crate) struct ReadRoute {
+    slot: Mutex<RouteSlot>,
+}
+
+#[derive(Debug, Default)]
+struct RouteSlot {
+    reader: Option<Waker>,
+    driver: Option<Waker>,
+    /// A wake-up went to the reader, which has not polled since.
+    handed: bool,
+}
+
+impl ReadRoute {
+    /// A route falling back to `driver` (one allocation, made when a reader first waits; its
+    /// waker is `Waker::from(route)`, no allocation).
+    pub(crate) fn new(driver: &Waker) -> Arc<ReadRoute> {
+        Arc::new(ReadRoute {
+            slot: Mutex::new(RouteSlot { driver: Some(driver.clone()), ..RouteSlot::default() }),
+        })
+    }
+
+    /// The driver's waker changed (or the driver finished: `None`).
+    pub(crate) fn set_driver(&self, driver: Option<&Waker>) {
+        lock(&self.slot).driver = driver.cloned();
+    }
+
+    /// The reader is polling: wake-ups go to the driver until it waits again.
+    pub(crate) fn reader_polling(&self) {
+        let mut slot = lock(&self.slot);
+        slot.reader = None;
+        slot.handed = false;
+    }
+
+    /// The reader waits with `waker`.
+    pub(crate) fn reader_waits(&self, waker: &Waker) {
+        let mut slot = lock(&self.slot);
+        if !slot.reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            slot.reader = Some(waker.clone());
+        }
+    }
+
+    /// The reader went away: later wake-ups go to the driver, and one the reader was handed but
+    /// never acted on is passed on to it.
+    pub(crate) fn release(&self) {
+        lock(&self.slot).reader = None;
+        self.pass_on();
+    }
+
+    /// Someone waits for what a wake-up the reader was handed may carry (a FIN, say, for
+    /// `closed`) while the reader has not polled since: the driver acts on it instead.
+    pub(crate) fn pass_on(&self) {
+        let driver = {
+            let mut slot = lock(&self.slot);
+            std::mem::take(&mut slot.handed).then(|| slot.driver.clone()).flatten()
+        };
+        if let Some(w) = driver {
+            w.wake();
+        }
+    }
+}
+
+impl std::task::Wake for ReadRoute {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let target = {
+            let mut slot = lock(&self.slot);
+            match slot.reader.take() {
+                Some(reader) => {
+                    slot.handed = true;
+                    Some(reader)
+                }
+                None => slot.driver.clone(),
+            }
+        };
+        if let Some(w) = target {
+            w.wake();
+        }
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! A [`TcpSocket`] is a handle to shared state: the core's [`TcpMachine`] and the transport, behind
 //! one lock. Application calls run the machine and the transport inline (no task hop on the data
-//! path); a driver task per socket finishes what would block, with the transport always polled
-//! with the driver's waker, so exactly one party is ever registered per direction.
+//! path); a driver task per socket finishes what would block. The transport is polled with the
+//! driver's waker, except its read direction, which a [`ReadRoute`] wakes: the waiting reader if
+//! there is one, else the driver. Either way exactly one waker is registered per direction.
 
 use std::future::Future;
 use std::io;
@@ -23,8 +24,8 @@ use tokio::io::ReadBuf;
 use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
 use crate::network::Network;
 use crate::shared::{
-    lock, stream_item, FlushFuture, PromiseSource, PromiseWaiters, ReadyFuture, SocketPromise, StateLog,
-    Which, WriteBook, WriteFuture, WriteSource,
+    lock, stream_item, FlushFuture, PromiseSource, PromiseWaiters, ReadRoute, ReadyFuture, SocketPromise,
+    StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
 
 /// Largest read from the transport at once.
@@ -98,6 +99,8 @@ struct TransportSide {
     read_buf: BytesMut,
     released: bool,
     driver: Option<Waker>,
+    /// Where the transport's read wake-ups go, made when a reader first waits ([`ReadRoute`]).
+    route: Option<Arc<ReadRoute>>,
     armed: Option<tcpudp_core::Instant>,
     /// Options the last `diag()` read while the transport was open (diag() after close).
     diag: Option<Box<TcpDiag>>,
@@ -419,6 +422,9 @@ impl TcpShared {
 
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, SocketError>> {
         let mut inner = lock(&self.inner);
+        if let Some(route) = &inner.io.route {
+            route.reader_polling();
+        }
         let now = self.net.now(); // one clock read per call: no time passes that matters here
         for _ in 0..2 {
             inner.app.read_result = None;
@@ -438,7 +444,23 @@ impl TcpShared {
             }
         }
         inner.app.reader = Some(cx.waker().clone());
+        // Later read wake-ups come straight here (once the driver runs: the route falls back to it).
+        if inner.io.route.is_none() && !inner.io.released {
+            if let Some(driver) = &inner.io.driver {
+                inner.io.route = Some(ReadRoute::new(driver));
+            }
+        }
+        if let Some(route) = &inner.io.route {
+            route.reader_waits(cx.waker());
+        }
         Poll::Pending
+    }
+
+    /// A reader that may have been handed a read wake-up went away.
+    fn release_reader(&self) {
+        if let Some(route) = &lock(&self.inner).io.route {
+            route.release();
+        }
     }
 
     fn write(&self, data: Bytes) -> u64 {
@@ -498,7 +520,11 @@ impl PromiseSource for TcpShared {
             Which::Opened => inner.machine.opened(),
             Which::Closed => inner.machine.closed(),
         };
-        inner.app.promises.poll(which, outcome, cx)
+        let polled = inner.app.promises.poll(which, outcome, cx);
+        if let (Poll::Pending, Some(route)) = (&polled, &inner.io.route) {
+            route.pass_on();
+        }
+        polled
     }
 }
 
@@ -537,7 +563,9 @@ impl Inner {
             }
             let Some(waker) = self.io.driver.clone() else { break };
             let mut cx = Context::from_waker(&waker);
-            let Some(mut event) = self.io.poll_once(&mut cx) else { break };
+            let read_waker = self.io.route.as_ref().map(|r| Waker::from(r.clone()));
+            let mut read_cx = Context::from_waker(read_waker.as_ref().unwrap_or(&waker));
+            let Some(mut event) = self.io.poll_once(&mut cx, &mut read_cx) else { break };
             if matches!(event, IoEvent::Received(_)) && shared.net.faults().conversion_fails() {
                 event = IoEvent::ConversionFailed;
             }
@@ -654,8 +682,9 @@ impl TransportSide {
         self.released = true;
     }
 
-    /// One step of I/O: the first report a pending operation has, if any.
-    fn poll_once(&mut self, cx: &mut Context<'_>) -> Option<IoEvent> {
+    /// One step of I/O: the first report a pending operation has, if any. The read direction is
+    /// polled with `read_cx` (the [`ReadRoute`]'s waker once there is one), the rest with `cx`.
+    fn poll_once(&mut self, cx: &mut Context<'_>, read_cx: &mut Context<'_>) -> Option<IoEvent> {
         if let Some(fut) = &mut self.resolving {
             if let Poll::Ready(result) = fut.as_mut().poll(cx) {
                 self.resolving = None;
@@ -725,10 +754,24 @@ impl TransportSide {
             }
         }
         if self.read_interest {
+            match transport.poll_read_ready(read_cx) {
+                Poll::Pending => {
+                    // Nothing to read: an idle socket keeps no read buffer of its own (DESIGN §5:
+                    // ≤ 2 KiB per idle socket), the thread's pool takes it for any socket's read.
+                    read_pool::give(std::mem::take(&mut self.read_buf));
+                    return None;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.read_interest = false;
+                    read_pool::give(std::mem::take(&mut self.read_buf));
+                    return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
+                }
+                Poll::Ready(Ok(())) => {}
+            }
             read_pool::make_room(&mut self.read_buf);
             let spare = self.read_buf.spare_capacity_mut();
             let mut buf = ReadBuf::uninit(spare);
-            match transport.poll_read(cx, &mut buf) {
+            match transport.poll_read(read_cx, &mut buf) {
                 Poll::Ready(Ok(())) => {
                     let n = buf.filled().len();
                     if n == 0 {
@@ -752,11 +795,7 @@ impl TransportSide {
                     read_pool::give(std::mem::take(&mut self.read_buf));
                     return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
                 }
-                Poll::Pending => {
-                    // An idle socket keeps no read buffer of its own (DESIGN §5: ≤ 2 KiB per idle
-                    // socket): it goes back to the thread's pool for the next read of any socket.
-                    read_pool::give(std::mem::take(&mut self.read_buf));
-                }
+                Poll::Pending => read_pool::give(std::mem::take(&mut self.read_buf)),
             }
         }
         None
@@ -840,6 +879,9 @@ async fn drive(shared: Arc<TcpShared>) {
         let mut inner = lock(&shared.inner);
         if !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             inner.io.driver = Some(cx.waker().clone());
+            if let Some(route) = &inner.io.route {
+                route.set_driver(Some(cx.waker()));
+            }
         }
         // Bounded: each Timeout clears at least the deadline it fired for.
         for _ in 0..4 {
@@ -854,6 +896,9 @@ async fn drive(shared: Arc<TcpShared>) {
         inner.process(&shared);
         if inner.finished() {
             inner.io.driver = None;
+            if let Some(route) = inner.io.route.take() {
+                route.set_driver(None);
+            }
             return Poll::Ready(());
         }
         match inner.machine.poll_timeout() {
@@ -934,6 +979,7 @@ impl TcpReadable {
 
 impl Drop for TcpReadable {
     fn drop(&mut self) {
+        self.handle.shared.release_reader();
         lock(&self.handle.shared.inner).app.reader_locked = false;
     }
 }

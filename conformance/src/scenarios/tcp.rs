@@ -45,6 +45,46 @@ where
     });
 }
 
+/// The peer resets while the app's read, polled once, is left alone (kept, or dropped with its
+/// readable); the app then awaits `closed`.
+fn reader_stops_polling_then_peer_resets(world: &mut crate::World, drop_the_readable: bool) {
+    guard(world);
+    let go = Flag::default();
+    let g = go.clone();
+    one_peer(world, move |_ctx, stream| {
+        let go = g.clone();
+        async move {
+            go.wait().await;
+            stream.reset().await?;
+            Ok(())
+        }
+    });
+    world.client("app", move |ctx| {
+        let go = go.clone();
+        async move {
+            let sock = connect(&ctx, TcpOptions::default()).await?;
+            sock.opened().await?;
+            sock.writable()?.write(Bytes::from_static(b"unread")).await?; // the peer resets on it
+            let mut reader = sock.readable()?;
+            let mut pending = reader.read();
+            // Twice: the second poll waits on the socket's read route, as a reader that has read
+            // before does.
+            assert!(poll_now(&mut pending).await.is_pending());
+            assert!(poll_now(&mut pending).await.is_pending());
+            go.set();
+            if drop_the_readable {
+                tokio::time::sleep(Duration::from_millis(50)).await; // the reset arrives meanwhile
+                drop(pending);
+                drop(reader);
+            }
+            let e = assert_err(within(10, "closed", sock.closed()).await?, ErrorName::NetworkError);
+            assert_eq!(e.cause(), Some(Cause::Reset));
+            assert_eq!(sock.ready_state(), ReadyState::Closed);
+            Ok(())
+        }
+    });
+}
+
 /// Connects the library to the peer published as "peer".
 async fn connect(ctx: &Ctx, opts: TcpOptions) -> Result<TcpSocket, TestError> {
     let port = ctx.lookup("peer").await;
@@ -1043,6 +1083,20 @@ on_both_backends! {
                 Ok(())
             }
         });
+    }
+
+    /// A read polled once and then left alone does not keep a peer's reset from the socket: the
+    /// transport's wake-up went to that reader, which never acts on it; awaiting `closed` hands
+    /// it to the socket's driver.
+    /// rule: TCP-READ-ERR-01, GEN-11
+    fn a_reader_that_stops_polling_does_not_hide_a_reset(world: &mut World) {
+        reader_stops_polling_then_peer_resets(world, false);
+    }
+
+    /// As above, with the pending read and the readable dropped instead.
+    /// rule: TCP-READ-ERR-01, GEN-11
+    fn a_dropped_reader_does_not_hide_a_reset(world: &mut World) {
+        reader_stops_polling_then_peer_resets(world, true);
     }
 
     /// rule: GEN-12, GEN-14
