@@ -82,6 +82,15 @@ pub(crate) fn stream_item<T>(
     }
 }
 
+/// Which transport directions a socket's `process` call polls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Polls {
+    All,
+    /// Not reading: a write need not look for received data. Skipping a read poll loses no
+    /// wake-up (the last one left its waker registered), and the driver or a reader reads.
+    Sends,
+}
+
 /// Which of a socket's two promises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Which {

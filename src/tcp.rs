@@ -24,8 +24,8 @@ use tokio::io::ReadBuf;
 use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
 use crate::network::Network;
 use crate::shared::{
-    lock, stream_item, FlushFuture, PromiseSource, PromiseWaiters, ReadRoute, ReadyFuture, SocketPromise,
-    StateLog, Which, WriteBook, WriteFuture, WriteSource,
+    lock, stream_item, FlushFuture, Polls, PromiseSource, PromiseWaiters, ReadRoute, ReadyFuture,
+    SocketPromise, StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
 
 /// Largest read from the transport at once.
@@ -430,7 +430,7 @@ impl TcpShared {
             inner.app.read_result = None;
             inner.app.readable_signal = false;
             let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
-            inner.process(self);
+            inner.process_with(self, Polls::All, Some(now));
             if let Some(result) = inner.app.read_result.take() {
                 return Poll::Ready(match result {
                     ReadResult::Chunk(bytes) => Ok(Some(bytes)),
@@ -468,7 +468,7 @@ impl TcpShared {
         let id = inner.app.writes.next_id();
         let now = self.net.now();
         let _ = inner.machine.handle(now, Input::App(AppCommand::Write { id: WriteId(id), data }));
-        inner.process(self);
+        inner.process_with(self, Polls::Sends, Some(now));
         id
     }
 }
@@ -555,8 +555,13 @@ impl Inner {
     /// Runs the machine's outputs and the transport until nothing more can happen without
     /// waiting. Transport polls use the driver's waker (DESIGN §5: one poller per direction).
     fn process(&mut self, shared: &TcpShared) {
+        self.process_with(shared, Polls::All, None);
+    }
+
+    /// As [`Inner::process`], polling only the directions `polls` names.
+    fn process_with(&mut self, shared: &TcpShared, polls: Polls, now: Option<tcpudp_core::Instant>) {
         let mut budget = STEP_BUDGET;
-        let mut now = None;
+        let mut now = now; // a caller's clock read is reused: one per call
         loop {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
@@ -565,7 +570,7 @@ impl Inner {
             let mut cx = Context::from_waker(&waker);
             let read_waker = self.io.route.as_ref().map(|r| Waker::from(r.clone()));
             let mut read_cx = Context::from_waker(read_waker.as_ref().unwrap_or(&waker));
-            let Some(mut event) = self.io.poll_once(&mut cx, &mut read_cx) else { break };
+            let Some(mut event) = self.io.poll_once(&mut cx, &mut read_cx, polls) else { break };
             if matches!(event, IoEvent::Received(_)) && shared.net.faults().conversion_fails() {
                 event = IoEvent::ConversionFailed;
             }
@@ -684,7 +689,12 @@ impl TransportSide {
 
     /// One step of I/O: the first report a pending operation has, if any. The read direction is
     /// polled with `read_cx` (the [`ReadRoute`]'s waker once there is one), the rest with `cx`.
-    fn poll_once(&mut self, cx: &mut Context<'_>, read_cx: &mut Context<'_>) -> Option<IoEvent> {
+    fn poll_once(
+        &mut self,
+        cx: &mut Context<'_>,
+        read_cx: &mut Context<'_>,
+        polls: Polls,
+    ) -> Option<IoEvent> {
         if let Some(fut) = &mut self.resolving {
             if let Poll::Ready(result) = fut.as_mut().poll(cx) {
                 self.resolving = None;
@@ -753,7 +763,7 @@ impl TransportSide {
                 Poll::Pending => {}
             }
         }
-        if self.read_interest {
+        if self.read_interest && polls == Polls::All {
             match transport.poll_read_ready(read_cx) {
                 Poll::Pending => {
                     // Nothing to read: an idle socket keeps no read buffer of its own (DESIGN §5:

@@ -25,8 +25,8 @@ use tcpudp_core::{
 use crate::backend::{cause_of, BoxFuture, UdpBind, UdpDiag, UdpTransport};
 use crate::network::Network;
 use crate::shared::{
-    hold_released, lock, stream_item, take_step, FlushFuture, PromiseSource, PromiseWaiters, ReadyFuture,
-    SocketPromise, StateLog, Which, WriteBook, WriteFuture, WriteSource,
+    hold_released, lock, stream_item, take_step, FlushFuture, Polls, PromiseSource, PromiseWaiters,
+    ReadyFuture, SocketPromise, StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
 
 /// Room for the largest datagram.
@@ -421,7 +421,7 @@ impl UdpShared {
         let now = self.net.now();
         let cmd = AppCommand::SendDatagram { id: WriteId(id), data: datagram.data, dest };
         let _ = inner.machine.handle(now, Input::App(cmd));
-        inner.process(self);
+        inner.process_with(self, Polls::Sends, Some(now));
         id
     }
 
@@ -460,7 +460,7 @@ impl UdpShared {
             inner.read_result = None;
             inner.readable_signal = false;
             let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
-            inner.process(self);
+            inner.process_with(self, Polls::All, Some(now));
             if let Some(result) = inner.read_result.take() {
                 return Poll::Ready(match result {
                     ReadResult::Message(m) => Ok(Some(UdpMessage { data: m.data, from: m.from })),
@@ -517,8 +517,12 @@ impl WriteSource for UdpShared {
 
 impl Inner {
     fn process(&mut self, shared: &UdpShared) {
+        self.process_with(shared, Polls::All, None);
+    }
+
+    fn process_with(&mut self, shared: &UdpShared, polls: Polls, now: Option<tcpudp_core::Instant>) {
         let mut budget = 64;
-        let mut now = None;
+        let mut now = now; // a caller's clock read is reused: one per call
         while take_step(&mut budget, self.io.driver.as_ref()) {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
@@ -529,7 +533,8 @@ impl Inner {
             if !hold_released(&mut self.io.hold, &mut cx) {
                 break;
             }
-            let Some(report) = self.io.reports.pop_front().or_else(|| self.io.poll_once(&mut cx)) else {
+            let Some(report) = self.io.reports.pop_front().or_else(|| self.io.poll_once(&mut cx, polls))
+            else {
                 break;
             };
             let report = match report {
@@ -600,7 +605,7 @@ impl Inner {
 }
 
 impl UdpIo {
-    fn poll_once(&mut self, cx: &mut Context<'_>) -> Option<IoEvent> {
+    fn poll_once(&mut self, cx: &mut Context<'_>, polls: Polls) -> Option<IoEvent> {
         if let Some(fut) = &mut self.resolving_default {
             if let Poll::Ready(result) = fut.as_mut().poll(cx) {
                 self.resolving_default = None;
@@ -646,7 +651,7 @@ impl UdpIo {
                 }
             }
         }
-        if self.read_interest {
+        if self.read_interest && polls == Polls::All {
             // Receive into the thread's scratch buffer and copy the payload out: one exact-size
             // allocation per datagram (the simulator hands its `Bytes` over as they are). (A
             // fresh 64 KiB buffer per datagram made glibc grow and trim its heap, with page
