@@ -553,7 +553,8 @@ impl WriteSource for TcpShared {
 
 impl Inner {
     /// Runs the machine's outputs and the transport until nothing more can happen without
-    /// waiting. Transport polls use the driver's waker (DESIGN §5: one poller per direction).
+    /// waiting. Transport polls use the driver's waker, reads the [`ReadRoute`]'s once there is
+    /// one (DESIGN §5: one registered waker per direction).
     fn process(&mut self, shared: &TcpShared) {
         self.process_with(shared, Polls::All, None);
     }
