@@ -29,7 +29,7 @@ use tokio::io::ReadBuf;
 use tokio::time::Sleep;
 
 use crate::host::{io_error, poll_now, HostCtx};
-use crate::net::{NetState, SimNet};
+use crate::net::{Line, NetState, SimNet, UdpFate};
 use crate::{MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 
 /// Linux's default `SO_RCVBUF` for UDP (`net.core.rmem_default`).
@@ -140,7 +140,7 @@ fn settle(st: &mut NetState, id: u64, now: Duration) {
     let Some(end) = st.udp.ends.get_mut(&id) else { return };
     let (host, port) = (end.host, end.port);
     for dropped in end.settle(now) {
-        st.record(now, format_args!("udp#{dropped} dropped at {host}:{port}: receive buffer full"));
+        st.record_line(now, Line::UdpDropped { id: dropped, host, port });
     }
 }
 
@@ -304,23 +304,22 @@ fn deliver_from_turmoil(
     }
     let id = st.next_id();
     if from_host != key.0 && (st.link(from_host, key.0).partitioned || st.crashed(key.0)) {
-        st.record(
-            now,
-            format_args!("udp#{id} {from}>{}:{} len={} lost: partition", key.0, key.1, data.len()),
-        );
+        st.record_line(now, turmoil_line(id, from, key, data.len(), UdpFate::FromTurmoilPartitioned));
         return None;
     }
     let dst = if from.ip().is_loopback() { from.ip() } else { key.0 };
     let Some(to) = pick_unicast(st, key, dst) else {
-        st.record(
-            now,
-            format_args!("udp#{id} {from}>{}:{} len={} unbound address", key.0, key.1, data.len()),
-        );
+        st.record_line(now, turmoil_line(id, from, key, data.len(), UdpFate::FromTurmoilUnbound));
         return None;
     };
-    st.record(now, format_args!("udp#{id} {from}>{}:{} len={} from turmoil", key.0, key.1, data.len()));
+    st.record_line(now, turmoil_line(id, from, key, data.len(), UdpFate::FromTurmoil));
     let arrival = Arrival { id, data: Bytes::copy_from_slice(data), from };
     push_arrival(st, to, now, arrival, now)
+}
+
+/// The trace line of a datagram from a plain turmoil socket to the port `key`.
+fn turmoil_line(id: u64, from: SocketAddr, key: (IpAddr, u16), len: usize, fate: UdpFate) -> Line {
+    Line::Udp { id, from, dest: SocketAddr::new(key.0, key.1), len, fate }
 }
 
 /// The library socket on `key` a unicast datagram to `dst` goes to: the best address match,
@@ -530,31 +529,31 @@ fn deliver(
     let id = st.next_id();
     let len = data.len();
     if from_host == to_host {
-        st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} local"));
+        st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Local { to } });
         wake.extend(push_arrival(st, to, now, Arrival { id, data, from }, now));
         return;
     }
     let link = st.link(from_host, to_host);
     if link.partitioned || st.crashed(to_host) {
-        st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} lost: partition"));
+        st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Partitioned { to } });
         return;
     }
     let imp = link.udp;
     if imp.loss > 0.0 && st.rng("udp-loss", from_host, to_host).chance(imp.loss) {
-        st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} lost"));
+        st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Lost { to } });
         return;
     }
     let profile = st.profile(from_host, to_host);
     let latency =
         profile.sample(st.rng("udp-latency", from_host, to_host)) + extra_delay(st, from_host, to_host);
     let at = now + latency;
-    st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} arrives {:.6}", at.as_secs_f64()));
+    st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Arrives { to, at } });
     let duplicate = imp.duplicate > 0.0 && st.rng("udp-dup", from_host, to_host).chance(imp.duplicate);
     let copy = duplicate.then(|| data.clone());
     wake.extend(push_arrival(st, to, at, Arrival { id, data, from }, now));
     if let Some(data) = copy {
         let dup = st.next_id();
-        st.record(now, format_args!("udp#{dup} duplicate of udp#{id}"));
+        st.record_line(now, Line::UdpDuplicate { id: dup, of: id });
         wake.extend(push_arrival(st, to, at, Arrival { id: dup, data, from }, now));
     }
 }
