@@ -1,6 +1,7 @@
 //! The host a [`SimBackend`](crate::SimBackend) acts for, and the small helpers every entry point
 //! uses to call turmoil without ever reaching one of its panics (DESIGN §7).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -69,6 +70,19 @@ impl HostCtx {
         } else {
             turmoil::reverse_lookup(ip).map(|_| ip)
         }
+    }
+
+    /// As [`HostCtx::host_of`], remembering in `last` the last address found to be a host's:
+    /// turmoil's DNS never forgets a host, and its reverse look-up hashes and allocates.
+    pub(crate) fn host_of_cached(&self, ip: IpAddr, last: &Cell<Option<IpAddr>>) -> Option<IpAddr> {
+        if last.get() == Some(ip) && sim_guard().is_ok() {
+            return Some(ip);
+        }
+        let host = self.host_of(ip);
+        if host == Some(ip) {
+            last.set(host);
+        }
+        host
     }
 
     /// The address to hand turmoil's `bind` for a requested local address, or why it cannot be

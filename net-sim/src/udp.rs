@@ -13,6 +13,7 @@
 //! drop late gives the same answer as deciding it on arrival. Senders settle the receiver's due
 //! arrivals too, which keeps the pending list (and memory) bounded while nobody reads.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::io;
@@ -230,6 +231,7 @@ pub(crate) fn bind(host: &Arc<HostCtx>, bind: UdpBind) -> Result<SimUdp, Cause> 
         sleep: None,
         sleep_for: None,
         wake: Vec::new(),
+        dest_host: Cell::new(None),
     })
 }
 
@@ -336,6 +338,30 @@ fn pick_unicast(st: &NetState, key: (IpAddr, u16), dst: IpAddr) -> Option<u64> {
         .map(|(_, id)| id)
 }
 
+/// A payload to send: borrowed bytes (copied once, into the datagram) or the caller's `Bytes`
+/// (shared, no copy).
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Slice(&'a [u8]),
+    Bytes(&'a Bytes),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Slice(data) => data.len(),
+            Payload::Bytes(data) => data.len(),
+        }
+    }
+
+    fn to_bytes(self) -> Bytes {
+        match self {
+            Payload::Slice(data) => Bytes::copy_from_slice(data),
+            Payload::Bytes(data) => data.clone(),
+        }
+    }
+}
+
 /// One simulated UDP socket (a library socket).
 pub(crate) struct SimUdp {
     host: Arc<HostCtx>,
@@ -352,6 +378,8 @@ pub(crate) struct SimUdp {
     sleep_for: Option<Duration>,
     /// Room for the wakers one send collects (kept between sends).
     wake: Vec<Waker>,
+    /// The last destination address found to be a host's (see `HostCtx::host_of_cached`).
+    dest_host: Cell<Option<IpAddr>>,
 }
 
 impl SimUdp {
@@ -381,8 +409,26 @@ impl SimUdp {
         SocketAddr::new(ip, self.local.port())
     }
 
+    /// Checks and sends one datagram: a datagram larger than the family's maximum is rejected
+    /// (`EMSGSIZE`), the wildcard means this host, and an address no host has swallows it.
+    fn checked_send(&mut self, data: Payload<'_>, dest: SocketAddr) -> io::Result<()> {
+        if !self.host.same_family(dest.ip()) {
+            return Err(io_error(Cause::FamilyMismatch, "destination of the other family"));
+        }
+        let max = if dest.is_ipv4() { MAX_DATAGRAM_V4 } else { MAX_DATAGRAM_V6 };
+        if data.len() > max {
+            return Err(io_error(Cause::MessageTooLarge, "datagram too large"));
+        }
+        let dest = if dest.ip().is_unspecified() {
+            SocketAddr::new(self.host.loopback(), dest.port())
+        } else {
+            dest
+        };
+        self.send(data, dest)
+    }
+
     /// Sends one datagram (already checked) from this socket.
-    fn send(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+    fn send(&mut self, data: Payload<'_>, dest: SocketAddr) -> io::Result<()> {
         // The receivers' wakers, woken after the lock is released; the list keeps its room.
         let mut wake = std::mem::take(&mut self.wake);
         let result = self.send_collecting(data, dest, &mut wake);
@@ -392,7 +438,7 @@ impl SimUdp {
     }
 
     /// Sends one datagram, collecting the wakers to wake in `wake`.
-    fn send_collecting(&self, data: &[u8], dest: SocketAddr, wake: &mut Vec<Waker>) -> io::Result<()> {
+    fn send_collecting(&self, data: Payload<'_>, dest: SocketAddr, wake: &mut Vec<Waker>) -> io::Result<()> {
         let host = &self.host;
         let net = &host.net;
         let mut st = net.lock();
@@ -405,7 +451,7 @@ impl SimUdp {
         };
         let (bind_ip, loopback) = (me.bind_ip, me.loopback);
         let from = self.source(bind_ip, dest.ip());
-        let data = Bytes::copy_from_slice(data);
+        let data = data.to_bytes();
         if dest.ip().is_multicast() {
             let members: Vec<(u64, IpAddr)> = st
                 .udp
@@ -425,7 +471,7 @@ impl SimUdp {
                 let _ = port.socket.try_send_to(&data, dest);
             }
         } else {
-            let to_host = host.host_of(dest.ip());
+            let to_host = host.host_of_cached(dest.ip(), &self.dest_host);
             let library_port = to_host.filter(|h| st.udp.ports.contains_key(&(*h, dest.port())));
             match library_port {
                 Some(to_host) => match pick_unicast(&st, (to_host, dest.port()), dest.ip()) {
@@ -633,19 +679,17 @@ impl UdpTransport for SimUdp {
     /// Sends one datagram. A datagram larger than the family's maximum is rejected (`EMSGSIZE`),
     /// the wildcard means this host, and an address no host has swallows it. Never blocks.
     fn poll_send_to(&mut self, _cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
-        if !self.host.same_family(dest.ip()) {
-            return Poll::Ready(Err(io_error(Cause::FamilyMismatch, "destination of the other family")));
-        }
-        let max = if dest.is_ipv4() { MAX_DATAGRAM_V4 } else { MAX_DATAGRAM_V6 };
-        if data.len() > max {
-            return Poll::Ready(Err(io_error(Cause::MessageTooLarge, "datagram too large")));
-        }
-        let dest = if dest.ip().is_unspecified() {
-            SocketAddr::new(self.host.loopback(), dest.port())
-        } else {
-            dest
-        };
-        Poll::Ready(self.send(data, dest))
+        Poll::Ready(self.checked_send(Payload::Slice(data), dest))
+    }
+
+    /// As `poll_send_to`, keeping the caller's `Bytes` (no copy of the payload).
+    fn poll_send_bytes(
+        &mut self,
+        _cx: &mut Context<'_>,
+        data: &Bytes,
+        dest: SocketAddr,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(self.checked_send(Payload::Bytes(data), dest))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
