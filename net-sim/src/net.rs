@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::link::{DirLink, LinkProfile};
 use crate::rng::{fnv1a, SimRng, FNV_BASIS};
-use crate::tcp::TcpTables;
+use crate::tcp::{Gone, TcpTables};
 use crate::udp::UdpTables;
 
 /// The shared state of one simulation.
@@ -283,6 +283,12 @@ pub(crate) enum Line {
     UdpDuplicate { id: u64, of: u64 },
     /// A datagram the receive buffer of the socket on `host:port` had no room for.
     UdpDropped { id: u64, host: IpAddr, port: u16 },
+    /// TCP end `id` connected from `local` to `peer`.
+    TcpConnected { id: u64, local: SocketAddr, peer: SocketAddr },
+    /// TCP end `id` accepted a connection from `origin` on `local`.
+    TcpAccepted { id: u64, origin: SocketAddr, local: SocketAddr },
+    /// TCP end `id` went away.
+    TcpReleased { id: u64, gone: Gone },
 }
 
 /// What became of a datagram (the tail of its [`Line::Udp`]).
@@ -333,6 +339,9 @@ impl fmt::Display for Line {
             Line::UdpDropped { id, host, port } => {
                 write!(f, "udp#{id} dropped at {host}:{port}: receive buffer full")
             }
+            Line::TcpConnected { id, local, peer } => write!(f, "tcp #{id} connected {local}>{peer}"),
+            Line::TcpAccepted { id, origin, local } => write!(f, "tcp #{id} accepted {origin}>{local}"),
+            Line::TcpReleased { id, gone } => write!(f, "tcp #{id} released ({gone:?})"),
         }
     }
 }
@@ -500,6 +509,17 @@ mod tests {
                     Line::UdpDropped { id, host: ip, port },
                     format!("udp#{id} dropped at {ip}:{port}: receive buffer full"),
                 ),
+                (
+                    Line::TcpConnected { id, local: from, peer: dest },
+                    format!("tcp #{id} connected {from}>{dest}"),
+                ),
+                (
+                    Line::TcpAccepted { id, origin: from, local: dest },
+                    format!("tcp #{id} accepted {from}>{dest}"),
+                ),
+                (Line::TcpReleased { id, gone: Gone::Closed }, format!("tcp #{id} released (Closed)")),
+                (Line::TcpReleased { id, gone: Gone::Reset }, format!("tcp #{id} released (Reset)")),
+                (Line::TcpReleased { id, gone: Gone::Silent }, format!("tcp #{id} released (Silent)")),
             ];
             for (line, text) in cases {
                 let mut st = NetState::new(1, LinkProfile::default());

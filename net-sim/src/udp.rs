@@ -13,7 +13,6 @@
 //! drop late gives the same answer as deciding it on arrival. Senders settle the receiver's due
 //! arrivals too, which keeps the pending list (and memory) bounded while nobody reads.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::io;
@@ -231,7 +230,6 @@ pub(crate) fn bind(host: &Arc<HostCtx>, bind: UdpBind) -> Result<SimUdp, Cause> 
         sleep: None,
         sleep_for: None,
         wake: Vec::new(),
-        dest_host: Cell::new(None),
     })
 }
 
@@ -378,8 +376,6 @@ pub(crate) struct SimUdp {
     sleep_for: Option<Duration>,
     /// Room for the wakers one send collects (kept between sends).
     wake: Vec<Waker>,
-    /// The last destination address found to be a host's (see `HostCtx::host_of_cached`).
-    dest_host: Cell<Option<IpAddr>>,
 }
 
 impl SimUdp {
@@ -471,7 +467,7 @@ impl SimUdp {
                 let _ = port.socket.try_send_to(&data, dest);
             }
         } else {
-            let to_host = host.host_of_cached(dest.ip(), &self.dest_host);
+            let to_host = host.host_of(dest.ip());
             let library_port = to_host.filter(|h| st.udp.ports.contains_key(&(*h, dest.port())));
             match library_port {
                 Some(to_host) => match pick_unicast(&st, (to_host, dest.port()), dest.ip()) {
