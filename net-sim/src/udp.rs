@@ -151,8 +151,13 @@ fn push_arrival(st: &mut NetState, to: u64, at: Duration, arrival: Arrival, now:
     let order = st.next_id();
     let end = st.udp.ends.get_mut(&to)?;
     let key = (at, order);
-    let i = end.arrivals.partition_point(|(k, _)| *k < key);
-    end.arrivals.insert(i, (key, arrival));
+    // Order ids grow, so a datagram arriving no earlier than the last one goes at the back.
+    if end.arrivals.back().is_none_or(|(k, _)| *k < key) {
+        end.arrivals.push_back((key, arrival));
+    } else {
+        let i = end.arrivals.partition_point(|(k, _)| *k < key);
+        end.arrivals.insert(i, (key, arrival));
+    }
     if at <= now {
         settle(st, to, now);
     }
