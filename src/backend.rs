@@ -184,6 +184,18 @@ pub trait UdpTransport: Send + 'static {
     /// Sends one datagram.
     fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>>;
 
+    /// Sends one datagram held as `Bytes` (what the library sends with). The default sends the
+    /// slice; a transport that keeps datagrams as `Bytes` (the simulator) takes a reference
+    /// instead of a copy.
+    fn poll_send_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &bytes::Bytes,
+        dest: SocketAddr,
+    ) -> Poll<io::Result<()>> {
+        self.poll_send_to(cx, &data[..], dest)
+    }
+
     /// The bound address and port.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 

@@ -594,6 +594,20 @@ impl UdpTransport for FaultUdp {
         self.link.guard(cx, |cx| inner.poll_send_to(cx, data, dest))
     }
 
+    fn poll_send_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &bytes::Bytes,
+        dest: SocketAddr,
+    ) -> Poll<io::Result<()>> {
+        self.link.check()?;
+        if self.faults.take_send_failure() {
+            return Poll::Ready(Err(io::Error::other("send failed (fault)")));
+        }
+        let inner = &mut self.inner;
+        self.link.guard(cx, |cx| inner.poll_send_bytes(cx, data, dest))
+    }
+
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }

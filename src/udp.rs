@@ -638,7 +638,7 @@ impl UdpIo {
                 }
             }
             if let SendTarget::Addr(addr) = sending.to {
-                match transport.poll_send_to(cx, &sending.data, addr) {
+                match transport.poll_send_bytes(cx, &sending.data, addr) {
                     Poll::Ready(Ok(())) => {
                         self.sending = None;
                         return Some(IoEvent::Sent { id });

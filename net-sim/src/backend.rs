@@ -2,7 +2,7 @@
 
 use std::future::ready;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tcpudp::backend::{
     Backend, BackendKind, BoxFuture, ListenerTransport, TcpTransport, UdpBind, UdpTransport,
@@ -62,7 +62,13 @@ impl SimBackend {
             .ok_or_else(|| invalid_access(format!("the simulation has no host named {host_name:?}")))?;
         let net = crate::net::current();
         net.lock().ensure_host(ip, host_name);
-        let host = HostCtx { name: host_name.to_owned(), ip, net, runtime: runtime.clone() };
+        let host = HostCtx {
+            name: host_name.to_owned(),
+            ip,
+            net,
+            runtime: runtime.clone(),
+            last_host: Mutex::new(None),
+        };
         Ok(SimBackend { host: Arc::new(host), runtime })
     }
 

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tcpudp_core::error::ErrorName;
 use tcpudp_core::{Cause, SocketError};
@@ -34,6 +34,9 @@ pub(crate) struct HostCtx {
     pub(crate) net: Arc<SimNet>,
     /// The host's tokio runtime (turmoil runs it only while it runs the host).
     pub(crate) runtime: tokio::runtime::Handle,
+    /// The last address turmoil's DNS named a host for: it never forgets a host, and its reverse
+    /// look-up hashes and allocates, once per datagram or connect otherwise.
+    pub(crate) last_host: Mutex<Option<IpAddr>>,
 }
 
 impl HostCtx {
@@ -67,8 +70,22 @@ impl HostCtx {
         } else if !self.same_family(ip) || ip.is_multicast() || sim_guard().is_err() {
             None
         } else {
-            turmoil::reverse_lookup(ip).map(|_| ip)
+            self.known_host(ip).then_some(ip)
         }
+    }
+
+    /// Whether turmoil's DNS has a host at `ip` (inside a simulation only: turmoil panics
+    /// outside).
+    fn known_host(&self, ip: IpAddr) -> bool {
+        let mut last = self.last_host.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *last == Some(ip) {
+            return true;
+        }
+        let known = turmoil::reverse_lookup(ip).is_some();
+        if known {
+            *last = Some(ip);
+        }
+        known
     }
 
     /// The address to hand turmoil's `bind` for a requested local address, or why it cannot be
@@ -124,7 +141,7 @@ impl HostCtx {
             return Err(Cause::Unreachable);
         }
         sim_guard()?;
-        if turmoil::reverse_lookup(ip).is_some() {
+        if self.known_host(ip) {
             Ok(remote)
         } else {
             Err(Cause::Unreachable)

@@ -10,14 +10,15 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::fmt::{self, Write as _};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::link::{DirLink, LinkProfile};
 use crate::rng::{fnv1a, SimRng, FNV_BASIS};
-use crate::tcp::TcpTables;
+use crate::tcp::{Gone, TcpTables};
 use crate::udp::UdpTables;
 
 /// The shared state of one simulation.
@@ -91,10 +92,12 @@ pub(crate) struct NetState {
     rngs: BTreeMap<(&'static str, IpAddr, IpAddr), SimRng>,
     pub(crate) tcp: TcpTables,
     pub(crate) udp: UdpTables,
-    /// The kept trace lines, one after another (no allocation per line).
+    /// The text of the kept text lines, one after another (no allocation per line).
     trace_text: String,
-    /// Where each kept line ends in `trace_text`.
-    trace_ends: Vec<usize>,
+    /// The kept lines in order: where a text line ends in `trace_text`, or which structured line.
+    trace_lines: Vec<Kept>,
+    /// The kept structured lines, with their times.
+    structured: Vec<(Duration, Line)>,
     /// A line past the kept ones is formatted here (for the digest only), reused.
     scratch: String,
     digest: u64,
@@ -119,7 +122,8 @@ impl NetState {
             tcp: TcpTables::default(),
             udp: UdpTables::default(),
             trace_text: String::new(),
-            trace_ends: Vec::new(),
+            trace_lines: Vec::new(),
+            structured: Vec::new(),
             scratch: String::new(),
             digest: FNV_BASIS,
             next_id: 1,
@@ -197,9 +201,9 @@ impl NetState {
     }
 
     /// Appends a line to the trace (and to its running digest). Past [`TRACE_LINES_KEPT`] lines
-    /// only the digest grows.
+    /// only the digest grows. Hot lines go through [`NetState::record_line`] instead.
     pub(crate) fn record(&mut self, at: Duration, text: std::fmt::Arguments<'_>) {
-        let keep = self.trace_ends.len() < TRACE_LINES_KEPT;
+        let keep = self.trace_lines.len() < TRACE_LINES_KEPT;
         let (buf, start) = if keep {
             let start = self.trace_text.len();
             (&mut self.trace_text, start)
@@ -207,12 +211,26 @@ impl NetState {
             self.scratch.clear();
             (&mut self.scratch, 0)
         };
-        let _ = write!(buf, "{:>6}.{:06} ", at.as_secs(), at.subsec_micros());
+        let _ = write!(buf, "{} ", Stamp(at));
         let _ = buf.write_fmt(text);
         self.digest = fnv1a(self.digest, &buf.as_bytes()[start..]);
         self.digest = fnv1a(self.digest, b"\n");
         if keep {
-            self.trace_ends.push(self.trace_text.len());
+            self.trace_lines.push(Kept::Text(self.trace_text.len()));
+        }
+    }
+
+    /// Appends a structured line: the same text as `record` would keep, formatted only when the
+    /// trace is read (the hot per-datagram lines would otherwise cost more than the delivery).
+    /// The digest folds its fields instead of its text.
+    pub(crate) fn record_line(&mut self, at: Duration, line: Line) {
+        let mut h = WordHasher(self.digest);
+        at.hash(&mut h);
+        line.hash(&mut h);
+        self.digest = h.0;
+        if self.trace_lines.len() < TRACE_LINES_KEPT {
+            self.trace_lines.push(Kept::Line(self.structured.len()));
+            self.structured.push((at, line));
         }
     }
 
@@ -224,19 +242,162 @@ impl NetState {
     /// The trace so far (the kept lines).
     pub(crate) fn trace(&self) -> Vec<String> {
         let mut start = 0;
-        self.trace_ends
+        self.trace_lines
             .iter()
-            .map(|&end| {
-                let line = self.trace_text[start..end].to_owned();
-                start = end;
-                line
+            .map(|kept| match *kept {
+                Kept::Text(end) => {
+                    let line = self.trace_text[start..end].to_owned();
+                    start = end;
+                    line
+                }
+                Kept::Line(i) => {
+                    let (at, line) = &self.structured[i];
+                    format!("{} {line}", Stamp(*at))
+                }
             })
             .collect()
     }
 
-    /// The digest of the trace so far (FNV-1a over its lines).
+    /// The digest of the trace so far (FNV-1a over text lines, a word hash over structured ones).
     pub(crate) fn digest(&self) -> u64 {
         self.digest
+    }
+}
+
+/// A kept trace line (small: most lines of a TCP run are text).
+#[derive(Clone, Copy, Debug)]
+enum Kept {
+    /// A text line, ending at this offset of `trace_text` (it starts where the previous one ends).
+    Text(usize),
+    /// A structured line: its index in `structured`.
+    Line(usize),
+}
+
+/// A hot trace line as its parts (see [`NetState::record_line`]). `Display` gives the exact text
+/// the line had when it was formatted on the spot (the conformance interpreter parses it).
+#[derive(Clone, Copy, Debug, Hash)]
+pub(crate) enum Line {
+    /// A datagram from `from` to `dest`, `len` bytes, and what became of it.
+    Udp { id: u64, from: SocketAddr, dest: SocketAddr, len: usize, fate: UdpFate },
+    /// A copy of datagram `of` the link duplicated.
+    UdpDuplicate { id: u64, of: u64 },
+    /// A datagram the receive buffer of the socket on `host:port` had no room for.
+    UdpDropped { id: u64, host: IpAddr, port: u16 },
+    /// TCP end `id` connected from `local` to `peer`.
+    TcpConnected { id: u64, local: SocketAddr, peer: SocketAddr },
+    /// TCP end `id` accepted a connection from `origin` on `local`.
+    TcpAccepted { id: u64, origin: SocketAddr, local: SocketAddr },
+    /// TCP end `id` went away.
+    TcpReleased { id: u64, gone: Gone },
+}
+
+/// What became of a datagram (the tail of its [`Line::Udp`]).
+#[derive(Clone, Copy, Debug, Hash)]
+pub(crate) enum UdpFate {
+    /// Handed to library socket `to` on the same host.
+    Local { to: u64 },
+    /// For library socket `to`, lost to a partition or a crashed host.
+    Partitioned { to: u64 },
+    /// For library socket `to`, lost by the link's loss rate.
+    Lost { to: u64 },
+    /// For library socket `to`, arriving at `at`.
+    Arrives { to: u64, at: Duration },
+    /// From a plain turmoil socket, handed to the library socket on `dest`.
+    FromTurmoil,
+    /// From a plain turmoil socket, lost to a partition or a crashed host.
+    FromTurmoilPartitioned,
+    /// From a plain turmoil socket, for an address no library socket on the port has.
+    FromTurmoilUnbound,
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Line::Udp { id, from, dest, len, fate } => {
+                // Datagrams from turmoil name the port's host and port apart (`ip:port`, no
+                // brackets for IPv6), as their lines always did.
+                let (ip, port) = (dest.ip(), dest.port());
+                match fate {
+                    UdpFate::Local { to } => write!(f, "udp#{id} {from}>{dest} len={len} to #{to} local"),
+                    UdpFate::Partitioned { to } => {
+                        write!(f, "udp#{id} {from}>{dest} len={len} to #{to} lost: partition")
+                    }
+                    UdpFate::Lost { to } => write!(f, "udp#{id} {from}>{dest} len={len} to #{to} lost"),
+                    UdpFate::Arrives { to, at } => {
+                        write!(f, "udp#{id} {from}>{dest} len={len} to #{to} arrives {:.6}", at.as_secs_f64())
+                    }
+                    UdpFate::FromTurmoil => write!(f, "udp#{id} {from}>{ip}:{port} len={len} from turmoil"),
+                    UdpFate::FromTurmoilPartitioned => {
+                        write!(f, "udp#{id} {from}>{ip}:{port} len={len} lost: partition")
+                    }
+                    UdpFate::FromTurmoilUnbound => {
+                        write!(f, "udp#{id} {from}>{ip}:{port} len={len} unbound address")
+                    }
+                }
+            }
+            Line::UdpDuplicate { id, of } => write!(f, "udp#{id} duplicate of udp#{of}"),
+            Line::UdpDropped { id, host, port } => {
+                write!(f, "udp#{id} dropped at {host}:{port}: receive buffer full")
+            }
+            Line::TcpConnected { id, local, peer } => write!(f, "tcp #{id} connected {local}>{peer}"),
+            Line::TcpAccepted { id, origin, local } => write!(f, "tcp #{id} accepted {origin}>{local}"),
+            Line::TcpReleased { id, gone } => write!(f, "tcp #{id} released ({gone:?})"),
+        }
+    }
+}
+
+/// A line's time stamp: seconds, right-aligned, and microseconds.
+struct Stamp(Duration);
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>6}.{:06}", self.0.as_secs(), self.0.subsec_micros())
+    }
+}
+
+/// Folds a structured line into the running digest, a word at a time (FNV-1a for byte slices).
+/// Deterministic: std's `Hash` of integers, addresses and durations feeds it plain values.
+struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv1a(self.0, bytes);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // One multiply per word, then a fold of the high half down so every bit of `n` reaches
+        // every bit of the state over the next words.
+        let h = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 29);
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
     }
 }
 
@@ -302,5 +463,92 @@ impl Drop for CurrentGuard {
     fn drop(&mut self) {
         let previous = self.previous.take();
         CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every structured line reads exactly as the `format!` it replaced, in both families.
+    #[test]
+    fn test_structured_lines_keep_their_text() {
+        let at = Duration::from_micros(1_234_567);
+        for (from, dest) in [
+            ("10.0.0.1:5000", "10.0.0.2:9000"),
+            ("[fe80::1]:5000", "[fe80::2]:9000"),
+            ("[::1]:5000", "[::1]:9000"),
+        ] {
+            let from: SocketAddr = from.parse().unwrap();
+            let dest: SocketAddr = dest.parse().unwrap();
+            let (id, len, to) = (7u64, 1200usize, 3u64);
+            let (ip, port) = (dest.ip(), dest.port());
+            let udp = |fate| Line::Udp { id, from, dest, len, fate };
+            let cases = [
+                (udp(UdpFate::Local { to }), format!("udp#{id} {from}>{dest} len={len} to #{to} local")),
+                (
+                    udp(UdpFate::Partitioned { to }),
+                    format!("udp#{id} {from}>{dest} len={len} to #{to} lost: partition"),
+                ),
+                (udp(UdpFate::Lost { to }), format!("udp#{id} {from}>{dest} len={len} to #{to} lost")),
+                (
+                    udp(UdpFate::Arrives { to, at }),
+                    format!("udp#{id} {from}>{dest} len={len} to #{to} arrives {:.6}", at.as_secs_f64()),
+                ),
+                (udp(UdpFate::FromTurmoil), format!("udp#{id} {from}>{ip}:{port} len={len} from turmoil")),
+                (
+                    udp(UdpFate::FromTurmoilPartitioned),
+                    format!("udp#{id} {from}>{ip}:{port} len={len} lost: partition"),
+                ),
+                (
+                    udp(UdpFate::FromTurmoilUnbound),
+                    format!("udp#{id} {from}>{ip}:{port} len={len} unbound address"),
+                ),
+                (Line::UdpDuplicate { id: 8, of: id }, format!("udp#8 duplicate of udp#{id}")),
+                (
+                    Line::UdpDropped { id, host: ip, port },
+                    format!("udp#{id} dropped at {ip}:{port}: receive buffer full"),
+                ),
+                (
+                    Line::TcpConnected { id, local: from, peer: dest },
+                    format!("tcp #{id} connected {from}>{dest}"),
+                ),
+                (
+                    Line::TcpAccepted { id, origin: from, local: dest },
+                    format!("tcp #{id} accepted {from}>{dest}"),
+                ),
+                (Line::TcpReleased { id, gone: Gone::Closed }, format!("tcp #{id} released (Closed)")),
+                (Line::TcpReleased { id, gone: Gone::Reset }, format!("tcp #{id} released (Reset)")),
+                (Line::TcpReleased { id, gone: Gone::Silent }, format!("tcp #{id} released (Silent)")),
+            ];
+            for (line, text) in cases {
+                let mut st = NetState::new(1, LinkProfile::default());
+                st.record(at, format_args!("{text}"));
+                st.record_line(at, line);
+                let trace = st.trace();
+                assert_eq!(trace[0], trace[1]);
+                assert_eq!(trace[1], format!("     1.234567 {text}"));
+            }
+        }
+    }
+
+    /// The digest covers lines past the kept ones, and depends on every field.
+    #[test]
+    fn test_digest_covers_structured_lines() {
+        let line = |id| Line::UdpDuplicate { id, of: 1 };
+        let digest = |lines: &[Line]| {
+            let mut st = NetState::new(1, LinkProfile::default());
+            lines.iter().for_each(|l| st.record_line(Duration::from_millis(1), *l));
+            st.digest()
+        };
+        assert_eq!(digest(&[line(2), line(3)]), digest(&[line(2), line(3)]));
+        assert_ne!(digest(&[line(2), line(3)]), digest(&[line(3), line(2)]));
+        assert_ne!(digest(&[line(2)]), digest(&[line(2), line(2)]));
+        let mut st = NetState::new(1, LinkProfile::default());
+        st.trace_lines = vec![Kept::Text(0); TRACE_LINES_KEPT];
+        let before = st.digest();
+        st.record_line(Duration::ZERO, line(2));
+        assert_ne!(st.digest(), before);
+        assert_eq!(st.trace_lines.len(), TRACE_LINES_KEPT);
     }
 }

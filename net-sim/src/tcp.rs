@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::host::{poll_now, sim_guard, HostCtx};
-use crate::net::{NetState, SimNet};
+use crate::net::{Line, NetState, SimNet};
 use crate::{DEFAULT_KEEP_ALIVE_COUNT, DEFAULT_KEEP_ALIVE_IDLE, DEFAULT_KEEP_ALIVE_INTERVAL};
 
 /// The first retransmission timeout (Linux's `TCP_RTO_MIN`).
@@ -87,8 +87,8 @@ const CLIENT: usize = 0;
 const SERVER: usize = 1;
 
 /// How an end went away (what its peer's later segments meet).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Gone {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Gone {
     /// Closed with FIN: a FIN or probe is still answered (FIN_WAIT_2 / TIME_WAIT), data gets RST.
     Closed,
     /// Reset: everything gets RST.
@@ -294,7 +294,7 @@ fn rst_to_peer(st: &mut NetState, id: u64, wake: &mut Vec<Waker>) {
 fn finalize(st: &mut NetState, id: u64, gone: Gone) -> Option<TcpStream> {
     let mut end = st.tcp.ends.remove(&id)?;
     let now = st.last_now;
-    st.record(now, format_args!("tcp #{id} released ({gone:?})"));
+    st.record_line(now, Line::TcpReleased { id, gone });
     if let Some(conn) = st.tcp.conns.get_mut(&end.key) {
         conn.ends[end.side] = None;
         conn.gone[end.side].get_or_insert(gone);
@@ -725,7 +725,7 @@ pub(crate) fn connect(
         );
         let id = new_end(&host, &mut st, stream, key, CLIENT, to_host).map_err(|e| cause_of(&e))?;
         let now = st.now();
-        st.record(now, format_args!("tcp #{id} connected {}>{}", key.1, key.2));
+        st.record_line(now, Line::TcpConnected { id, local: key.1, peer: key.2 });
         drop(st);
         Ok(Box::new(SimTcpStream {
             host,
@@ -1168,7 +1168,7 @@ fn accepted(
     let conn = (client_host, origin, local);
     let Ok(id) = new_end(host, st, stream, conn, SERVER, client_host) else { return };
     let now = st.now();
-    st.record(now, format_args!("tcp #{id} accepted {origin}>{local}"));
+    st.record_line(now, Line::TcpAccepted { id, origin, local });
     if let Some(l) = st.tcp.listeners.get_mut(&key) {
         l.reservations.pop_front();
         l.queue.push_back(id);

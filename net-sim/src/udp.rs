@@ -29,7 +29,7 @@ use tokio::io::ReadBuf;
 use tokio::time::Sleep;
 
 use crate::host::{io_error, poll_now, HostCtx};
-use crate::net::{NetState, SimNet};
+use crate::net::{Line, NetState, SimNet, UdpFate};
 use crate::{MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 
 /// Linux's default `SO_RCVBUF` for UDP (`net.core.rmem_default`).
@@ -140,7 +140,7 @@ fn settle(st: &mut NetState, id: u64, now: Duration) {
     let Some(end) = st.udp.ends.get_mut(&id) else { return };
     let (host, port) = (end.host, end.port);
     for dropped in end.settle(now) {
-        st.record(now, format_args!("udp#{dropped} dropped at {host}:{port}: receive buffer full"));
+        st.record_line(now, Line::UdpDropped { id: dropped, host, port });
     }
 }
 
@@ -151,8 +151,13 @@ fn push_arrival(st: &mut NetState, to: u64, at: Duration, arrival: Arrival, now:
     let order = st.next_id();
     let end = st.udp.ends.get_mut(&to)?;
     let key = (at, order);
-    let i = end.arrivals.partition_point(|(k, _)| *k < key);
-    end.arrivals.insert(i, (key, arrival));
+    // Order ids grow, so a datagram arriving no earlier than the last one goes at the back.
+    if end.arrivals.back().is_none_or(|(k, _)| *k < key) {
+        end.arrivals.push_back((key, arrival));
+    } else {
+        let i = end.arrivals.partition_point(|(k, _)| *k < key);
+        end.arrivals.insert(i, (key, arrival));
+    }
     if at <= now {
         settle(st, to, now);
     }
@@ -304,23 +309,22 @@ fn deliver_from_turmoil(
     }
     let id = st.next_id();
     if from_host != key.0 && (st.link(from_host, key.0).partitioned || st.crashed(key.0)) {
-        st.record(
-            now,
-            format_args!("udp#{id} {from}>{}:{} len={} lost: partition", key.0, key.1, data.len()),
-        );
+        st.record_line(now, turmoil_line(id, from, key, data.len(), UdpFate::FromTurmoilPartitioned));
         return None;
     }
     let dst = if from.ip().is_loopback() { from.ip() } else { key.0 };
     let Some(to) = pick_unicast(st, key, dst) else {
-        st.record(
-            now,
-            format_args!("udp#{id} {from}>{}:{} len={} unbound address", key.0, key.1, data.len()),
-        );
+        st.record_line(now, turmoil_line(id, from, key, data.len(), UdpFate::FromTurmoilUnbound));
         return None;
     };
-    st.record(now, format_args!("udp#{id} {from}>{}:{} len={} from turmoil", key.0, key.1, data.len()));
+    st.record_line(now, turmoil_line(id, from, key, data.len(), UdpFate::FromTurmoil));
     let arrival = Arrival { id, data: Bytes::copy_from_slice(data), from };
     push_arrival(st, to, now, arrival, now)
+}
+
+/// The trace line of a datagram from a plain turmoil socket to the port `key`.
+fn turmoil_line(id: u64, from: SocketAddr, key: (IpAddr, u16), len: usize, fate: UdpFate) -> Line {
+    Line::Udp { id, from, dest: SocketAddr::new(key.0, key.1), len, fate }
 }
 
 /// The library socket on `key` a unicast datagram to `dst` goes to: the best address match,
@@ -335,6 +339,30 @@ fn pick_unicast(st: &NetState, key: (IpAddr, u16), dst: IpAddr) -> Option<u64> {
         })
         .max()
         .map(|(_, id)| id)
+}
+
+/// A payload to send: borrowed bytes (copied once, into the datagram) or the caller's `Bytes`
+/// (shared, no copy).
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Slice(&'a [u8]),
+    Bytes(&'a Bytes),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Slice(data) => data.len(),
+            Payload::Bytes(data) => data.len(),
+        }
+    }
+
+    fn to_bytes(self) -> Bytes {
+        match self {
+            Payload::Slice(data) => Bytes::copy_from_slice(data),
+            Payload::Bytes(data) => data.clone(),
+        }
+    }
 }
 
 /// One simulated UDP socket (a library socket).
@@ -382,8 +410,26 @@ impl SimUdp {
         SocketAddr::new(ip, self.local.port())
     }
 
+    /// Checks and sends one datagram: a datagram larger than the family's maximum is rejected
+    /// (`EMSGSIZE`), the wildcard means this host, and an address no host has swallows it.
+    fn checked_send(&mut self, data: Payload<'_>, dest: SocketAddr) -> io::Result<()> {
+        if !self.host.same_family(dest.ip()) {
+            return Err(io_error(Cause::FamilyMismatch, "destination of the other family"));
+        }
+        let max = if dest.is_ipv4() { MAX_DATAGRAM_V4 } else { MAX_DATAGRAM_V6 };
+        if data.len() > max {
+            return Err(io_error(Cause::MessageTooLarge, "datagram too large"));
+        }
+        let dest = if dest.ip().is_unspecified() {
+            SocketAddr::new(self.host.loopback(), dest.port())
+        } else {
+            dest
+        };
+        self.send(data, dest)
+    }
+
     /// Sends one datagram (already checked) from this socket.
-    fn send(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+    fn send(&mut self, data: Payload<'_>, dest: SocketAddr) -> io::Result<()> {
         // The receivers' wakers, woken after the lock is released; the list keeps its room.
         let mut wake = std::mem::take(&mut self.wake);
         let result = self.send_collecting(data, dest, &mut wake);
@@ -393,7 +439,7 @@ impl SimUdp {
     }
 
     /// Sends one datagram, collecting the wakers to wake in `wake`.
-    fn send_collecting(&self, data: &[u8], dest: SocketAddr, wake: &mut Vec<Waker>) -> io::Result<()> {
+    fn send_collecting(&self, data: Payload<'_>, dest: SocketAddr, wake: &mut Vec<Waker>) -> io::Result<()> {
         let host = &self.host;
         let net = &host.net;
         let mut st = net.lock();
@@ -406,7 +452,7 @@ impl SimUdp {
         };
         let (bind_ip, loopback) = (me.bind_ip, me.loopback);
         let from = self.source(bind_ip, dest.ip());
-        let data = Bytes::copy_from_slice(data);
+        let data = data.to_bytes();
         if dest.ip().is_multicast() {
             let members: Vec<(u64, IpAddr)> = st
                 .udp
@@ -530,31 +576,31 @@ fn deliver(
     let id = st.next_id();
     let len = data.len();
     if from_host == to_host {
-        st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} local"));
+        st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Local { to } });
         wake.extend(push_arrival(st, to, now, Arrival { id, data, from }, now));
         return;
     }
     let link = st.link(from_host, to_host);
     if link.partitioned || st.crashed(to_host) {
-        st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} lost: partition"));
+        st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Partitioned { to } });
         return;
     }
     let imp = link.udp;
     if imp.loss > 0.0 && st.rng("udp-loss", from_host, to_host).chance(imp.loss) {
-        st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} lost"));
+        st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Lost { to } });
         return;
     }
     let profile = st.profile(from_host, to_host);
     let latency =
         profile.sample(st.rng("udp-latency", from_host, to_host)) + extra_delay(st, from_host, to_host);
     let at = now + latency;
-    st.record(now, format_args!("udp#{id} {from}>{dest} len={len} to #{to} arrives {:.6}", at.as_secs_f64()));
+    st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Arrives { to, at } });
     let duplicate = imp.duplicate > 0.0 && st.rng("udp-dup", from_host, to_host).chance(imp.duplicate);
     let copy = duplicate.then(|| data.clone());
     wake.extend(push_arrival(st, to, at, Arrival { id, data, from }, now));
     if let Some(data) = copy {
         let dup = st.next_id();
-        st.record(now, format_args!("udp#{dup} duplicate of udp#{id}"));
+        st.record_line(now, Line::UdpDuplicate { id: dup, of: id });
         wake.extend(push_arrival(st, to, at, Arrival { id: dup, data, from }, now));
     }
 }
@@ -634,19 +680,17 @@ impl UdpTransport for SimUdp {
     /// Sends one datagram. A datagram larger than the family's maximum is rejected (`EMSGSIZE`),
     /// the wildcard means this host, and an address no host has swallows it. Never blocks.
     fn poll_send_to(&mut self, _cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
-        if !self.host.same_family(dest.ip()) {
-            return Poll::Ready(Err(io_error(Cause::FamilyMismatch, "destination of the other family")));
-        }
-        let max = if dest.is_ipv4() { MAX_DATAGRAM_V4 } else { MAX_DATAGRAM_V6 };
-        if data.len() > max {
-            return Poll::Ready(Err(io_error(Cause::MessageTooLarge, "datagram too large")));
-        }
-        let dest = if dest.ip().is_unspecified() {
-            SocketAddr::new(self.host.loopback(), dest.port())
-        } else {
-            dest
-        };
-        Poll::Ready(self.send(data, dest))
+        Poll::Ready(self.checked_send(Payload::Slice(data), dest))
+    }
+
+    /// As `poll_send_to`, keeping the caller's `Bytes` (no copy of the payload).
+    fn poll_send_bytes(
+        &mut self,
+        _cx: &mut Context<'_>,
+        data: &Bytes,
+        dest: SocketAddr,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(self.checked_send(Payload::Bytes(data), dest))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
