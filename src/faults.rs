@@ -562,12 +562,29 @@ impl Drop for FaultUdp {
     }
 }
 
+impl FaultUdp {
+    /// A dropped link or an armed receive error fails the receive (either form of it).
+    fn recv_gate(&self) -> io::Result<()> {
+        self.link.check()?;
+        match self.faults.take_recv_error() {
+            Some(kind) => Err(io::Error::new(kind, "receive error (fault)")),
+            None => Ok(()),
+        }
+    }
+
+    /// A dropped link or an armed send failure fails the send (either form of it).
+    fn send_gate(&self) -> io::Result<()> {
+        self.link.check()?;
+        if self.faults.take_send_failure() {
+            return Err(io::Error::other("send failed (fault)"));
+        }
+        Ok(())
+    }
+}
+
 impl UdpTransport for FaultUdp {
     fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>> {
-        self.link.check()?;
-        if let Some(kind) = self.faults.take_recv_error() {
-            return Poll::Ready(Err(io::Error::new(kind, "receive error (fault)")));
-        }
+        self.recv_gate()?;
         let inner = &mut self.inner;
         self.link.guard(cx, |cx| inner.poll_recv_from(cx, buf))
     }
@@ -577,19 +594,13 @@ impl UdpTransport for FaultUdp {
         cx: &mut Context<'_>,
         scratch: &mut [u8],
     ) -> Poll<io::Result<(bytes::Bytes, RecvMeta)>> {
-        self.link.check()?;
-        if let Some(kind) = self.faults.take_recv_error() {
-            return Poll::Ready(Err(io::Error::new(kind, "receive error (fault)")));
-        }
+        self.recv_gate()?;
         let inner = &mut self.inner;
         self.link.guard(cx, |cx| inner.poll_recv_bytes(cx, scratch))
     }
 
     fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
-        self.link.check()?;
-        if self.faults.take_send_failure() {
-            return Poll::Ready(Err(io::Error::other("send failed (fault)")));
-        }
+        self.send_gate()?;
         let inner = &mut self.inner;
         self.link.guard(cx, |cx| inner.poll_send_to(cx, data, dest))
     }
@@ -600,10 +611,7 @@ impl UdpTransport for FaultUdp {
         data: &bytes::Bytes,
         dest: SocketAddr,
     ) -> Poll<io::Result<()>> {
-        self.link.check()?;
-        if self.faults.take_send_failure() {
-            return Poll::Ready(Err(io::Error::other("send failed (fault)")));
-        }
+        self.send_gate()?;
         let inner = &mut self.inner;
         self.link.guard(cx, |cx| inner.poll_send_bytes(cx, data, dest))
     }
