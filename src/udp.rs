@@ -135,6 +135,9 @@ struct UdpIo {
     resolving_default: Option<BoxFuture<'static, Result<Vec<IpAddr>, Cause>>>,
     sending: Option<Sending>,
     read_interest: bool,
+    /// The last receive poll was pending, so the driver's waker is registered with the transport
+    /// (cleared when a receive returns anything and whenever the read interest changes).
+    recv_armed: bool,
     released: bool,
     driver: Option<Waker>,
     received: u64,
@@ -460,7 +463,14 @@ impl UdpShared {
             inner.read_result = None;
             inner.readable_signal = false;
             let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
-            inner.process_with(self, Polls::All, Some(now));
+            while let Some(out) = inner.machine.poll_output() {
+                inner.apply(self, out);
+            }
+            // A read the readable's queue answered need not look for more datagrams while the
+            // driver is registered for them (it receives when the transport wakes it).
+            let polls =
+                if inner.read_result.is_some() && inner.io.recv_armed { Polls::Sends } else { Polls::All };
+            inner.process_with(self, polls, Some(now));
             if let Some(result) = inner.read_result.take() {
                 return Poll::Ready(match result {
                     ReadResult::Message(m) => Ok(Some(UdpMessage { data: m.data, from: m.from })),
@@ -564,7 +574,10 @@ impl Inner {
                 };
                 self.io.sending = Some(Sending { id, data, to });
             }
-            Output::Io(IoCommand::ReadInterest(on)) => self.io.read_interest = on,
+            Output::Io(IoCommand::ReadInterest(on)) => {
+                self.io.read_interest = on;
+                self.io.recv_armed = false;
+            }
             Output::Io(IoCommand::Close) | Output::Io(IoCommand::Reset) => {
                 if let Some(t) = self.io.transport.take() {
                     self.io.diag = t.diag();
@@ -572,6 +585,7 @@ impl Inner {
                 self.io.sending = None;
                 self.io.resolving_default = None;
                 self.io.read_interest = false;
+                self.io.recv_armed = false;
                 self.io.released = true;
             }
             Output::Io(_) => {}
@@ -664,6 +678,7 @@ impl UdpIo {
                 // Not reachable (transports never call back into sockets), but never panic.
                 Err(_) => transport.poll_recv_bytes(cx, &mut vec![0u8; DATAGRAM_ROOM]),
             });
+            self.recv_armed = polled.is_pending();
             match polled {
                 Poll::Ready(Ok((data, meta))) => {
                     self.received += 1;
