@@ -845,9 +845,10 @@ mod read_pool {
         let pooled = POOL
             .try_with(|pool| {
                 let mut pool = pool.try_borrow_mut().ok()?;
+                // Newest first: the buffer given back last is the one still in the CPU's cache.
                 let i =
-                    pool.iter_mut().position(|b| b.capacity() >= MIN_ROOM || b.try_reclaim(READ_CHUNK))?;
-                Some(pool.swap_remove(i))
+                    pool.iter_mut().rposition(|b| b.capacity() >= MIN_ROOM || b.try_reclaim(READ_CHUNK))?;
+                Some(pool.remove(i))
             })
             .ok()
             .flatten();
