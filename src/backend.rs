@@ -3,9 +3,9 @@
 //! A backend is chosen by value (`tcpudp_net_real::network(..)`, `tcpudp_net_sim::network(..)`);
 //! the API drives every socket's sans-IO machine and asks the backend only for the I/O it needs.
 //! Transports are polled with `&mut self` from exactly one place at a time (the socket's lock), and
-//! each direction always with the same waker (the socket driver's; a TCP socket's reads with its
-//! read route's, which wakes a waiting reader or else the driver), so tokio's and turmoil's
-//! one-waker-per-direction rule can never lose a wake-up (DESIGN §5).
+//! each direction with one waker (the socket driver's; a TCP socket's reads, once a reader has
+//! waited, with its read route's, which wakes that reader or else the driver), so tokio's and
+//! turmoil's one-waker-per-direction rule can never lose a wake-up (DESIGN §5).
 
 use std::future::Future;
 use std::io;
