@@ -1,7 +1,8 @@
 //! readyState and the transition tables of RULES.md §9 (with the extension rows of §9.4).
 //!
 //! Read RULES.md §9 before editing. Every machine changes its state only through its
-//! `set_ready_state`, which asks [`Row::allows`] whether the move is in the table.
+//! `set_ready_state`, which names a [`Row`]: a move is in the table by construction, and the
+//! choke point checks it starts from the socket's current state.
 
 use core::fmt;
 
