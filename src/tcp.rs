@@ -20,6 +20,7 @@ use tcpudp_core::{
     SocketError, TcpMachine, WriteId,
 };
 use tokio::io::ReadBuf;
+use tracing::Instrument;
 
 use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
 use crate::network::Network;
@@ -895,17 +896,18 @@ async fn drive(shared: Arc<TcpShared>) {
                 route.set_driver(Some(cx.waker()));
             }
         }
-        // Bounded: each Timeout clears at least the deadline it fired for.
+        // Bounded: each Timeout clears at least the deadline it fired for. The clock is read only
+        // when a deadline is armed, and once for this poll.
+        let mut now = None;
         for _ in 0..4 {
-            let now = shared.net.now();
-            match inner.machine.poll_timeout() {
-                Some(d) if d.at <= now => {
-                    let _ = inner.machine.handle(now, Input::Timeout);
-                }
-                _ => break,
+            let Some(d) = inner.machine.poll_timeout() else { break };
+            let at = *now.get_or_insert_with(|| shared.net.now());
+            if d.at > at {
+                break;
             }
+            let _ = inner.machine.handle(at, Input::Timeout);
         }
-        inner.process(&shared);
+        inner.process_with(&shared, Polls::All, now);
         if inner.finished() {
             inner.io.driver = None;
             if let Some(route) = inner.io.route.take() {
@@ -935,31 +937,8 @@ async fn drive(shared: Arc<TcpShared>) {
         inner.machine.release_idle_buffers();
         Poll::Pending
     })
-    .instrument_in(&shared.span)
+    .instrument(shared.span.clone()) // no allocation of its own (the inner future stays inline)
     .await
-}
-
-/// Runs a future inside a span without pulling in `tracing-futures`.
-trait InSpan: Future + Sized {
-    fn instrument_in(self, span: &tracing::Span) -> InSpanFuture<Self> {
-        InSpanFuture { inner: Box::pin(self), span: span.clone() }
-    }
-}
-
-impl<F: Future> InSpan for F {}
-
-struct InSpanFuture<F> {
-    inner: Pin<Box<F>>,
-    span: tracing::Span,
-}
-
-impl<F: Future> Future for InSpanFuture<F> {
-    type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = &mut *self;
-        let _enter = this.span.enter();
-        this.inner.as_mut().poll(cx)
-    }
 }
 
 /// The readable stream of a TCP socket (the lock on it while held).
