@@ -341,30 +341,6 @@ fn pick_unicast(st: &NetState, key: (IpAddr, u16), dst: IpAddr) -> Option<u64> {
         .map(|(_, id)| id)
 }
 
-/// A payload to send: borrowed bytes (copied once, into the datagram) or the caller's `Bytes`
-/// (shared, no copy).
-#[derive(Clone, Copy)]
-enum Payload<'a> {
-    Slice(&'a [u8]),
-    Bytes(&'a Bytes),
-}
-
-impl Payload<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Payload::Slice(data) => data.len(),
-            Payload::Bytes(data) => data.len(),
-        }
-    }
-
-    fn to_bytes(self) -> Bytes {
-        match self {
-            Payload::Slice(data) => Bytes::copy_from_slice(data),
-            Payload::Bytes(data) => data.clone(),
-        }
-    }
-}
-
 /// One simulated UDP socket (a library socket).
 pub(crate) struct SimUdp {
     host: Arc<HostCtx>,
@@ -412,7 +388,7 @@ impl SimUdp {
 
     /// Checks and sends one datagram: a datagram larger than the family's maximum is rejected
     /// (`EMSGSIZE`), the wildcard means this host, and an address no host has swallows it.
-    fn checked_send(&mut self, data: Payload<'_>, dest: SocketAddr) -> io::Result<()> {
+    fn checked_send(&mut self, data: Bytes, dest: SocketAddr) -> io::Result<()> {
         if !self.host.same_family(dest.ip()) {
             return Err(io_error(Cause::FamilyMismatch, "destination of the other family"));
         }
@@ -429,7 +405,7 @@ impl SimUdp {
     }
 
     /// Sends one datagram (already checked) from this socket.
-    fn send(&mut self, data: Payload<'_>, dest: SocketAddr) -> io::Result<()> {
+    fn send(&mut self, data: Bytes, dest: SocketAddr) -> io::Result<()> {
         // The receivers' wakers, woken after the lock is released; the list keeps its room.
         let mut wake = std::mem::take(&mut self.wake);
         let result = self.send_collecting(data, dest, &mut wake);
@@ -439,7 +415,7 @@ impl SimUdp {
     }
 
     /// Sends one datagram, collecting the wakers to wake in `wake`.
-    fn send_collecting(&self, data: Payload<'_>, dest: SocketAddr, wake: &mut Vec<Waker>) -> io::Result<()> {
+    fn send_collecting(&self, data: Bytes, dest: SocketAddr, wake: &mut Vec<Waker>) -> io::Result<()> {
         let host = &self.host;
         let net = &host.net;
         let mut st = net.lock();
@@ -452,7 +428,6 @@ impl SimUdp {
         };
         let (bind_ip, loopback) = (me.bind_ip, me.loopback);
         let from = self.source(bind_ip, dest.ip());
-        let data = data.to_bytes();
         if dest.ip().is_multicast() {
             let members: Vec<(u64, IpAddr)> = st
                 .udp
@@ -680,7 +655,7 @@ impl UdpTransport for SimUdp {
     /// Sends one datagram. A datagram larger than the family's maximum is rejected (`EMSGSIZE`),
     /// the wildcard means this host, and an address no host has swallows it. Never blocks.
     fn poll_send_to(&mut self, _cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
-        Poll::Ready(self.checked_send(Payload::Slice(data), dest))
+        Poll::Ready(self.checked_send(Bytes::copy_from_slice(data), dest))
     }
 
     /// As `poll_send_to`, keeping the caller's `Bytes` (no copy of the payload).
@@ -690,7 +665,7 @@ impl UdpTransport for SimUdp {
         data: &Bytes,
         dest: SocketAddr,
     ) -> Poll<io::Result<()>> {
-        Poll::Ready(self.checked_send(Payload::Bytes(data), dest))
+        Poll::Ready(self.checked_send(data.clone(), dest))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
