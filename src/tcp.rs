@@ -564,14 +564,16 @@ impl Inner {
     fn process_with(&mut self, shared: &TcpShared, polls: Polls, now: Option<tcpudp_core::Instant>) {
         let mut budget = STEP_BUDGET;
         let mut now = now; // a caller's clock read is reused: one per call
+                           // Neither waker changes during a call (the driver and the route are set outside it).
+        let waker = self.io.driver.clone();
+        let read_waker = self.io.route.as_ref().map(|r| Waker::from(r.clone()));
         loop {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
             }
-            let Some(waker) = self.io.driver.clone() else { break };
-            let mut cx = Context::from_waker(&waker);
-            let read_waker = self.io.route.as_ref().map(|r| Waker::from(r.clone()));
-            let mut read_cx = Context::from_waker(read_waker.as_ref().unwrap_or(&waker));
+            let Some(waker) = &waker else { break };
+            let mut cx = Context::from_waker(waker);
+            let mut read_cx = Context::from_waker(read_waker.as_ref().unwrap_or(waker));
             let Some(mut event) = self.io.poll_once(&mut cx, &mut read_cx, polls) else { break };
             if matches!(event, IoEvent::Received(_)) && shared.net.faults().conversion_fails() {
                 event = IoEvent::ConversionFailed;
