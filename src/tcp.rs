@@ -562,6 +562,19 @@ impl Inner {
 
     /// As [`Inner::process`], polling only the directions `polls` names.
     fn process_with(&mut self, shared: &TcpShared, polls: Polls, now: Option<tcpudp_core::Instant>) {
+        self.run(shared, polls, now);
+        // A timer the driver has not armed yet (close() armed the close timeout, say).
+        let wanted = self.machine.poll_timeout().map(|d| d.at);
+        if wanted != self.io.armed {
+            if let Some(w) = &self.io.driver {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// The steps of [`Inner::process_with`] without the timer check: the driver arms its timer
+    /// itself right after (waking it for that would cost it a second poll).
+    fn run(&mut self, shared: &TcpShared, polls: Polls, now: Option<tcpudp_core::Instant>) {
         let mut budget = STEP_BUDGET;
         let mut now = now; // a caller's clock read is reused: one per call
                            // Neither waker changes during a call (the driver and the route are set outside it).
@@ -589,13 +602,6 @@ impl Inner {
                     self.apply(shared, out);
                 }
                 break;
-            }
-        }
-        // A timer the driver has not armed yet (close() armed the close timeout, say).
-        let wanted = self.machine.poll_timeout().map(|d| d.at);
-        if wanted != self.io.armed {
-            if let Some(w) = &self.io.driver {
-                w.wake_by_ref();
             }
         }
     }
@@ -909,7 +915,7 @@ async fn drive(shared: Arc<TcpShared>) {
             }
             let _ = inner.machine.handle(at, Input::Timeout);
         }
-        inner.process_with(&shared, Polls::All, now);
+        inner.run(&shared, Polls::All, now);
         if inner.finished() {
             inner.io.driver = None;
             if let Some(route) = inner.io.route.take() {
