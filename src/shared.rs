@@ -15,20 +15,52 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Wakers of everyone waiting for one thing.
-#[derive(Debug, Default)]
-pub(crate) struct WakerList(Vec<Waker>);
+/// Wakers of everyone waiting for one thing. Usually one task waits (the application awaiting
+/// `opened`, say): that waker is kept inline, so the common case allocates nothing; a second
+/// waiter moves them all into a `Vec`. The same size as a `Vec` (the enum uses its niche).
+#[derive(Debug)]
+pub(crate) enum WakerList {
+    One(Option<Waker>),
+    Many(Vec<Waker>),
+}
+
+impl Default for WakerList {
+    fn default() -> Self {
+        WakerList::One(None)
+    }
+}
 
 impl WakerList {
     pub(crate) fn register(&mut self, waker: &Waker) {
-        if !self.0.iter().any(|w| w.will_wake(waker)) {
-            self.0.push(waker.clone());
+        match self {
+            WakerList::One(slot) => match slot {
+                None => *slot = Some(waker.clone()),
+                Some(w) if w.will_wake(waker) => {}
+                Some(_) => {
+                    let first = slot.take();
+                    *self = WakerList::Many(first.into_iter().chain([waker.clone()]).collect());
+                }
+            },
+            WakerList::Many(list) => {
+                if !list.iter().any(|w| w.will_wake(waker)) {
+                    list.push(waker.clone());
+                }
+            }
         }
     }
 
     pub(crate) fn wake_all(&mut self) {
-        for w in self.0.drain(..) {
-            w.wake();
+        match self {
+            WakerList::One(slot) => {
+                if let Some(w) = slot.take() {
+                    w.wake();
+                }
+            }
+            WakerList::Many(list) => {
+                for w in list.drain(..) {
+                    w.wake();
+                }
+            }
         }
     }
 }
@@ -455,5 +487,53 @@ impl std::task::Wake for ReadRoute {
         if let Some(w) = target {
             w.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    use super::WakerList;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counter() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    #[test]
+    fn every_distinct_waiter_is_woken_once() {
+        let (a, wa) = counter();
+        let (b, wb) = counter();
+        let (c, wc) = counter();
+        let mut list = WakerList::default();
+        list.register(&wa);
+        list.register(&wa); // the same task again: kept once
+        list.wake_all();
+        assert_eq!(a.0.load(Ordering::Relaxed), 1);
+        list.wake_all(); // nothing left
+        assert_eq!(a.0.load(Ordering::Relaxed), 1);
+        for w in [&wa, &wb, &wb, &wc] {
+            list.register(w);
+        }
+        list.wake_all();
+        let counts: Vec<usize> = [&a, &b, &c].iter().map(|n| n.0.load(Ordering::Relaxed)).collect();
+        assert_eq!(counts, [2, 1, 1]);
+    }
+
+    #[test]
+    fn a_waker_list_is_no_bigger_than_a_vec() {
+        // Per-socket memory (≤ 2 KiB per idle socket, DESIGN §5) holds several of these.
+        assert_eq!(std::mem::size_of::<WakerList>(), std::mem::size_of::<Vec<Waker>>());
     }
 }
