@@ -128,11 +128,30 @@ pub fn parse_multicast_group(text: &str) -> Result<IpAddr, SocketError> {
 pub fn canonical(ip: IpAddr) -> String {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
+            Some(v4) => dotted_quad(v4),
             None => v6.to_string(),
         },
-        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V4(v4) => dotted_quad(v4),
     }
+}
+
+/// `v4.to_string()` without the formatting machinery: every accepted connection names its peer
+/// this way, and `Display` (padding support, seven writes) cost more than the rest of the text.
+fn dotted_quad(v4: Ipv4Addr) -> String {
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 fn is_host_name(text: &str) -> bool {
@@ -159,6 +178,22 @@ fn is_host_name(text: &str) -> bool {
 mod tests {
     use super::*;
     use crate::error::ErrorName;
+
+    // rule: AMB-54
+    #[test]
+    fn canonical_ipv4_text_is_what_display_writes() {
+        // Every octet width at every position, and the IPv4-mapped IPv6 form.
+        for octets in [[0, 0, 0, 0], [127, 0, 0, 1], [9, 10, 99, 100], [255, 254, 200, 7], [1, 22, 133, 244]]
+        {
+            let v4 = Ipv4Addr::from(octets);
+            assert_eq!(canonical(IpAddr::V4(v4)), v4.to_string());
+            assert_eq!(canonical(IpAddr::V6(v4.to_ipv6_mapped())), v4.to_string());
+        }
+        for octet in 0..=255u8 {
+            let v4 = Ipv4Addr::new(octet, 255 - octet, octet / 3, octet % 10);
+            assert_eq!(canonical(IpAddr::V4(v4)), v4.to_string());
+        }
+    }
 
     // rule: GEN-13, UDP-CTOR-03, TCP-CTOR-02, ERR-04
     #[test]
