@@ -30,6 +30,7 @@ mod policy;
 mod server;
 mod shared;
 mod tcp;
+mod timers;
 // TLS (issue #7): one layer over every backend's TCP transport.
 mod tls;
 mod udp;

@@ -12,6 +12,7 @@ use tcpudp_core::Cause;
 use crate::backend::{Backend, BackendKind, BoxFuture};
 use crate::faults::{FaultBackend, Faults};
 use crate::policy::{Policy, TcpPermission, TcpServerPermission, UdpPermission};
+use crate::timers::Timers;
 
 /// A network to make sockets on: real sockets or a simulation, plus the permission policy.
 ///
@@ -26,7 +27,9 @@ struct NetworkInner {
     backend: Arc<dyn Backend>,
     faults: Faults,
     policy: Policy,
-    epoch: tokio::time::Instant,
+    clock: Clock,
+    /// Every socket's deadline, on one timer ([`Timers`]).
+    timers: Arc<Timers>,
     next_id: AtomicU64,
     multicast_interface: Option<IpAddr>,
     /// TLS hook (issue #7): the library context's TLS settings (AMB-44).
@@ -55,7 +58,8 @@ impl Network {
                 backend: Arc::new(FaultBackend::new(Box::new(backend), faults.clone())),
                 faults,
                 policy,
-                epoch,
+                clock: Clock { epoch },
+                timers: Arc::new(Timers::new()),
                 next_id: AtomicU64::new(1),
                 multicast_interface: interface,
                 tls: crate::tls::NetTls::new(epoch),
@@ -125,16 +129,17 @@ impl Network {
     /// Now, as the core counts time: microseconds since this network was made, on tokio's clock
     /// (which turmoil drives in simulation).
     pub(crate) fn now(&self) -> tcpudp_core::Instant {
-        self.to_core(tokio::time::Instant::now())
+        self.inner.clock.now()
     }
 
-    pub(crate) fn to_core(&self, at: tokio::time::Instant) -> tcpudp_core::Instant {
-        let micros = at.saturating_duration_since(self.inner.epoch).as_micros();
-        tcpudp_core::Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+    /// This network's clock (a copy, for tasks that outlive no socket).
+    pub(crate) fn clock(&self) -> Clock {
+        self.inner.clock
     }
 
-    pub(crate) fn to_tokio(&self, at: tcpudp_core::Instant) -> tokio::time::Instant {
-        self.inner.epoch + std::time::Duration::from_micros(at.as_micros())
+    /// The one timer every socket's deadline is on.
+    pub(crate) fn timers(&self) -> &Arc<Timers> {
+        &self.inner.timers
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -182,5 +187,26 @@ impl Checks for NetworkChecks<'_> {
 
     fn tls_server_configured(&self) -> bool {
         self.net.inner.tls.server_configured()
+    }
+}
+
+/// The core's time on tokio's clock: microseconds since the network was made.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    epoch: tokio::time::Instant,
+}
+
+impl Clock {
+    pub(crate) fn now(&self) -> tcpudp_core::Instant {
+        self.to_core(tokio::time::Instant::now())
+    }
+
+    pub(crate) fn to_core(&self, at: tokio::time::Instant) -> tcpudp_core::Instant {
+        let micros = at.saturating_duration_since(self.epoch).as_micros();
+        tcpudp_core::Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn to_tokio(&self, at: tcpudp_core::Instant) -> tokio::time::Instant {
+        self.epoch + std::time::Duration::from_micros(at.as_micros())
     }
 }

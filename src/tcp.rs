@@ -893,12 +893,13 @@ mod read_pool {
 
 /// The driver: polls the transport when the application is not doing so, and fires timers.
 async fn drive(shared: Arc<TcpShared>) {
-    // Made on the first armed timer only: an idle socket without timers keeps none (DESIGN §5).
-    let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // The deadline this driver has on the network's timer ([`crate::timers`]); an idle socket
+    // without deadlines has none (DESIGN §5).
     let mut armed: Option<tcpudp_core::Instant> = None;
     std::future::poll_fn(|cx| {
         let mut inner = lock(&shared.inner);
-        if !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        let new_waker = !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if new_waker {
             inner.io.driver = Some(cx.waker().clone());
             if let Some(route) = &inner.io.route {
                 route.set_driver(Some(cx.waker()));
@@ -916,30 +917,18 @@ async fn drive(shared: Arc<TcpShared>) {
             let _ = inner.machine.handle(at, Input::Timeout);
         }
         inner.run(&shared, Polls::All, now);
-        if inner.finished() {
+        let finished = inner.finished();
+        let wanted = if finished { None } else { inner.machine.poll_timeout().map(|d| d.at) };
+        if wanted != armed || (new_waker && wanted.is_some()) {
+            shared.net.timers().set(&shared.net, shared.id, armed, wanted, cx.waker());
+            armed = wanted;
+        }
+        if finished {
             inner.io.driver = None;
             if let Some(route) = inner.io.route.take() {
                 route.set_driver(None);
             }
             return Poll::Ready(());
-        }
-        match inner.machine.poll_timeout() {
-            Some(d) => {
-                let deadline = shared.net.to_tokio(d.at);
-                let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if armed != Some(d.at) {
-                    timer.as_mut().reset(deadline);
-                    armed = Some(d.at);
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    armed = None;
-                    cx.waker().wake_by_ref();
-                }
-            }
-            None => {
-                armed = None;
-                sleep = None;
-            }
         }
         inner.io.armed = armed;
         inner.machine.release_idle_buffers();
