@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -54,16 +55,32 @@ const STEP_BUDGET: usize = 64;
 /// ```
 #[derive(Clone)]
 pub struct TcpSocket {
-    handle: Arc<Handle>,
+    handle: Handle,
 }
 
-/// Keeps the socket alive for the application; the last one to go closes it.
+/// Keeps the socket alive for the application; the last one to go closes it. A count in the
+/// shared state, not an `Arc` of its own: one allocation fewer per socket.
 struct Handle {
     shared: Arc<TcpShared>,
 }
 
+impl Handle {
+    fn new(shared: Arc<TcpShared>) -> Handle {
+        shared.handles.fetch_add(1, Ordering::Relaxed);
+        Handle { shared }
+    }
+}
+
+impl Clone for Handle {
+    fn clone(&self) -> Handle {
+        Handle::new(self.shared.clone())
+    }
+}
+
 pub(crate) struct TcpShared {
     id: u64,
+    /// Live [`Handle`]s (sockets, readables, writables).
+    handles: AtomicUsize,
     net: Network,
     attrs: Attributes,
     inner: Mutex<Inner>,
@@ -196,6 +213,7 @@ impl TcpSocket {
         let app = AppSide { state_log: Some(StateLog::new(state)), ..AppSide::default() };
         let shared = Arc::new(TcpShared {
             id,
+            handles: AtomicUsize::new(0),
             net: net.clone(),
             attrs,
             inner: Mutex::new(Inner { machine, io, app }),
@@ -206,7 +224,7 @@ impl TcpSocket {
             inner.process(&shared);
         }
         net.spawn(Box::pin(drive(shared.clone())));
-        TcpSocket { handle: Arc::new(Handle { shared }) }
+        TcpSocket { handle: Handle::new(shared) }
     }
 
     fn shared(&self) -> &Arc<TcpShared> {
@@ -407,8 +425,11 @@ pub struct TcpSocketDiag {
 impl Drop for Handle {
     fn drop(&mut self) {
         // GEN-12: the last handle gone runs close() in the background (bounded by the close
-        // timeout); the driver task keeps the shared state until the socket is closed.
-        self.shared.app_command(AppCommand::Close);
+        // timeout); the driver task keeps the shared state until the socket is closed. AcqRel:
+        // whatever the other handles did happens before this close.
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.app_command(AppCommand::Close);
+        }
     }
 }
 
@@ -943,7 +964,7 @@ async fn drive(shared: Arc<TcpShared>) {
 /// `read()` gives `Ok(Some(chunk))`, `Ok(None)` at the end, or the stored error on every call
 /// after a failure (INV-06). As a [`futures_core::Stream`] it yields an error once, then ends.
 pub struct TcpReadable {
-    handle: Arc<Handle>,
+    handle: Handle,
     ended: bool,
 }
 
@@ -1003,7 +1024,7 @@ impl futures_core::FusedStream for TcpReadable {
 
 /// The writable stream of a TCP socket (the lock on it while held).
 pub struct TcpWritable {
-    handle: Arc<Handle>,
+    handle: Handle,
     pending_flush: Option<u64>,
 }
 
