@@ -533,12 +533,18 @@ impl Inner {
     fn process_with(&mut self, shared: &UdpShared, polls: Polls, now: Option<tcpudp_core::Instant>) {
         let mut budget = 64;
         let mut now = now; // a caller's clock read is reused: one per call
-        while take_step(&mut budget, self.io.driver.as_ref()) {
+                           // The driver's waker is set only outside a call (by `drive`): it is lent to this call's
+                           // steps instead of cloned for each, and put back below.
+        let driver = self.io.driver.take();
+        while take_step(&mut budget, driver.as_ref()) {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
             }
-            let Some(waker) = self.io.driver.clone() else { break };
-            let mut cx = Context::from_waker(&waker);
+            let Some(waker) = &driver else { break };
+            if !self.io.may_report(polls) {
+                break; // Nothing to poll: poll_once would find nothing.
+            }
+            let mut cx = Context::from_waker(waker);
             // fault.hold_open(): the bind's outcome is reported only after release.
             if !hold_released(&mut self.io.hold, &mut cx) {
                 break;
@@ -557,6 +563,7 @@ impl Inner {
             let now = *now.get_or_insert_with(|| shared.net.now());
             let _ = self.machine.handle(now, Input::Io(report));
         }
+        self.io.driver = driver;
         while let Some(out) = self.machine.poll_output() {
             self.apply(shared, out);
         }
@@ -619,6 +626,15 @@ impl Inner {
 }
 
 impl UdpIo {
+    /// Whether a step may find something to report: a queued report, a pending resolution, a
+    /// datagram to send, or (when `polls` allows) datagrams to receive.
+    fn may_report(&self, polls: Polls) -> bool {
+        !self.reports.is_empty()
+            || self.resolving_default.is_some()
+            || self.sending.is_some()
+            || (self.read_interest && polls == Polls::All && self.transport.is_some())
+    }
+
     fn poll_once(&mut self, cx: &mut Context<'_>, polls: Polls) -> Option<IoEvent> {
         if let Some(fut) = &mut self.resolving_default {
             if let Poll::Ready(result) = fut.as_mut().poll(cx) {
