@@ -91,6 +91,8 @@ fn open(handle: &Handle, bind: UdpBind) -> io::Result<RealUdp> {
         joined: Vec::new(),
         received: 0,
         drops: DropCounter::default(),
+        #[cfg(unix)]
+        slab: None,
     })
 }
 
@@ -135,6 +137,18 @@ pub(crate) struct RealUdp {
     joined: Vec<IpAddr>,
     received: u64,
     drops: DropCounter,
+    /// Where datagrams are received while they keep coming; `None` once a receive found nothing.
+    #[cfg(unix)]
+    slab: Option<bytes::BytesMut>,
+}
+
+impl Drop for RealUdp {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(slab) = self.slab.take() {
+            slab::give_back(slab);
+        }
+    }
 }
 
 impl RealUdp {
@@ -229,9 +243,8 @@ impl UdpTransport for RealUdp {
         loop {
             // Try first (`try_io` receives only when tokio holds readiness, and clears it on
             // EAGAIN); register for the next edge only when that finds nothing.
-            let received = slab::with(|slab| {
-                self.socket.try_io(Interest::READABLE, || slab::receive(slab, scratch, fd))
-            });
+            let slab = self.slab.get_or_insert_with(slab::take);
+            let received = self.socket.try_io(Interest::READABLE, || slab::receive(slab, scratch, fd));
             match received {
                 Ok((data, datagram)) => {
                     coop.made_progress();
@@ -243,6 +256,11 @@ impl UdpTransport for RealUdp {
                 // Not readable (or readiness was stale, which tokio cleared): wait for the next
                 // edge, or receive again if one came in the meantime.
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing queued: the socket may now stay idle for long, so its slab goes
+                    // back to the thread (see `slab`).
+                    if let Some(slab) = self.slab.take() {
+                        slab::give_back(slab);
+                    }
                     std::task::ready!(self.socket.poll_recv_ready(cx))?;
                 }
                 // Includes ICMP-derived errors, which the API layer skips as transient (AMB-35).
@@ -336,10 +354,12 @@ impl UdpTransport for RealUdp {
     }
 }
 
-/// The receive slab: where this thread's UDP sockets receive, each datagram's payload then split
-/// off as its own `Bytes` (quinn's approach) instead of copied out of a scratch buffer.
+/// The receive slab: where a socket receives, each datagram's payload then split off as its own
+/// `Bytes` (quinn's approach) instead of copied out of a scratch buffer.
 ///
-/// Memory: one slab per thread, none per socket, so an idle socket holds nothing. A payload handed
+/// Memory: a socket holds a slab only while datagrams keep coming. A receive that finds nothing
+/// (EAGAIN) hands the slab to the thread, which keeps one spare slab for the next socket that
+/// receives, so an idle socket holds nothing and a thread at most one spare. A payload handed
 /// out keeps its whole slab ([`SLAB`] bytes) allocated until it, and every other payload cut from
 /// that slab, is dropped; the slab is reused in place once nothing cut from it is alive, else a new
 /// one is taken. The slab needs no room for the largest datagram: a receive offers the slab's
@@ -347,7 +367,7 @@ impl UdpTransport for RealUdp {
 /// datagram that spills into the scratch is copied into a fresh slab, as every datagram was before.
 #[cfg(unix)]
 mod slab {
-    use std::cell::RefCell;
+    use std::cell::Cell;
     use std::io;
     use std::mem::MaybeUninit;
     use std::os::fd::RawFd;
@@ -365,19 +385,25 @@ mod slab {
     const DATAGRAM_ROOM: usize = 65_535;
 
     thread_local! {
-        static SLAB_CELL: RefCell<Option<BytesMut>> = const { RefCell::new(None) };
+        /// The slab of the thread's sockets that are not receiving (see [`give_back`]).
+        static SPARE: Cell<Option<BytesMut>> = const { Cell::new(None) };
     }
 
-    /// Runs `f` with this thread's slab (with a fresh one when the slab is borrowed already, which
-    /// transports never cause as they do not call back into sockets, or is gone at thread exit).
-    pub(super) fn with<R>(mut f: impl FnMut(&mut BytesMut) -> R) -> R {
-        SLAB_CELL
-            .try_with(|cell| {
-                cell.try_borrow_mut().ok().map(|mut slab| f(slab.get_or_insert_with(BytesMut::new)))
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| f(&mut BytesMut::new()))
+    /// A slab to receive into: the thread's spare one, else an empty one (filled on first use).
+    pub(super) fn take() -> BytesMut {
+        SPARE.try_with(|spare| spare.take()).ok().flatten().unwrap_or_default()
+    }
+
+    /// Hands a socket's slab back to the thread: kept as its spare unless the spare it has already
+    /// has more room (the other is dropped; its memory goes once its payloads are dropped).
+    pub(super) fn give_back(slab: BytesMut) {
+        let _ = SPARE.try_with(|spare| {
+            let best = match spare.take() {
+                Some(kept) if kept.capacity() >= slab.capacity() => kept,
+                _ => slab,
+            };
+            spare.set(Some(best));
+        });
     }
 
     /// Receives one datagram from `fd` into `slab`, spilling into `scratch`; returns the payload.
@@ -487,6 +513,47 @@ mod tests {
         let next = receive_sizes(&mut slab, &[1200]);
         assert!(held.iter().all(|h| h.as_ptr() != next[0].as_ptr()));
         assert_eq!(held[0][..4], [0, 7, 14, 21]);
+    }
+
+    // rule: UDP-READ-01
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn test_idle_socket_gives_its_slab_back_to_the_thread() {
+        let bind = UdpBind {
+            local: SocketAddr::from(([127, 0, 0, 1], 0)),
+            config: tcpudp_core::options::SocketConfig {
+                address_reuse: false,
+                no_delay: false,
+                send_buffer_size: None,
+                receive_buffer_size: None,
+            },
+            multicast_loopback: false,
+            multicast_ttl: 1,
+            multicast_interface: None,
+        };
+        let mut rx = open(&Handle::current(), bind).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut scratch = vec![0u8; 65_536];
+        tx.send_to(b"one", to).unwrap();
+        tx.send_to(b"two", to).unwrap();
+        let (first, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, &mut scratch)).await.unwrap();
+        assert_eq!(&first[..], b"one");
+        // Receiving: the socket keeps its slab, the second payload cut right after the first.
+        assert!(rx.slab.is_some());
+        let (second, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, &mut scratch)).await.unwrap();
+        assert_eq!(second.as_ptr() as usize, first.as_ptr() as usize + 3);
+        // Nothing more: the slab goes to the thread's spare, and the next receive takes it again.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(rx.poll_recv_bytes(&mut cx, &mut scratch).is_pending());
+        assert!(rx.slab.is_none());
+        let spare = slab::take();
+        assert!(spare.capacity() > 0);
+        slab::give_back(spare);
+        tx.send_to(b"three", to).unwrap();
+        let (third, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, &mut scratch)).await.unwrap();
+        assert_eq!(&third[..], b"three");
+        assert_eq!(third.as_ptr() as usize, second.as_ptr() as usize + 3);
     }
 
     // rule: UDP-READ-04
