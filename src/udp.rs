@@ -125,6 +125,15 @@ struct Inner {
     /// same destination is not checked (and its address not formatted) again until the policy
     /// changes.
     permitted: Option<(SocketAddr, u64)>,
+    /// `destination_for(None, None)`: the machine's spec never changes, so a write to the default
+    /// destination reuses it.
+    default_destination: Result<Destination, SocketError>,
+    /// The instant inputs are stamped with: the clock as the driver last read it (once per pass),
+    /// or as a rare call (close, memberships) read it. `UdpMachine` arms no timers and ignores the
+    /// instant it is given (`poll_timeout` is always `None`, asserted in debug builds), so writes
+    /// and reads, the hot calls, need not read the clock (two reads per datagram, ~5% of its
+    /// instructions). Should UDP ever get a timer, stamp inputs with fresh reads again.
+    clock: tcpudp_core::Instant,
 }
 
 #[derive(Default)]
@@ -180,7 +189,9 @@ impl UdpSocket {
             backend = net.backend_kind().as_str(),
             local = tracing::field::Empty,
         );
-        let machine = UdpMachine::new(net.now(), spec);
+        let clock = net.now();
+        let machine = UdpMachine::new(clock, spec);
+        let default_destination = machine.destination_for(None, None);
         let mut io = UdpIo { hold: net.faults().hold_ticket(), ..UdpIo::default() };
         // DESIGN §3.8: the bind happens now; its outcome is the machine's first input.
         match net.backend().bind_udp(bind) {
@@ -210,6 +221,8 @@ impl UdpSocket {
                 writer_locked: false,
                 state_log: StateLog::new(ReadyState::Opening),
                 permitted: None,
+                default_destination,
+                clock,
             }),
             span,
         });
@@ -298,6 +311,7 @@ impl UdpSocket {
         let shared = self.shared();
         let mut inner = lock(&shared.inner);
         let now = shared.net.now();
+        inner.clock = now;
         let cmd =
             if join { AppCommand::JoinMulticast { group } } else { AppCommand::LeaveMulticast { group } };
         inner.machine.handle(now, Input::App(cmd))?;
@@ -409,6 +423,7 @@ impl UdpShared {
     fn app_command(&self, cmd: AppCommand) {
         let mut inner = lock(&self.inner);
         let now = self.net.now();
+        inner.clock = now;
         let _ = inner.machine.handle(now, Input::App(cmd));
         inner.process(self);
     }
@@ -417,14 +432,14 @@ impl UdpShared {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let id = inner.writes.next_id();
-        let dest = inner
-            .machine
-            .destination_for(datagram.remote_address.as_deref(), datagram.remote_port)
-            .and_then(|dest| self.permitted(dest, &mut inner.permitted));
-        let now = self.net.now();
+        let dest = match (datagram.remote_address.as_deref(), datagram.remote_port) {
+            (None, None) => inner.default_destination.clone(),
+            (address, port) => inner.machine.destination_for(address, port),
+        }
+        .and_then(|dest| self.permitted(dest, &mut inner.permitted));
         let cmd = AppCommand::SendDatagram { id: WriteId(id), data: datagram.data, dest };
-        let _ = inner.machine.handle(now, Input::App(cmd));
-        inner.process_with(self, Polls::Sends, Some(now));
+        let _ = inner.machine.handle(inner.clock, Input::App(cmd));
+        inner.process_with(self, Polls::Sends);
         id
     }
 
@@ -458,7 +473,7 @@ impl UdpShared {
 
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<UdpMessage>, SocketError>> {
         let mut inner = lock(&self.inner);
-        let now = self.net.now(); // one clock read per call: no time passes that matters here
+        let now = inner.clock;
         for _ in 0..2 {
             inner.read_result = None;
             inner.readable_signal = false;
@@ -470,7 +485,7 @@ impl UdpShared {
             // driver is registered for them (it receives when the transport wakes it).
             let polls =
                 if inner.read_result.is_some() && inner.io.recv_armed { Polls::Sends } else { Polls::All };
-            inner.process_with(self, polls, Some(now));
+            inner.process_with(self, polls);
             if let Some(result) = inner.read_result.take() {
                 return Poll::Ready(match result {
                     ReadResult::Message(m) => Ok(Some(UdpMessage { data: m.data, from: m.from })),
@@ -527,18 +542,23 @@ impl WriteSource for UdpShared {
 
 impl Inner {
     fn process(&mut self, shared: &UdpShared) {
-        self.process_with(shared, Polls::All, None);
+        self.process_with(shared, Polls::All);
     }
 
-    fn process_with(&mut self, shared: &UdpShared, polls: Polls, now: Option<tcpudp_core::Instant>) {
+    fn process_with(&mut self, shared: &UdpShared, polls: Polls) {
         let mut budget = 64;
-        let mut now = now; // a caller's clock read is reused: one per call
-        while take_step(&mut budget, self.io.driver.as_ref()) {
+        // The driver's waker is set only outside a call (by `drive`): it is lent to this call's
+        // steps instead of cloned for each, and put back below.
+        let driver = self.io.driver.take();
+        while take_step(&mut budget, driver.as_ref()) {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
             }
-            let Some(waker) = self.io.driver.clone() else { break };
-            let mut cx = Context::from_waker(&waker);
+            let Some(waker) = &driver else { break };
+            if !self.io.may_report(polls) {
+                break; // Nothing to poll: poll_once would find nothing.
+            }
+            let mut cx = Context::from_waker(waker);
             // fault.hold_open(): the bind's outcome is reported only after release.
             if !hold_released(&mut self.io.hold, &mut cx) {
                 break;
@@ -553,13 +573,13 @@ impl Inner {
                 }
                 other => other,
             };
-            // One clock read per call: the steps of one call happen at one instant.
-            let now = *now.get_or_insert_with(|| shared.net.now());
-            let _ = self.machine.handle(now, Input::Io(report));
+            let _ = self.machine.handle(self.clock, Input::Io(report));
         }
+        self.io.driver = driver;
         while let Some(out) = self.machine.poll_output() {
             self.apply(shared, out);
         }
+        debug_assert!(self.machine.poll_timeout().is_none(), "UDP inputs are stamped with `clock`");
     }
 
     fn apply(&mut self, shared: &UdpShared, out: Output) {
@@ -619,6 +639,15 @@ impl Inner {
 }
 
 impl UdpIo {
+    /// Whether a step may find something to report: a queued report, a pending resolution, a
+    /// datagram to send, or (when `polls` allows) datagrams to receive.
+    fn may_report(&self, polls: Polls) -> bool {
+        !self.reports.is_empty()
+            || self.resolving_default.is_some()
+            || self.sending.is_some()
+            || (self.read_interest && polls == Polls::All && self.transport.is_some())
+    }
+
     fn poll_once(&mut self, cx: &mut Context<'_>, polls: Polls) -> Option<IoEvent> {
         if let Some(fut) = &mut self.resolving_default {
             if let Poll::Ready(result) = fut.as_mut().poll(cx) {
@@ -712,6 +741,7 @@ async fn drive(shared: Arc<UdpShared>) {
         if !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             inner.io.driver = Some(cx.waker().clone());
         }
+        inner.clock = shared.net.now(); // one clock read per driver pass
         inner.process(&shared);
         if inner.machine.ready_state() == ReadyState::Closed && inner.io.released {
             inner.io.driver = None;

@@ -205,16 +205,30 @@ mod unix {
 
     /// Reads one datagram with `recvmsg` (non-blocking fd), with its source and drop counter.
     pub(crate) fn recv_datagram(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<Datagram> {
+        recv_datagram_split(fd, buf, &mut [])
+    }
+
+    /// [`recv_datagram`] into `first`, continued in `rest` when the payload is longer than
+    /// `first`: `len` counts the bytes written to both, `first` filled before `rest`.
+    pub(crate) fn recv_datagram_split(
+        fd: RawFd,
+        first: &mut [MaybeUninit<u8>],
+        rest: &mut [MaybeUninit<u8>],
+    ) -> io::Result<Datagram> {
         // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
         let mut control = ControlBuffer([0; 128]);
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut iov = [
+            libc::iovec { iov_base: first.as_mut_ptr().cast(), iov_len: first.len() },
+            libc::iovec { iov_base: rest.as_mut_ptr().cast(), iov_len: rest.len() },
+        ];
+        let room = first.len() + rest.len();
         // SAFETY: as above.
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
         msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
         msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = if rest.is_empty() { 1 } else { 2 };
         msg.msg_control = control.0.as_mut_ptr().cast();
         msg.msg_controllen = control.0.len() as _;
         let n = loop {
@@ -234,7 +248,7 @@ mod unix {
             io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP source address")
         })?;
         let drops = drop_count(&msg);
-        Ok(Datagram { len: n.min(buf.len()), from: canonical(from), drops })
+        Ok(Datagram { len: n.min(room), from: canonical(from), drops })
     }
 
     /// The SO_RXQ_OVFL control message of a received `msg`, if any.

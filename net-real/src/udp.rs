@@ -5,6 +5,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockRef, Socket, Type};
 use tcpudp::backend::{cause_of, RecvMeta, UdpBind, UdpDiag, UdpTransport};
 use tcpudp_core::Cause;
@@ -90,6 +91,8 @@ fn open(handle: &Handle, bind: UdpBind) -> io::Result<RealUdp> {
         joined: Vec::new(),
         received: 0,
         drops: DropCounter::default(),
+        #[cfg(unix)]
+        slab: None,
     })
 }
 
@@ -134,6 +137,18 @@ pub(crate) struct RealUdp {
     joined: Vec<IpAddr>,
     received: u64,
     drops: DropCounter,
+    /// Where datagrams are received while they keep coming; `None` once a receive found nothing.
+    #[cfg(unix)]
+    slab: Option<bytes::BytesMut>,
+}
+
+impl Drop for RealUdp {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(slab) = self.slab.take() {
+            slab::give_back(slab);
+        }
+    }
 }
 
 impl RealUdp {
@@ -210,6 +225,53 @@ impl UdpTransport for RealUdp {
         }
     }
 
+    /// Receives straight into this thread's receive slab and hands the payload out as a slice of
+    /// it: no copy and, while datagrams are read as they come, no allocation per datagram.
+    #[cfg(unix)]
+    fn poll_recv_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        scratch: &mut [u8],
+    ) -> Poll<io::Result<(Bytes, RecvMeta)>> {
+        use std::os::fd::AsRawFd;
+        use tokio::io::Interest;
+
+        let fd = self.socket.as_raw_fd();
+        // tokio's task budget, as `poll_recv_ready` would take it: a flood still makes the task
+        // yield now and then.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        loop {
+            // Try first (`try_io` receives only when tokio holds readiness, and clears it on
+            // EAGAIN); register for the next edge only when that finds nothing.
+            let slab = self.slab.get_or_insert_with(slab::take);
+            let received = self.socket.try_io(Interest::READABLE, || slab::receive(slab, scratch, fd));
+            match received {
+                Ok((data, datagram)) => {
+                    coop.made_progress();
+                    self.received += 1;
+                    let dropped_total = self.drops.update(datagram.drops);
+                    let meta = RecvMeta { len: datagram.len, from: datagram.from, dropped_total };
+                    return Poll::Ready(Ok((data, meta)));
+                }
+                // Not readable (or readiness was stale, which tokio cleared): wait for the next
+                // edge, or receive again if one came in the meantime.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing queued: the socket may now stay idle for long, so its slab goes
+                    // back to the thread (see `slab`).
+                    if let Some(slab) = self.slab.take() {
+                        slab::give_back(slab);
+                    }
+                    std::task::ready!(self.socket.poll_recv_ready(cx))?;
+                }
+                // Includes ICMP-derived errors, which the API layer skips as transient (AMB-35).
+                Err(err) => {
+                    coop.made_progress();
+                    return Poll::Ready(Err(err));
+                }
+            }
+        }
+    }
+
     #[cfg(not(unix))]
     fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>> {
         let before = buf.filled().len();
@@ -222,7 +284,20 @@ impl UdpTransport for RealUdp {
     fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
         // EMSGSIZE (over 65,507 bytes on IPv4, 65,527 on IPv6) and a destination of the other
         // family (EAFNOSUPPORT / ENETUNREACH) come back as errors of this send only.
-        self.socket.poll_send_to(cx, data, dest).map_ok(|_| ())
+        // As tokio's `poll_send_to`, trying the send before asking for readiness (which the
+        // common case, a socket with room, does not need).
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        loop {
+            match self.socket.try_send_to(data, dest) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    std::task::ready!(self.socket.poll_send_ready(cx))?;
+                }
+                sent => {
+                    coop.made_progress();
+                    return Poll::Ready(sent.map(|_| ()));
+                }
+            }
+        }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -279,9 +354,207 @@ impl UdpTransport for RealUdp {
     }
 }
 
+/// The receive slab: where a socket receives, each datagram's payload then split off as its own
+/// `Bytes` (quinn's approach) instead of copied out of a scratch buffer.
+///
+/// Memory: a socket holds a slab only while datagrams keep coming. A receive that finds nothing
+/// (EAGAIN) hands the slab to the thread, which keeps one spare slab for the next socket that
+/// receives, so an idle socket holds nothing and a thread at most one spare. A payload handed
+/// out keeps its whole slab ([`SLAB`] bytes) allocated until it, and every other payload cut from
+/// that slab, is dropped; the slab is reused in place once nothing cut from it is alive, else a new
+/// one is taken. The slab needs no room for the largest datagram: a receive offers the slab's
+/// spare room followed by the caller's scratch buffer (`recvmsg` with two iovecs), and the rare
+/// datagram that spills into the scratch is copied into a fresh slab, as every datagram was before.
+#[cfg(unix)]
+mod slab {
+    use std::cell::Cell;
+    use std::io;
+    use std::mem::MaybeUninit;
+    use std::os::fd::RawFd;
+
+    use bytes::{Bytes, BytesMut};
+
+    use crate::os;
+
+    /// Bytes per slab.
+    pub(super) const SLAB: usize = 32 * 1024;
+    /// A slab with less spare room than this is replaced before a receive, so datagrams up to this
+    /// size are always received without a copy.
+    pub(super) const MIN_SPARE: usize = 2 * 1024;
+    /// Room for the largest datagram (the kernel truncates a longer payload silently).
+    const DATAGRAM_ROOM: usize = 65_535;
+
+    thread_local! {
+        /// The slab of the thread's sockets that are not receiving (see [`give_back`]).
+        static SPARE: Cell<Option<BytesMut>> = const { Cell::new(None) };
+    }
+
+    /// A slab to receive into: the thread's spare one, else an empty one (filled on first use).
+    pub(super) fn take() -> BytesMut {
+        SPARE.try_with(|spare| spare.take()).ok().flatten().unwrap_or_default()
+    }
+
+    /// Hands a socket's slab back to the thread: kept as its spare unless the spare it has already
+    /// has more room (the other is dropped; its memory goes once its payloads are dropped).
+    pub(super) fn give_back(slab: BytesMut) {
+        let _ = SPARE.try_with(|spare| {
+            let best = match spare.take() {
+                Some(kept) if kept.capacity() >= slab.capacity() => kept,
+                _ => slab,
+            };
+            spare.set(Some(best));
+        });
+    }
+
+    /// Receives one datagram from `fd` into `slab`, spilling into `scratch`; returns the payload.
+    pub(super) fn receive(
+        slab: &mut BytesMut,
+        scratch: &mut [u8],
+        fd: RawFd,
+    ) -> io::Result<(Bytes, os::Datagram)> {
+        debug_assert!(slab.is_empty());
+        // The spare room and the scratch together must hold the largest datagram.
+        let needed = DATAGRAM_ROOM.saturating_sub(scratch.len()).max(MIN_SPARE);
+        if slab.capacity() < needed && !slab.try_reclaim(SLAB.max(needed)) {
+            *slab = BytesMut::with_capacity(SLAB.max(needed));
+        }
+        // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and recvmsg only writes
+        // initialised bytes into the scratch.
+        let rest = unsafe { &mut *(scratch as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        let spare = slab.spare_capacity_mut();
+        let room = spare.len();
+        let datagram = os::recv_datagram_split(fd, spare, rest)?;
+        let in_slab = datagram.len.min(room);
+        // SAFETY: the kernel wrote the first `in_slab` bytes of the spare room.
+        unsafe { slab.set_len(in_slab) };
+        let data = if datagram.len <= room {
+            slab.split_to(in_slab).freeze()
+        } else {
+            // Spilled into the scratch: copy the whole payload into a fresh slab.
+            let spilled = datagram.len - room;
+            let mut fresh = BytesMut::with_capacity(SLAB.max(datagram.len));
+            fresh.extend_from_slice(&slab[..]);
+            fresh.extend_from_slice(&scratch[..spilled]);
+            *slab = fresh;
+            slab.split_to(datagram.len).freeze()
+        };
+        Ok((data, datagram))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Receives datagrams of `sizes` through [`slab::receive`] with `slab` and checks each payload.
+    #[cfg(unix)]
+    fn receive_sizes(slab: &mut bytes::BytesMut, sizes: &[usize]) -> Vec<Bytes> {
+        use std::os::fd::AsRawFd;
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut scratch = vec![0u8; 65_536];
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                let payload: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+                tx.send_to(&payload, rx.local_addr().unwrap()).unwrap();
+                let (data, datagram) = slab::receive(slab, &mut scratch, rx.as_raw_fd()).unwrap();
+                assert_eq!(datagram.len, size);
+                assert_eq!(datagram.from, tx.local_addr().unwrap());
+                assert_eq!(&data[..], &payload[..], "payload {i} of {size} bytes");
+                data
+            })
+            .collect()
+    }
+
+    // rule: UDP-READ-01
+    #[cfg(unix)]
+    #[test]
+    fn test_slab_receive_cuts_payloads_from_one_slab() {
+        let mut slab = bytes::BytesMut::new();
+        let got = receive_sizes(&mut slab, &[1200, 1, 0, 1200]);
+        // Cut from one allocation, back to back: no copy, no allocation per datagram.
+        let base = got[0].as_ptr() as usize;
+        assert_eq!(got[1].as_ptr() as usize, base + 1200);
+        assert_eq!(got[3].as_ptr() as usize, base + 1201);
+        assert!(slab.capacity() <= slab::SLAB - 2401);
+    }
+
+    // rule: UDP-READ-01
+    #[cfg(unix)]
+    #[test]
+    fn test_slab_receive_spills_long_datagrams_into_the_scratch_whole() {
+        let mut slab = bytes::BytesMut::new();
+        // Leave less spare room than the next datagram: it spills into the scratch and is copied.
+        let filler = slab::SLAB - slab::MIN_SPARE - 100;
+        let got = receive_sizes(&mut slab, &[filler, 30_000, 65_507, 10]);
+        assert_eq!(got[1].len(), 30_000);
+        assert_eq!(got[2].len(), 65_507);
+        assert_eq!(got[3].len(), 10);
+    }
+
+    // rule: UDP-READ-01
+    #[cfg(unix)]
+    #[test]
+    fn test_slab_is_reused_in_place_once_its_payloads_are_dropped() {
+        let mut slab = bytes::BytesMut::new();
+        // Just enough to leave less than MIN_SPARE, all from one slab.
+        let count = (slab::SLAB - slab::MIN_SPARE) / 1200 + 1;
+        let got = receive_sizes(&mut slab, &vec![1200; count]);
+        let first = got[0].as_ptr() as usize;
+        assert_eq!(got[count - 1].as_ptr() as usize, first + (count - 1) * 1200);
+        drop(got);
+        // The slab ran low and nothing cut from it is alive: the next receive reuses it.
+        let again = receive_sizes(&mut slab, &[1200]);
+        assert_eq!(again[0].as_ptr() as usize, first);
+        // A held payload keeps its slab: a new one is taken instead of overwriting it.
+        let held = receive_sizes(&mut slab, &vec![1200; count]);
+        let next = receive_sizes(&mut slab, &[1200]);
+        assert!(held.iter().all(|h| h.as_ptr() != next[0].as_ptr()));
+        assert_eq!(held[0][..4], [0, 7, 14, 21]);
+    }
+
+    // rule: UDP-READ-01
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn test_idle_socket_gives_its_slab_back_to_the_thread() {
+        let bind = UdpBind {
+            local: SocketAddr::from(([127, 0, 0, 1], 0)),
+            config: tcpudp_core::options::SocketConfig {
+                address_reuse: false,
+                no_delay: false,
+                send_buffer_size: None,
+                receive_buffer_size: None,
+            },
+            multicast_loopback: false,
+            multicast_ttl: 1,
+            multicast_interface: None,
+        };
+        let mut rx = open(&Handle::current(), bind).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut scratch = vec![0u8; 65_536];
+        tx.send_to(b"one", to).unwrap();
+        tx.send_to(b"two", to).unwrap();
+        let (first, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, &mut scratch)).await.unwrap();
+        assert_eq!(&first[..], b"one");
+        // Receiving: the socket keeps its slab, the second payload cut right after the first.
+        assert!(rx.slab.is_some());
+        let (second, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, &mut scratch)).await.unwrap();
+        assert_eq!(second.as_ptr() as usize, first.as_ptr() as usize + 3);
+        // Nothing more: the slab goes to the thread's spare, and the next receive takes it again.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(rx.poll_recv_bytes(&mut cx, &mut scratch).is_pending());
+        assert!(rx.slab.is_none());
+        let spare = slab::take();
+        assert!(spare.capacity() > 0);
+        slab::give_back(spare);
+        tx.send_to(b"three", to).unwrap();
+        let (third, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, &mut scratch)).await.unwrap();
+        assert_eq!(&third[..], b"three");
+        assert_eq!(third.as_ptr() as usize, second.as_ptr() as usize + 3);
+    }
 
     // rule: UDP-READ-04
     #[test]
