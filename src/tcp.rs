@@ -428,7 +428,7 @@ impl Drop for Handle {
         // timeout); the driver task keeps the shared state until the socket is closed. AcqRel:
         // whatever the other handles did happens before this close.
         if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.app_command(AppCommand::Close);
+            self.shared.close_on_drop();
         }
     }
 }
@@ -439,6 +439,18 @@ impl TcpShared {
         let now = self.net.now();
         // Commands that reach here never fail synchronously (start_tls has its own path).
         let _ = inner.machine.handle(now, Input::App(cmd));
+        inner.process(self);
+    }
+
+    /// GEN-12 for the last handle: `close()`, unless the socket is closed already (the usual end
+    /// of `close().await`), where it would change nothing and cost a clock read and a pass.
+    fn close_on_drop(&self) {
+        let mut inner = lock(&self.inner);
+        if inner.machine.ready_state() == ReadyState::Closed {
+            return;
+        }
+        let now = self.net.now();
+        let _ = inner.machine.handle(now, Input::App(AppCommand::Close));
         inner.process(self);
     }
 
