@@ -197,16 +197,16 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
-    pub(crate) fn now(&self) -> tcpudp_core::Instant {
+    pub(crate) fn now(self) -> tcpudp_core::Instant {
         self.to_core(tokio::time::Instant::now())
     }
 
-    pub(crate) fn to_core(&self, at: tokio::time::Instant) -> tcpudp_core::Instant {
+    pub(crate) fn to_core(self, at: tokio::time::Instant) -> tcpudp_core::Instant {
         let micros = at.saturating_duration_since(self.epoch).as_micros();
         tcpudp_core::Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 
-    pub(crate) fn to_tokio(&self, at: tcpudp_core::Instant) -> tokio::time::Instant {
+    pub(crate) fn to_tokio(self, at: tcpudp_core::Instant) -> tokio::time::Instant {
         self.epoch + std::time::Duration::from_micros(at.as_micros())
     }
 }
