@@ -86,7 +86,13 @@ pub(crate) struct NetState {
     pub(crate) profile: LinkProfile,
     /// Profiles of particular host pairs (key ordered low, high).
     pub(crate) pair_profiles: BTreeMap<(IpAddr, IpAddr), LinkProfile>,
-    pub(crate) hosts: BTreeMap<IpAddr, HostState>,
+    /// Every host, by address: private, so that every change goes through
+    /// [`NetState::host_mut`] or [`NetState::add_host`], which keep `maybe_stopped` right.
+    hosts: BTreeMap<IpAddr, HostState>,
+    /// Whether any host may be crashed or killed: set by every mutable access to a host's state
+    /// (never cleared). While it is `false` no host is, and the per-datagram questions (`crashed`,
+    /// `frozen`, `killed`) are answered without a look-up.
+    maybe_stopped: bool,
     /// The link-state table, per direction (from, to).
     links: BTreeMap<(IpAddr, IpAddr), DirLink>,
     rngs: BTreeMap<(&'static str, IpAddr, IpAddr), SimRng>,
@@ -117,6 +123,7 @@ impl NetState {
             profile,
             pair_profiles: BTreeMap::new(),
             hosts: BTreeMap::new(),
+            maybe_stopped: false,
             links: BTreeMap::new(),
             rngs: BTreeMap::new(),
             tcp: TcpTables::default(),
@@ -155,21 +162,38 @@ impl NetState {
         self.hosts.entry(ip).or_insert_with(|| HostState { name: name.to_owned(), ..HostState::default() });
     }
 
+    /// Every host the simulation knows, by address.
+    pub(crate) fn hosts(&self) -> &BTreeMap<IpAddr, HostState> {
+        &self.hosts
+    }
+
+    /// Registers (or replaces) the host at `ip`.
+    pub(crate) fn add_host(&mut self, ip: IpAddr, host: HostState) {
+        self.maybe_stopped |= host.crashed || host.killed;
+        self.hosts.insert(ip, host);
+    }
+
+    /// The state of the host at `ip`, for changing (from here on, hosts may be stopped).
+    pub(crate) fn host_mut(&mut self, ip: IpAddr) -> Option<&mut HostState> {
+        self.maybe_stopped = true;
+        self.hosts.get_mut(&ip)
+    }
+
     /// Whether the host at `ip` is crashed (silent).
     pub(crate) fn crashed(&self, ip: IpAddr) -> bool {
-        self.hosts.get(&ip).is_some_and(|h| h.crashed)
+        self.maybe_stopped && self.hosts.get(&ip).is_some_and(|h| h.crashed)
     }
 
     /// Whether the software of the host at `ip` is stopping or stopped (crashed or killed): its
     /// sockets are frozen, so the library's own close-on-drop, which turmoil runs while tearing
     /// the host's runtime down, cannot act as a live process would; only the kernel model speaks.
     pub(crate) fn frozen(&self, ip: IpAddr) -> bool {
-        self.hosts.get(&ip).is_some_and(|h| h.crashed || h.killed)
+        self.maybe_stopped && self.hosts.get(&ip).is_some_and(|h| h.crashed || h.killed)
     }
 
     /// Whether the software of the host at `ip` was killed (and not restarted yet).
     pub(crate) fn killed(&self, ip: IpAddr) -> bool {
-        self.hosts.get(&ip).is_some_and(|h| h.killed)
+        self.maybe_stopped && self.hosts.get(&ip).is_some_and(|h| h.killed)
     }
 
     /// The incarnation of the host at `ip`.
