@@ -95,7 +95,7 @@ pub(crate) struct NetState {
     maybe_stopped: bool,
     /// The link-state table, per direction (from, to).
     links: BTreeMap<(IpAddr, IpAddr), DirLink>,
-    rngs: BTreeMap<(&'static str, IpAddr, IpAddr), SimRng>,
+    rngs: BTreeMap<(Stream, IpAddr, IpAddr), SimRng>,
     pub(crate) tcp: TcpTables,
     pub(crate) udp: UdpTables,
     /// The text of the kept text lines, one after another (no allocation per line).
@@ -217,11 +217,11 @@ impl NetState {
     }
 
     /// The random stream for `purpose` on the directed link `from → to`.
-    pub(crate) fn rng(&mut self, purpose: &'static str, from: IpAddr, to: IpAddr) -> &mut SimRng {
+    pub(crate) fn rng(&mut self, purpose: Stream, from: IpAddr, to: IpAddr) -> &mut SimRng {
         let seed = self.seed;
         self.rngs
             .entry((purpose, from, to))
-            .or_insert_with(|| SimRng::stream(seed, purpose, &format!("{from}>{to}")))
+            .or_insert_with(|| SimRng::stream(seed, purpose.name(), &format!("{from}>{to}")))
     }
 
     /// Appends a line to the trace (and to its running digest). Past [`TRACE_LINES_KEPT`] lines
@@ -285,6 +285,32 @@ impl NetState {
     /// The digest of the trace so far (FNV-1a over text lines, a word hash over structured ones).
     pub(crate) fn digest(&self) -> u64 {
         self.digest
+    }
+}
+
+/// The purpose of a per-link random stream (its name is part of the stream's seed). A small key:
+/// the stream table is searched once or more per datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stream {
+    TcpLoss,
+    UdpLoss,
+    UdpDup,
+    UdpJitter,
+    UdpReorder,
+    UdpLatency,
+}
+
+impl Stream {
+    /// The stream's purpose, as `SimRng::stream` takes it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Stream::TcpLoss => "tcp-loss",
+            Stream::UdpLoss => "udp-loss",
+            Stream::UdpDup => "udp-dup",
+            Stream::UdpJitter => "udp-jitter",
+            Stream::UdpReorder => "udp-reorder",
+            Stream::UdpLatency => "udp-latency",
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use tokio::io::ReadBuf;
 use tokio::time::Sleep;
 
 use crate::host::{io_error, poll_now, HostCtx};
-use crate::net::{Line, NetState, SimNet, UdpFate};
+use crate::net::{Line, NetState, SimNet, Stream, UdpFate};
 use crate::{MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 
 /// Linux's default `SO_RCVBUF` for UDP (`net.core.rmem_default`).
@@ -488,12 +488,12 @@ impl SimUdp {
                 return;
             }
             let imp = link.udp;
-            if imp.loss > 0.0 && st.rng("udp-loss", me, to).chance(imp.loss) {
+            if imp.loss > 0.0 && st.rng(Stream::UdpLoss, me, to).chance(imp.loss) {
                 st.record(now, format_args!("udp#{id} {from}>{dest} len={} lost", data.len()));
                 return;
             }
             delay = extra_delay(st, me, to);
-            if imp.duplicate > 0.0 && st.rng("udp-dup", me, to).chance(imp.duplicate) {
+            if imp.duplicate > 0.0 && st.rng(Stream::UdpDup, me, to).chance(imp.duplicate) {
                 copies = 2;
             }
         }
@@ -525,9 +525,9 @@ fn extra_delay(st: &mut NetState, from: IpAddr, to: IpAddr) -> Duration {
     let mut delay = imp.delay;
     if !imp.jitter.is_zero() {
         let micros = u64::try_from(imp.jitter.as_micros()).unwrap_or(u64::MAX);
-        delay += Duration::from_micros(st.rng("udp-jitter", from, to).below(micros.saturating_add(1)));
+        delay += Duration::from_micros(st.rng(Stream::UdpJitter, from, to).below(micros.saturating_add(1)));
     }
-    if imp.reorder > 0.0 && st.rng("udp-reorder", from, to).chance(imp.reorder) {
+    if imp.reorder > 0.0 && st.rng(Stream::UdpReorder, from, to).chance(imp.reorder) {
         delay += imp.reorder_delay;
     }
     delay
@@ -561,16 +561,16 @@ fn deliver(
         return;
     }
     let imp = link.udp;
-    if imp.loss > 0.0 && st.rng("udp-loss", from_host, to_host).chance(imp.loss) {
+    if imp.loss > 0.0 && st.rng(Stream::UdpLoss, from_host, to_host).chance(imp.loss) {
         st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Lost { to } });
         return;
     }
     let profile = st.profile(from_host, to_host);
     let latency =
-        profile.sample(st.rng("udp-latency", from_host, to_host)) + extra_delay(st, from_host, to_host);
+        profile.sample(st.rng(Stream::UdpLatency, from_host, to_host)) + extra_delay(st, from_host, to_host);
     let at = now + latency;
     st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Arrives { to, at } });
-    let duplicate = imp.duplicate > 0.0 && st.rng("udp-dup", from_host, to_host).chance(imp.duplicate);
+    let duplicate = imp.duplicate > 0.0 && st.rng(Stream::UdpDup, from_host, to_host).chance(imp.duplicate);
     let copy = duplicate.then(|| data.clone());
     wake.extend(push_arrival(st, to, at, Arrival { id, data, from }, now));
     if let Some(data) = copy {
