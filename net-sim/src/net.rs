@@ -213,6 +213,9 @@ impl NetState {
 
     /// The profile of the link between `a` and `b`.
     pub(crate) fn profile(&self, a: IpAddr, b: IpAddr) -> LinkProfile {
+        if self.pair_profiles.is_empty() {
+            return self.profile; // no pair has its own (the usual case): no key to build
+        }
         self.pair_profiles.get(&ordered(a, b)).copied().unwrap_or(self.profile)
     }
 

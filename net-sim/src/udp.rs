@@ -138,6 +138,9 @@ impl UdpEnd {
 /// Settles `id`'s due arrivals, recording drops in the trace.
 fn settle(st: &mut NetState, id: u64, now: Duration) {
     let Some(end) = st.udp.ends.get_mut(&id) else { return };
+    if end.arrivals.front().is_none_or(|((at, _), _)| *at > now) {
+        return; // nothing due (most calls)
+    }
     let (host, port) = (end.host, end.port);
     for dropped in end.settle(now) {
         st.record_line(now, Line::UdpDropped { id: dropped, host, port });
