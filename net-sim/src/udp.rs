@@ -333,7 +333,11 @@ fn turmoil_line(id: u64, from: SocketAddr, key: (IpAddr, u16), len: usize, fate:
 /// The library socket on `key` a unicast datagram to `dst` goes to: the best address match,
 /// then the most recently bound (SO_REUSEADDR on Linux).
 fn pick_unicast(st: &NetState, key: (IpAddr, u16), dst: IpAddr) -> Option<u64> {
-    let port = st.udp.ports.get(&key)?;
+    pick_member(st, st.udp.ports.get(&key)?, dst)
+}
+
+/// As [`pick_unicast`], on a port already looked up.
+fn pick_member(st: &NetState, port: &UdpPort, dst: IpAddr) -> Option<u64> {
     port.members
         .iter()
         .filter_map(|id| {
@@ -451,18 +455,19 @@ impl SimUdp {
             }
         } else {
             let to_host = host.host_of(dest.ip());
-            let library_port = to_host.filter(|h| st.udp.ports.contains_key(&(*h, dest.port())));
+            // A library port at the destination (one look-up), and the socket on it it is for.
+            let library_port = to_host.and_then(|h| {
+                let port = st.udp.ports.get(&(h, dest.port()))?;
+                Some((h, pick_member(&st, port, dest.ip())))
+            });
             match library_port {
-                Some(to_host) => match pick_unicast(&st, (to_host, dest.port()), dest.ip()) {
-                    Some(to) => deliver(&mut st, host.ip, to_host, to, from, dest, data, now, wake),
-                    None => {
-                        let id = st.next_id();
-                        st.record(
-                            now,
-                            format_args!("udp#{id} {from}>{dest} len={} unbound address", data.len()),
-                        );
-                    }
-                },
+                Some((to_host, Some(to))) => {
+                    deliver(&mut st, host.ip, to_host, to, from, dest, data, now, wake)
+                }
+                Some((_, None)) => {
+                    let id = st.next_id();
+                    st.record(now, format_args!("udp#{id} {from}>{dest} len={} unbound address", data.len()));
+                }
                 None => self.send_turmoil(&mut st, to_host, from, dest, data, now),
             }
         }
