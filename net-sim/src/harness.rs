@@ -276,14 +276,14 @@ impl<'a> Simulation<'a> {
             }
         }
         let mut st = self.net.lock();
-        if st.hosts.values().any(|h| h.name == name) {
+        if st.hosts().values().any(|h| h.name == name) {
             return Err(SimError::DuplicateHost(name.to_owned()));
         }
         let ip = self.sim.lookup(name);
-        if st.hosts.contains_key(&ip) {
+        if st.hosts().contains_key(&ip) {
             return Err(SimError::DuplicateHost(name.to_owned()));
         }
-        st.hosts.insert(ip, HostState { name: name.to_owned(), client, ..HostState::default() });
+        st.add_host(ip, HostState { name: name.to_owned(), client, ..HostState::default() });
         Ok(ip)
     }
 
@@ -399,7 +399,7 @@ impl<'a> Simulation<'a> {
                     {
                         let mut st = self.net.lock();
                         let now = st.last_now;
-                        if let Some(host) = st.hosts.get_mut(&ip) {
+                        if let Some(host) = st.host_mut(ip) {
                             if host.crashed {
                                 host.crashed = false;
                                 host.incarnation += 1;
@@ -449,7 +449,7 @@ impl SimFaults {
 
     /// The address of host `name`.
     pub fn host_ip(&self, name: &str) -> Option<IpAddr> {
-        self.net.lock().hosts.iter().find(|(_, h)| h.name == name).map(|(ip, _)| *ip)
+        self.net.lock().hosts().iter().find(|(_, h)| h.name == name).map(|(ip, _)| *ip)
     }
 
     fn resolve(&self, name: &str) -> Result<IpAddr, FaultError> {
@@ -574,7 +574,7 @@ impl SimFaults {
         }
         let ip = self.resolve(host)?;
         let mut st = self.net.lock();
-        if st.hosts.get(&ip).is_some_and(|h| h.client) {
+        if st.hosts().get(&ip).is_some_and(|h| h.client) {
             return Err(FaultError::NotAHost(host.to_owned()));
         }
         let now = st.now();
@@ -593,7 +593,7 @@ impl SimFaults {
     /// [`FaultError::UnknownHost`], [`FaultError::NotAHost`], [`FaultError::NeedsHarness`].
     pub fn crash_host(&self, host: &str) -> Result<(), FaultError> {
         let ip = self.host_action(host, "crash_host", HostAction::Crash)?;
-        if let Some(h) = self.net.lock().hosts.get_mut(&ip) {
+        if let Some(h) = self.net.lock().host_mut(ip) {
             h.crashed = true;
         }
         Ok(())
@@ -608,7 +608,7 @@ impl SimFaults {
     /// As [`crash_host`](Self::crash_host).
     pub fn kill_process(&self, host: &str) -> Result<(), FaultError> {
         let ip = self.host_action(host, "kill_process", HostAction::Kill)?;
-        if let Some(h) = self.net.lock().hosts.get_mut(&ip) {
+        if let Some(h) = self.net.lock().host_mut(ip) {
             h.killed = true;
         }
         Ok(())
@@ -622,7 +622,7 @@ impl SimFaults {
     /// As [`crash_host`](Self::crash_host).
     pub fn restart(&self, host: &str) -> Result<(), FaultError> {
         let ip = self.host_action(host, "restart", HostAction::Restart)?;
-        if let Some(h) = self.net.lock().hosts.get_mut(&ip) {
+        if let Some(h) = self.net.lock().host_mut(ip) {
             // Running software is killed first: frozen like a kill until it starts again.
             h.killed |= !h.crashed;
         }

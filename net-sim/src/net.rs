@@ -86,10 +86,16 @@ pub(crate) struct NetState {
     pub(crate) profile: LinkProfile,
     /// Profiles of particular host pairs (key ordered low, high).
     pub(crate) pair_profiles: BTreeMap<(IpAddr, IpAddr), LinkProfile>,
-    pub(crate) hosts: BTreeMap<IpAddr, HostState>,
+    /// Every host, by address: private, so that every change goes through
+    /// [`NetState::host_mut`] or [`NetState::add_host`], which keep `maybe_stopped` right.
+    hosts: BTreeMap<IpAddr, HostState>,
+    /// Whether any host may be crashed or killed: set by every mutable access to a host's state
+    /// (never cleared). While it is `false` no host is, and the per-datagram questions (`crashed`,
+    /// `frozen`, `killed`) are answered without a look-up.
+    maybe_stopped: bool,
     /// The link-state table, per direction (from, to).
     links: BTreeMap<(IpAddr, IpAddr), DirLink>,
-    rngs: BTreeMap<(&'static str, IpAddr, IpAddr), SimRng>,
+    rngs: BTreeMap<(Stream, IpAddr, IpAddr), SimRng>,
     pub(crate) tcp: TcpTables,
     pub(crate) udp: UdpTables,
     /// The text of the kept text lines, one after another (no allocation per line).
@@ -117,6 +123,7 @@ impl NetState {
             profile,
             pair_profiles: BTreeMap::new(),
             hosts: BTreeMap::new(),
+            maybe_stopped: false,
             links: BTreeMap::new(),
             rngs: BTreeMap::new(),
             tcp: TcpTables::default(),
@@ -155,21 +162,38 @@ impl NetState {
         self.hosts.entry(ip).or_insert_with(|| HostState { name: name.to_owned(), ..HostState::default() });
     }
 
+    /// Every host the simulation knows, by address.
+    pub(crate) fn hosts(&self) -> &BTreeMap<IpAddr, HostState> {
+        &self.hosts
+    }
+
+    /// Registers (or replaces) the host at `ip`.
+    pub(crate) fn add_host(&mut self, ip: IpAddr, host: HostState) {
+        self.maybe_stopped |= host.crashed || host.killed;
+        self.hosts.insert(ip, host);
+    }
+
+    /// The state of the host at `ip`, for changing (from here on, hosts may be stopped).
+    pub(crate) fn host_mut(&mut self, ip: IpAddr) -> Option<&mut HostState> {
+        self.maybe_stopped = true;
+        self.hosts.get_mut(&ip)
+    }
+
     /// Whether the host at `ip` is crashed (silent).
     pub(crate) fn crashed(&self, ip: IpAddr) -> bool {
-        self.hosts.get(&ip).is_some_and(|h| h.crashed)
+        self.maybe_stopped && self.hosts.get(&ip).is_some_and(|h| h.crashed)
     }
 
     /// Whether the software of the host at `ip` is stopping or stopped (crashed or killed): its
     /// sockets are frozen, so the library's own close-on-drop, which turmoil runs while tearing
     /// the host's runtime down, cannot act as a live process would; only the kernel model speaks.
     pub(crate) fn frozen(&self, ip: IpAddr) -> bool {
-        self.hosts.get(&ip).is_some_and(|h| h.crashed || h.killed)
+        self.maybe_stopped && self.hosts.get(&ip).is_some_and(|h| h.crashed || h.killed)
     }
 
     /// Whether the software of the host at `ip` was killed (and not restarted yet).
     pub(crate) fn killed(&self, ip: IpAddr) -> bool {
-        self.hosts.get(&ip).is_some_and(|h| h.killed)
+        self.maybe_stopped && self.hosts.get(&ip).is_some_and(|h| h.killed)
     }
 
     /// The incarnation of the host at `ip`.
@@ -189,15 +213,18 @@ impl NetState {
 
     /// The profile of the link between `a` and `b`.
     pub(crate) fn profile(&self, a: IpAddr, b: IpAddr) -> LinkProfile {
+        if self.pair_profiles.is_empty() {
+            return self.profile; // no pair has its own (the usual case): no key to build
+        }
         self.pair_profiles.get(&ordered(a, b)).copied().unwrap_or(self.profile)
     }
 
     /// The random stream for `purpose` on the directed link `from → to`.
-    pub(crate) fn rng(&mut self, purpose: &'static str, from: IpAddr, to: IpAddr) -> &mut SimRng {
+    pub(crate) fn rng(&mut self, purpose: Stream, from: IpAddr, to: IpAddr) -> &mut SimRng {
         let seed = self.seed;
         self.rngs
             .entry((purpose, from, to))
-            .or_insert_with(|| SimRng::stream(seed, purpose, &format!("{from}>{to}")))
+            .or_insert_with(|| SimRng::stream(seed, purpose.name(), &format!("{from}>{to}")))
     }
 
     /// Appends a line to the trace (and to its running digest). Past [`TRACE_LINES_KEPT`] lines
@@ -261,6 +288,32 @@ impl NetState {
     /// The digest of the trace so far (FNV-1a over text lines, a word hash over structured ones).
     pub(crate) fn digest(&self) -> u64 {
         self.digest
+    }
+}
+
+/// The purpose of a per-link random stream (its name is part of the stream's seed). A small key:
+/// the stream table is searched once or more per datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stream {
+    TcpLoss,
+    UdpLoss,
+    UdpDup,
+    UdpJitter,
+    UdpReorder,
+    UdpLatency,
+}
+
+impl Stream {
+    /// The stream's purpose, as `SimRng::stream` takes it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Stream::TcpLoss => "tcp-loss",
+            Stream::UdpLoss => "udp-loss",
+            Stream::UdpDup => "udp-dup",
+            Stream::UdpJitter => "udp-jitter",
+            Stream::UdpReorder => "udp-reorder",
+            Stream::UdpLatency => "udp-latency",
+        }
     }
 }
 

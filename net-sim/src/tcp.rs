@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::host::{poll_now, sim_guard, HostCtx};
-use crate::net::{Line, NetState, SimNet};
+use crate::net::{Line, NetState, SimNet, Stream};
 use crate::{DEFAULT_KEEP_ALIVE_COUNT, DEFAULT_KEEP_ALIVE_IDLE, DEFAULT_KEEP_ALIVE_INTERVAL};
 
 /// The first retransmission timeout (Linux's `TCP_RTO_MIN`).
@@ -241,7 +241,7 @@ fn attempt(st: &mut NetState, id: u64, kind: Kind) -> Outcome {
             }
         }
     }
-    if link.tcp_rate > 0.0 && st.rng("tcp-loss", from, to).chance(link.tcp_rate) {
+    if link.tcp_rate > 0.0 && st.rng(Stream::TcpLoss, from, to).chance(link.tcp_rate) {
         return Outcome::Lost("loss");
     }
     Outcome::Delivered { acked: !st.link(to, from).partitioned }
@@ -764,7 +764,7 @@ fn syn(host: &HostCtx, to_host: IpAddr, target: SocketAddr) -> Syn {
             Some("partition")
         } else {
             let rate = st.link(host.ip, to_host).tcp_rate;
-            (rate > 0.0 && st.rng("tcp-loss", host.ip, to_host).chance(rate)).then_some("loss")
+            (rate > 0.0 && st.rng(Stream::TcpLoss, host.ip, to_host).chance(rate)).then_some("loss")
         };
         if let Some(why) = why {
             st.record(now, format_args!("tcp syn {}>{target} lost ({why})", host.name));

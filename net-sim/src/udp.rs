@@ -29,7 +29,7 @@ use tokio::io::ReadBuf;
 use tokio::time::Sleep;
 
 use crate::host::{io_error, poll_now, HostCtx};
-use crate::net::{Line, NetState, SimNet, UdpFate};
+use crate::net::{Line, NetState, SimNet, Stream, UdpFate};
 use crate::{MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 
 /// Linux's default `SO_RCVBUF` for UDP (`net.core.rmem_default`).
@@ -138,6 +138,9 @@ impl UdpEnd {
 /// Settles `id`'s due arrivals, recording drops in the trace.
 fn settle(st: &mut NetState, id: u64, now: Duration) {
     let Some(end) = st.udp.ends.get_mut(&id) else { return };
+    if end.arrivals.front().is_none_or(|((at, _), _)| *at > now) {
+        return; // nothing due (most calls)
+    }
     let (host, port) = (end.host, end.port);
     for dropped in end.settle(now) {
         st.record_line(now, Line::UdpDropped { id: dropped, host, port });
@@ -330,7 +333,11 @@ fn turmoil_line(id: u64, from: SocketAddr, key: (IpAddr, u16), len: usize, fate:
 /// The library socket on `key` a unicast datagram to `dst` goes to: the best address match,
 /// then the most recently bound (SO_REUSEADDR on Linux).
 fn pick_unicast(st: &NetState, key: (IpAddr, u16), dst: IpAddr) -> Option<u64> {
-    let port = st.udp.ports.get(&key)?;
+    pick_member(st, st.udp.ports.get(&key)?, dst)
+}
+
+/// As [`pick_unicast`], on a port already looked up.
+fn pick_member(st: &NetState, port: &UdpPort, dst: IpAddr) -> Option<u64> {
     port.members
         .iter()
         .filter_map(|id| {
@@ -448,18 +455,19 @@ impl SimUdp {
             }
         } else {
             let to_host = host.host_of(dest.ip());
-            let library_port = to_host.filter(|h| st.udp.ports.contains_key(&(*h, dest.port())));
+            // A library port at the destination (one look-up), and the socket on it it is for.
+            let library_port = to_host.and_then(|h| {
+                let port = st.udp.ports.get(&(h, dest.port()))?;
+                Some((h, pick_member(&st, port, dest.ip())))
+            });
             match library_port {
-                Some(to_host) => match pick_unicast(&st, (to_host, dest.port()), dest.ip()) {
-                    Some(to) => deliver(&mut st, host.ip, to_host, to, from, dest, data, now, wake),
-                    None => {
-                        let id = st.next_id();
-                        st.record(
-                            now,
-                            format_args!("udp#{id} {from}>{dest} len={} unbound address", data.len()),
-                        );
-                    }
-                },
+                Some((to_host, Some(to))) => {
+                    deliver(&mut st, host.ip, to_host, to, from, dest, data, now, wake)
+                }
+                Some((_, None)) => {
+                    let id = st.next_id();
+                    st.record(now, format_args!("udp#{id} {from}>{dest} len={} unbound address", data.len()));
+                }
                 None => self.send_turmoil(&mut st, to_host, from, dest, data, now),
             }
         }
@@ -488,12 +496,12 @@ impl SimUdp {
                 return;
             }
             let imp = link.udp;
-            if imp.loss > 0.0 && st.rng("udp-loss", me, to).chance(imp.loss) {
+            if imp.loss > 0.0 && st.rng(Stream::UdpLoss, me, to).chance(imp.loss) {
                 st.record(now, format_args!("udp#{id} {from}>{dest} len={} lost", data.len()));
                 return;
             }
             delay = extra_delay(st, me, to);
-            if imp.duplicate > 0.0 && st.rng("udp-dup", me, to).chance(imp.duplicate) {
+            if imp.duplicate > 0.0 && st.rng(Stream::UdpDup, me, to).chance(imp.duplicate) {
                 copies = 2;
             }
         }
@@ -525,9 +533,9 @@ fn extra_delay(st: &mut NetState, from: IpAddr, to: IpAddr) -> Duration {
     let mut delay = imp.delay;
     if !imp.jitter.is_zero() {
         let micros = u64::try_from(imp.jitter.as_micros()).unwrap_or(u64::MAX);
-        delay += Duration::from_micros(st.rng("udp-jitter", from, to).below(micros.saturating_add(1)));
+        delay += Duration::from_micros(st.rng(Stream::UdpJitter, from, to).below(micros.saturating_add(1)));
     }
-    if imp.reorder > 0.0 && st.rng("udp-reorder", from, to).chance(imp.reorder) {
+    if imp.reorder > 0.0 && st.rng(Stream::UdpReorder, from, to).chance(imp.reorder) {
         delay += imp.reorder_delay;
     }
     delay
@@ -561,16 +569,16 @@ fn deliver(
         return;
     }
     let imp = link.udp;
-    if imp.loss > 0.0 && st.rng("udp-loss", from_host, to_host).chance(imp.loss) {
+    if imp.loss > 0.0 && st.rng(Stream::UdpLoss, from_host, to_host).chance(imp.loss) {
         st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Lost { to } });
         return;
     }
     let profile = st.profile(from_host, to_host);
     let latency =
-        profile.sample(st.rng("udp-latency", from_host, to_host)) + extra_delay(st, from_host, to_host);
+        profile.sample(st.rng(Stream::UdpLatency, from_host, to_host)) + extra_delay(st, from_host, to_host);
     let at = now + latency;
     st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Arrives { to, at } });
-    let duplicate = imp.duplicate > 0.0 && st.rng("udp-dup", from_host, to_host).chance(imp.duplicate);
+    let duplicate = imp.duplicate > 0.0 && st.rng(Stream::UdpDup, from_host, to_host).chance(imp.duplicate);
     let copy = duplicate.then(|| data.clone());
     wake.extend(push_arrival(st, to, at, Arrival { id, data, from }, now));
     if let Some(data) = copy {
