@@ -695,9 +695,10 @@ impl UdpIo {
             }
         }
         if self.read_interest && polls == Polls::All {
-            // Receive into the thread's scratch buffer and copy the payload out: one exact-size
-            // allocation per datagram (the simulator hands its `Bytes` over as they are). (A
-            // fresh 64 KiB buffer per datagram made glibc grow and trim its heap, with page
+            // The thread's scratch buffer is room a transport may receive into: the real backend
+            // receives into its slab and spills only a long datagram into the scratch, the
+            // simulator hands its `Bytes` over as they are, the trait's default copies out of it.
+            // (A fresh 64 KiB buffer per datagram made glibc grow and trim its heap, with page
             // faults, every few datagrams: half the UDP throughput.)
             let polled = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
                 Ok(mut scratch) => transport.poll_recv_bytes(
