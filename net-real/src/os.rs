@@ -190,6 +190,7 @@ mod unix {
     }
 
     /// One datagram read by [`recv_datagram`].
+    #[derive(Debug)]
     pub(crate) struct Datagram {
         /// Payload bytes written to the buffer.
         pub(crate) len: usize,
@@ -249,6 +250,62 @@ mod unix {
         })?;
         let drops = drop_count(&msg);
         Ok(Datagram { len: n.min(room), from: canonical(from), drops })
+    }
+
+    /// Datagrams one [`recv_datagrams`] call takes at most.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(crate) const BATCH: usize = 4;
+
+    /// Reads up to [`BATCH`] datagrams with one `recvmmsg` (non-blocking fd), datagram `i` into
+    /// `iovs[i]`, with their sources and drop counters, into `out` (cleared first). `Ok` means at
+    /// least one was read; an empty queue is `WouldBlock`, as for `recvmsg`.
+    ///
+    /// # Safety
+    /// Every iovec must describe a live, writable buffer of its stated length that nothing else
+    /// uses during the call.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(crate) unsafe fn recv_datagrams(
+        fd: RawFd,
+        iovs: &mut [libc::iovec; BATCH],
+        out: &mut Vec<Datagram>,
+    ) -> io::Result<()> {
+        out.clear();
+        // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
+        let mut storage: [libc::sockaddr_storage; BATCH] = unsafe { mem::zeroed() };
+        let mut control: [ControlBuffer; BATCH] = std::array::from_fn(|_| ControlBuffer([0; 128]));
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+        for (i, m) in msgs.iter_mut().enumerate() {
+            m.msg_hdr.msg_name = (&mut storage[i] as *mut libc::sockaddr_storage).cast();
+            m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = &mut iovs[i];
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_control = control[i].0.as_mut_ptr().cast();
+            m.msg_hdr.msg_controllen = control[i].0.len() as _;
+        }
+        let n = loop {
+            // SAFETY: every pointer in `msgs` refers to a live buffer of the stated length (the
+            // caller vouches for the iovecs); the kernel writes at most that many bytes.
+            let n = unsafe {
+                libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as libc::c_uint, 0, std::ptr::null_mut())
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        };
+        for (i, m) in msgs.iter().take(n).enumerate() {
+            // SAFETY: the kernel filled `storage[i]` with a sockaddr of `msg_namelen` bytes.
+            let from =
+                unsafe { storage_to_socket_addr(&storage[i], m.msg_hdr.msg_namelen) }.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP source address")
+                })?;
+            let len = (m.msg_len as usize).min(iovs[i].iov_len);
+            out.push(Datagram { len, from: canonical(from), drops: drop_count(&m.msg_hdr) });
+        }
+        Ok(())
     }
 
     /// The SO_RXQ_OVFL control message of a received `msg`, if any.
