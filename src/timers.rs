@@ -91,8 +91,14 @@ async fn run(timers: Arc<Timers>, clock: crate::network::Clock) {
     let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         for _ in 0..4 {
-            let due = {
+            let (due, next) = {
                 let mut state = lock(&timers.state);
+                if state.entries.is_empty() {
+                    state.armed = None;
+                    state.task = None;
+                    state.running = false;
+                    return Poll::Ready(());
+                }
                 if !state.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     state.task = Some(cx.waker().clone());
                 }
@@ -101,24 +107,12 @@ async fn run(timers: Arc<Timers>, clock: crate::network::Clock) {
                 let due: Vec<Waker> =
                     state.entries.range(..=(now, u64::MAX)).map(|(_, w)| w.clone()).collect();
                 let later = (Bound::Excluded((now, u64::MAX)), Bound::Unbounded);
-                let next = state.entries.range(later).next().map(|(&(at, _), _)| at);
-                match next {
-                    Some(at) => state.armed = Some(at),
-                    None if state.entries.is_empty() => {
-                        state.armed = None;
-                        state.task = None;
-                        state.running = false;
-                        drop(state);
-                        due.into_iter().for_each(Waker::wake);
-                        return Poll::Ready(());
-                    }
-                    // Only due entries left: their drivers are about to move them.
-                    None => state.armed = None,
-                }
-                due
+                // `None`: only due entries are left, and their drivers are about to move them.
+                state.armed = state.entries.range(later).next().map(|(&(at, _), _)| at);
+                (due, state.armed)
             };
             due.into_iter().for_each(Waker::wake);
-            let Some(at) = lock(&timers.state).armed else { return Poll::Pending };
+            let Some(at) = next else { return Poll::Pending };
             let deadline = clock.to_tokio(at);
             let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             if timer.deadline() != deadline {
