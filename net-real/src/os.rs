@@ -244,12 +244,24 @@ mod unix {
                 return Err(err);
             }
         };
-        // SAFETY: the kernel filled `storage` with a sockaddr of `msg_namelen` bytes.
-        let from = unsafe { storage_to_socket_addr(&storage, msg.msg_namelen) }.ok_or_else(|| {
+        // SAFETY: recvmsg filled `storage` and `msg`.
+        unsafe { received(&storage, &msg, n.min(room)) }
+    }
+
+    /// The [`Datagram`] `recvmsg`/`recvmmsg` reported with `msg` (source in `storage`).
+    ///
+    /// # Safety
+    /// The kernel must have filled `storage` with a sockaddr of `msg.msg_namelen` bytes.
+    unsafe fn received(
+        storage: &libc::sockaddr_storage,
+        msg: &libc::msghdr,
+        len: usize,
+    ) -> io::Result<Datagram> {
+        // SAFETY: as the caller vouches.
+        let from = unsafe { storage_to_socket_addr(storage, msg.msg_namelen) }.ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP source address")
         })?;
-        let drops = drop_count(&msg);
-        Ok(Datagram { len: n.min(room), from: canonical(from), drops })
+        Ok(Datagram { len, from: canonical(from), drops: drop_count(msg) })
     }
 
     /// Datagrams one [`recv_datagrams`] call takes at most.
@@ -297,13 +309,9 @@ mod unix {
             }
         };
         for (i, m) in msgs.iter().take(n).enumerate() {
-            // SAFETY: the kernel filled `storage[i]` with a sockaddr of `msg_namelen` bytes.
-            let from =
-                unsafe { storage_to_socket_addr(&storage[i], m.msg_hdr.msg_namelen) }.ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP source address")
-                })?;
             let len = (m.msg_len as usize).min(iovs[i].iov_len);
-            out.push(Datagram { len, from: canonical(from), drops: drop_count(&m.msg_hdr) });
+            // SAFETY: recvmmsg filled the first `n` entries of `storage` and `msgs`.
+            out.push(unsafe { received(&storage[i], &m.msg_hdr, len) }?);
         }
         Ok(())
     }
