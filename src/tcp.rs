@@ -445,13 +445,9 @@ impl TcpShared {
     /// GEN-12 for the last handle: `close()`, unless the socket is closed already (the usual end
     /// of `close().await`), where it would change nothing and cost a clock read and a pass.
     fn close_on_drop(&self) {
-        let mut inner = lock(&self.inner);
-        if inner.machine.ready_state() == ReadyState::Closed {
-            return;
+        if lock(&self.inner).machine.ready_state() != ReadyState::Closed {
+            self.app_command(AppCommand::Close);
         }
-        let now = self.net.now();
-        let _ = inner.machine.handle(now, Input::App(AppCommand::Close));
-        inner.process(self);
     }
 
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, SocketError>> {
@@ -609,8 +605,9 @@ impl Inner {
     /// itself right after (waking it for that would cost it a second poll).
     fn run(&mut self, shared: &TcpShared, polls: Polls, now: Option<tcpudp_core::Instant>) {
         let mut budget = STEP_BUDGET;
-        let mut now = now; // a caller's clock read is reused: one per call
-                           // Neither waker changes during a call (the driver and the route are set outside it).
+        // A caller's clock read is reused: one per call. Neither waker changes during a call (the
+        // driver and the route are set outside it).
+        let mut now = now;
         let waker = self.io.driver.clone();
         let read_waker = self.io.route.as_ref().map(|r| Waker::from(r.clone()));
         loop {
