@@ -92,6 +92,10 @@ struct UdpEnd {
     capacity: usize,
     dropped: u64,
     waker: Option<Waker>,
+    /// The arrival time the socket's pending receive sleeps until (`None`: not sleeping, or not
+    /// known to be). An arrival no earlier than it needs no wake-up: the socket looks at every
+    /// due arrival when it wakes then (one wake per datagram instead of two).
+    sleeping_until: Option<Duration>,
 }
 
 impl UdpEnd {
@@ -165,7 +169,11 @@ fn push_arrival(st: &mut NetState, to: u64, at: Duration, arrival: Arrival, now:
         settle(st, to, now);
     }
     st.note_deadline(at);
-    st.udp.ends.get_mut(&to).and_then(|e| e.waker.clone())
+    let end = st.udp.ends.get(&to)?;
+    if at > now && end.sleeping_until.is_some_and(|until| until <= at) {
+        return None; // it wakes for an earlier arrival, and settles this one then if due
+    }
+    end.waker.clone()
 }
 
 /// Binds a library UDP socket on `host` (the `Backend::bind_udp` of the simulator).
@@ -221,6 +229,7 @@ pub(crate) fn bind(host: &Arc<HostCtx>, bind: UdpBind) -> Result<SimUdp, Cause> 
         capacity,
         dropped: 0,
         waker: None,
+        sleeping_until: None,
     };
     st.udp.ends.insert(id, end);
     if let Some(p) = st.udp.ports.get_mut(&(host.ip, port)) {
@@ -597,12 +606,16 @@ impl SimUdp {
                 let mut st = self.host.net.lock();
                 let now = st.now();
                 if st.frozen(self.host.ip) {
+                    if let Some(end) = st.udp.ends.get_mut(&self.id) {
+                        end.sleeping_until = None; // any arrival wakes it once it runs again
+                    }
                     return Poll::Pending;
                 }
                 settle(&mut st, self.id, now);
                 let Some(end) = st.udp.ends.get_mut(&self.id) else {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "socket released")));
                 };
+                end.sleeping_until = None; // set again below when this call sleeps
                 if let Some(arrival) = end.queue.pop_front() {
                     end.used -= arrival.data.len() + UDP_DATAGRAM_OVERHEAD;
                     self.received += 1;
@@ -613,7 +626,10 @@ impl SimUdp {
                 if !end.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     end.waker = Some(cx.waker().clone());
                 }
-                end.arrivals.front().map(|((at, _), _)| (*at, now))
+                // The sleep below is armed for the first arrival (if it has passed already, the
+                // next turn of this loop looks again).
+                end.sleeping_until = end.arrivals.front().map(|((at, _), _)| *at);
+                end.sleeping_until.map(|at| (at, now))
             };
             let Some((at, now)) = next else { return Poll::Pending };
             if self.sleep_for != Some(at) {

@@ -149,3 +149,48 @@ fn test_a_pinned_udp_run_keeps_its_trace_times_and_drops() {
         ]
     );
 }
+
+/// A receiver waiting for a datagram due later is woken for one sent after it that arrives
+/// earlier (the simulator skips the wake-up only for arrivals no earlier than the one it waits
+/// for): each is read at its own arrival time.
+#[test]
+fn test_an_earlier_arrival_wakes_a_receiver_waiting_for_a_later_one() {
+    let log: Rc<RefCell<Vec<(u128, u8)>>> = Rc::default();
+    let mut sim = SimBuilder::new(3)
+        .link(LinkProfile::range(Duration::from_millis(1), Duration::from_millis(1)))
+        .tick(Duration::from_millis(1))
+        .duration(Duration::from_secs(5))
+        .build();
+    let server_log = Rc::clone(&log);
+    sim.host("server", move || {
+        let log = Rc::clone(&server_log);
+        async move {
+            let backend = SimBackend::new("server")?;
+            let mut rx = backend.bind_udp(udp_bind(PORT, None)).expect("bind");
+            let mut buf = vec![0u8; 16];
+            loop {
+                recv_from(&mut *rx, &mut buf).await?;
+                let at = turmoil::sim_elapsed().expect("on a host").as_millis();
+                log.borrow_mut().push((at, buf[0]));
+            }
+        }
+    })
+    .expect("server");
+    sim.client("client", async {
+        let backend = SimBackend::new("client")?;
+        let mut tx = backend.bind_udp(udp_bind(0, None)).expect("bind");
+        let server = SocketAddr::new(turmoil::lookup("server"), PORT);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        send_to(&mut *tx, b"A", server).await?; // 30 ms of extra delay: due at 36 ms
+        tokio::time::sleep(Duration::from_millis(7)).await;
+        send_to(&mut *tx, b"B", server).await?; // no extra delay: due at 13 ms
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    })
+    .expect("client");
+    let slow = UdpImpairment { delay: Duration::from_millis(30), ..UdpImpairment::default() };
+    sim.at(Duration::ZERO, move |f| f.udp_impair("client", "server", slow));
+    sim.at(Duration::from_millis(9), |f| f.udp_impair("client", "server", UdpImpairment::default()));
+    sim.run().expect("simulation");
+    assert_eq!(*log.borrow(), [(13, b'B'), (36, b'A')]);
+}
