@@ -452,6 +452,9 @@ impl TcpShared {
 
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, SocketError>> {
         let mut inner = lock(&self.inner);
+        // Polling now: what this poll receives needs no wake-up (which would poll the reader's
+        // task once more for nothing); a pending poll registers again below.
+        inner.app.reader = None;
         if let Some(route) = &inner.io.route {
             route.reader_polling();
         }

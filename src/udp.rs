@@ -473,6 +473,9 @@ impl UdpShared {
 
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<Result<Option<UdpMessage>, SocketError>> {
         let mut inner = lock(&self.inner);
+        // Polling now: what this poll receives needs no wake-up (which would poll the reader's
+        // task once more for nothing); a pending poll registers again below.
+        inner.reader = None;
         let now = inner.clock;
         for _ in 0..2 {
             inner.read_result = None;

@@ -34,6 +34,41 @@ pub fn net_with(ctx: &Ctx, policy: Policy) -> Network {
     }
 }
 
+/// Counts the wake-ups of the wakers it makes.
+#[derive(Default)]
+pub struct WakeCount(std::sync::atomic::AtomicUsize);
+
+impl WakeCount {
+    /// A new count at zero.
+    pub fn new() -> std::sync::Arc<WakeCount> {
+        std::sync::Arc::default()
+    }
+
+    /// A waker that adds one per wake-up.
+    pub fn waker(self: &std::sync::Arc<Self>) -> Waker {
+        Waker::from(self.clone())
+    }
+
+    /// Wake-ups so far.
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (1 ms steps of tokio time) until there were at least `n` wake-ups; callers bound it
+    /// with [`within`].
+    pub async fn at_least(&self, n: usize) {
+        while self.get() < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl std::task::Wake for WakeCount {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Polls `fut` once with a waker that does nothing: `Pending` or its output.
 pub fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     let mut cx = Context::from_waker(Waker::noop());

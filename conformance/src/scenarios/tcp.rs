@@ -1099,6 +1099,51 @@ on_both_backends! {
         reader_stops_polling_then_peer_resets(world, true);
     }
 
+    /// A read that waits is woken once when data arrives, and the poll that then returns the
+    /// data does not wake its own task again (a second, empty poll per message: it doubled the
+    /// task polls of a ping-pong).
+    /// rule: TCP-READ-01
+    fn a_completed_read_does_not_wake_its_own_task_again(world: &mut World) {
+        guard(world);
+        let go = Flag::default();
+        let g = go.clone();
+        one_peer(world, move |_ctx, mut stream| {
+            let go = g.clone();
+            async move {
+                go.wait().await;
+                stream.write_all(b"x").await?;
+                hold_forever(stream).await
+            }
+        });
+        world.client("app", move |ctx| {
+            let go = go.clone();
+            async move {
+                let sock = connect(&ctx, TcpOptions::default()).await?;
+                sock.opened().await?;
+                let mut reader = sock.readable()?;
+                let wakes = WakeCount::new();
+                let waker = wakes.waker();
+                let mut cx = std::task::Context::from_waker(&waker);
+                let mut pending = reader.read();
+                // Twice: the second poll waits on the socket's read route, as a reader that has
+                // read before does (the transport then wakes the reader itself).
+                assert!(std::pin::Pin::new(&mut pending).poll(&mut cx).is_pending());
+                assert!(std::pin::Pin::new(&mut pending).poll(&mut cx).is_pending());
+                assert_eq!(wakes.get(), 0);
+                go.set();
+                within(30, "the reader's wake-up", wakes.at_least(1)).await?;
+                match std::pin::Pin::new(&mut pending).poll(&mut cx) {
+                    Poll::Ready(Ok(Some(chunk))) => assert_eq!(&chunk[..], b"x"),
+                    other => panic!("expected the chunk, got {other:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert_eq!(wakes.get(), 1, "the read that returned the chunk woke its task again");
+                sock.reset();
+                Ok(())
+            }
+        });
+    }
+
     /// rule: GEN-12, GEN-14
     fn dropping_every_handle_flushes_and_closes(world: &mut World) {
         guard(world);
