@@ -459,11 +459,14 @@ impl TcpShared {
             route.reader_polling();
         }
         let now = self.net.now(); // one clock read per call: no time passes that matters here
-        for _ in 0..2 {
+                                  // The second turn only collects what the first one received: that one polled the
+                                  // transport's read side until it was pending (registered) or out of budget (the driver
+                                  // woken), so polling it again would find nothing.
+        for polls in [Polls::All, Polls::Sends] {
             inner.app.read_result = None;
             inner.app.readable_signal = false;
             let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
-            inner.process_with(self, Polls::All, Some(now));
+            inner.process_with(self, polls, Some(now));
             if let Some(result) = inner.app.read_result.take() {
                 return Poll::Ready(match result {
                     ReadResult::Chunk(bytes) => Ok(Some(bytes)),
