@@ -160,6 +160,10 @@ pub struct RecvMeta {
     pub from: SocketAddr,
     /// Datagrams the kernel (or emulated) buffer dropped so far (SO_RXQ_OVFL).
     pub dropped_total: u64,
+    /// The transport handed over the last datagram it had and is already waiting for the next
+    /// one with the caller's waker: a receive polled again before that wake-up would find
+    /// nothing, so the caller may skip it. `false` (always correct) means "poll again".
+    pub registered: bool,
 }
 
 /// One UDP socket.

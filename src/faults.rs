@@ -288,6 +288,11 @@ impl Faults {
     }
 
     /// The next armed receive error, if any (no lock when none is armed).
+    /// Whether a receive error is armed (the next receive fails).
+    fn recv_error_armed(&self) -> bool {
+        self.inner.recv_armed.load(Ordering::SeqCst)
+    }
+
     fn take_recv_error(&self) -> Option<io::ErrorKind> {
         if !self.inner.recv_armed.load(Ordering::SeqCst) {
             return None;
@@ -572,6 +577,17 @@ impl FaultUdp {
         }
     }
 
+    /// A datagram whose transport already waits for the next one (`registered`): the link notes
+    /// the waiter too, as for a pending receive (so `drop_link` wakes it), and an armed receive
+    /// error, or a link dropped meanwhile, asks for the poll that reports it.
+    fn recv_registered(&self, cx: &mut Context<'_>, meta: RecvMeta) -> RecvMeta {
+        if !meta.registered {
+            return meta;
+        }
+        let registered = !self.faults.recv_error_armed() && self.link.pending::<()>(cx).is_pending();
+        RecvMeta { registered, ..meta }
+    }
+
     /// A dropped link or an armed send failure fails the send (either form of it).
     fn send_gate(&self) -> io::Result<()> {
         self.link.check()?;
@@ -586,7 +602,8 @@ impl UdpTransport for FaultUdp {
     fn poll_recv_from(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<RecvMeta>> {
         self.recv_gate()?;
         let inner = &mut self.inner;
-        self.link.guard(cx, |cx| inner.poll_recv_from(cx, buf))
+        let polled = self.link.guard(cx, |cx| inner.poll_recv_from(cx, buf));
+        polled.map_ok(|meta| self.recv_registered(cx, meta))
     }
 
     fn poll_recv_bytes(
@@ -596,7 +613,8 @@ impl UdpTransport for FaultUdp {
     ) -> Poll<io::Result<(bytes::Bytes, RecvMeta)>> {
         self.recv_gate()?;
         let inner = &mut self.inner;
-        self.link.guard(cx, |cx| inner.poll_recv_bytes(cx, scratch))
+        let polled = self.link.guard(cx, |cx| inner.poll_recv_bytes(cx, scratch));
+        polled.map_ok(|(data, meta)| (data, self.recv_registered(cx, meta)))
     }
 
     fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {

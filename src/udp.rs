@@ -144,9 +144,14 @@ struct UdpIo {
     resolving_default: Option<BoxFuture<'static, Result<Vec<IpAddr>, Cause>>>,
     sending: Option<Sending>,
     read_interest: bool,
-    /// The last receive poll was pending, so the driver's waker is registered with the transport
-    /// (cleared when a receive returns anything and whenever the read interest changes).
+    /// The last receive poll was pending, or handed over a datagram saying it waits for the next
+    /// (`RecvMeta::registered`), so the driver's waker is registered with the transport (cleared
+    /// when a receive returns anything else and whenever the read interest changes).
     recv_armed: bool,
+    /// The transport said, handing over this pass's last datagram, that it waits for the next
+    /// one with the pass's waker (`RecvMeta::registered`): the rest of the pass skips the
+    /// receive that would find nothing. Cleared at the start of every pass.
+    recv_parked: bool,
     released: bool,
     driver: Option<Waker>,
     received: u64,
@@ -484,10 +489,10 @@ impl UdpShared {
             while let Some(out) = inner.machine.poll_output() {
                 inner.apply(self, out);
             }
-            // A read the readable's queue answered need not look for more datagrams while the
-            // driver is registered for them (it receives when the transport wakes it).
-            let polls =
-                if inner.read_result.is_some() && inner.io.recv_armed { Polls::Sends } else { Polls::All };
+            // A read need not look for datagrams while the driver is registered for them: the
+            // transport wakes the driver when one comes, and the driver receives and wakes this
+            // reader (a receive here would find nothing, or what the driver is about to take).
+            let polls = if inner.io.recv_armed { Polls::Sends } else { Polls::All };
             inner.process_with(self, polls);
             if let Some(result) = inner.read_result.take() {
                 return Poll::Ready(match result {
@@ -553,6 +558,7 @@ impl Inner {
         // The driver's waker is set only outside a call (by `drive`): it is lent to this call's
         // steps instead of cloned for each, and put back below.
         let driver = self.io.driver.take();
+        self.io.recv_parked = false;
         while take_step(&mut budget, driver.as_ref()) {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
@@ -648,7 +654,7 @@ impl UdpIo {
         !self.reports.is_empty()
             || self.resolving_default.is_some()
             || self.sending.is_some()
-            || (self.read_interest && polls == Polls::All && self.transport.is_some())
+            || (self.read_interest && polls == Polls::All && !self.recv_parked && self.transport.is_some())
     }
 
     fn poll_once(&mut self, cx: &mut Context<'_>, polls: Polls) -> Option<IoEvent> {
@@ -697,7 +703,7 @@ impl UdpIo {
                 }
             }
         }
-        if self.read_interest && polls == Polls::All {
+        if self.read_interest && polls == Polls::All && !self.recv_parked {
             // The thread's scratch buffer is room a transport may receive into: the real backend
             // receives into its slab and spills only a long datagram into the scratch, the
             // simulator hands its `Bytes` over as they are, the trait's default copies out of it.
@@ -715,6 +721,8 @@ impl UdpIo {
             match polled {
                 Poll::Ready(Ok((data, meta))) => {
                     self.received += 1;
+                    self.recv_armed = meta.registered;
+                    self.recv_parked = meta.registered;
                     return Some(IoEvent::Datagram {
                         data,
                         from: meta.from,

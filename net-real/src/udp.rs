@@ -220,6 +220,7 @@ impl UdpTransport for RealUdp {
                         len: datagram.len,
                         from: datagram.from,
                         dropped_total,
+                        registered: false,
                     }));
                 }
                 // Readiness was stale: tokio cleared it, wait for the next edge.
@@ -271,7 +272,8 @@ impl UdpTransport for RealUdp {
                     coop.made_progress();
                     self.received += 1;
                     let dropped_total = self.drops.update(datagram.drops);
-                    let meta = RecvMeta { len: datagram.len, from: datagram.from, dropped_total };
+                    let meta =
+                        RecvMeta { len: datagram.len, from: datagram.from, dropped_total, registered: false };
                     return Poll::Ready(Ok((data, meta)));
                 }
                 // Not readable (or readiness was stale, which tokio cleared): wait for the next
@@ -303,7 +305,7 @@ impl UdpTransport for RealUdp {
         let from = std::task::ready!(self.socket.poll_recv_from(cx, buf))?;
         self.received += 1;
         let len = buf.filled().len() - before;
-        Poll::Ready(Ok(RecvMeta { len, from: os::canonical(from), dropped_total: 0 }))
+        Poll::Ready(Ok(RecvMeta { len, from: os::canonical(from), dropped_total: 0, registered: false }))
     }
 
     fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {

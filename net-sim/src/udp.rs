@@ -602,7 +602,7 @@ impl SimUdp {
     /// its metadata; `dropped_total` counts its tail drops so far.
     fn poll_next_arrival(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Bytes, RecvMeta)>> {
         for _ in 0..4 {
-            let next = {
+            let (popped, next) = {
                 let mut st = self.host.net.lock();
                 let now = st.now();
                 if st.frozen(self.host.ip) {
@@ -616,22 +616,37 @@ impl SimUdp {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "socket released")));
                 };
                 end.sleeping_until = None; // set again below when this call sleeps
-                if let Some(arrival) = end.queue.pop_front() {
+                let mut popped = end.queue.pop_front().map(|arrival| {
                     end.used -= arrival.data.len() + UDP_DATAGRAM_OVERHEAD;
+                    let meta = RecvMeta {
+                        len: arrival.data.len(),
+                        from: arrival.from,
+                        dropped_total: end.dropped,
+                        registered: false,
+                    };
+                    (arrival.data, meta)
+                });
+                if popped.is_some() {
                     self.received += 1;
-                    let meta =
-                        RecvMeta { len: arrival.data.len(), from: arrival.from, dropped_total: end.dropped };
-                    return Poll::Ready(Ok((arrival.data, meta)));
                 }
+                if let Some(more_queued) = popped.take_if(|_| !end.queue.is_empty()) {
+                    return Poll::Ready(Ok(more_queued)); // the caller polls again for the rest
+                }
+                // Nothing (more) is due: wait for the next arrival now, with the caller's waker (a
+                // datagram handed over below says so, and spares the caller a poll that would
+                // only come back here, at the same instant, to do this).
                 if !end.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     end.waker = Some(cx.waker().clone());
                 }
                 // The sleep below is armed for the first arrival (if it has passed already, the
                 // next turn of this loop looks again).
                 end.sleeping_until = end.arrivals.front().map(|((at, _), _)| *at);
-                end.sleeping_until.map(|at| (at, now))
+                (popped, end.sleeping_until.map(|at| (at, now)))
             };
-            let Some((at, now)) = next else { return Poll::Pending };
+            let registered = |(data, meta): (Bytes, RecvMeta)| (data, RecvMeta { registered: true, ..meta });
+            let Some((at, now)) = next else {
+                return popped.map_or(Poll::Pending, |p| Poll::Ready(Ok(registered(p))));
+            };
             if self.sleep_for != Some(at) {
                 let deadline = tokio::time::Instant::now() + at.saturating_sub(now);
                 match &mut self.sleep {
@@ -641,8 +656,13 @@ impl SimUdp {
                 self.sleep_for = Some(at);
             }
             match self.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => self.sleep_for = None,
-                _ => return Poll::Pending,
+                Some(Poll::Ready(())) => {
+                    self.sleep_for = None;
+                    if let Some(p) = popped {
+                        return Poll::Ready(Ok(p)); // not registered: the caller polls again
+                    }
+                }
+                _ => return popped.map_or(Poll::Pending, |p| Poll::Ready(Ok(registered(p)))),
             }
         }
         cx.waker().wake_by_ref();

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::task::{ready, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tcpudp::backend::{Backend, UdpBind, UdpTransport};
 use tcpudp_core::options::SocketConfig;
 use tcpudp_net_sim::{LinkProfile, SimBackend, SimBuilder, UdpImpairment};
@@ -193,4 +194,48 @@ fn test_an_earlier_arrival_wakes_a_receiver_waiting_for_a_later_one() {
     sim.at(Duration::from_millis(9), |f| f.udp_impair("client", "server", UdpImpairment::default()));
     sim.run().expect("simulation");
     assert_eq!(*log.borrow(), [(13, b'B'), (36, b'A')]);
+}
+
+struct WakeCount(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for WakeCount {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A receive says when it handed over the last due datagram and already waits for the next one
+/// with the caller's waker (`RecvMeta::registered`, which lets the library skip a receive that
+/// would find nothing), and that waiter is then woken by the next datagram.
+#[test]
+fn test_a_receive_says_when_it_already_waits_for_the_next_datagram() {
+    let mut sim = SimBuilder::new(5).build();
+    sim.client("solo", async {
+        let backend = SimBackend::new("solo")?;
+        let mut rx = backend.bind_udp(udp_bind(PORT, None)).expect("bind");
+        let mut tx = backend.bind_udp(udp_bind(0, None)).expect("bind");
+        let to = SocketAddr::from((Ipv4Addr::LOCALHOST, PORT));
+        let wakes = std::sync::Arc::new(WakeCount(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut scratch = vec![0u8; 65_536];
+        let mut recv = |rx: &mut dyn UdpTransport| match rx.poll_recv_bytes(&mut cx, &mut scratch) {
+            Poll::Ready(Ok((data, meta))) => Some((data, meta.registered)),
+            Poll::Ready(Err(e)) => panic!("receive failed: {e}"),
+            Poll::Pending => None,
+        };
+        send_to(&mut *tx, b"1", to).await?;
+        send_to(&mut *tx, b"2", to).await?;
+        assert_eq!(recv(&mut *rx), Some((Bytes::from_static(b"1"), false)), "another one is queued");
+        assert_eq!(recv(&mut *rx), Some((Bytes::from_static(b"2"), true)), "the last one, waiting");
+        let woken = |w: &WakeCount| w.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(woken(&wakes), 0);
+        send_to(&mut *tx, b"3", to).await?;
+        assert_eq!(woken(&wakes), 1, "the next datagram wakes the waiter");
+        assert_eq!(recv(&mut *rx), Some((Bytes::from_static(b"3"), true)));
+        assert_eq!(recv(&mut *rx), None);
+        Ok(())
+    })
+    .expect("client");
+    sim.run().expect("simulation");
 }

@@ -1128,45 +1128,6 @@ crate::only_on! {
     }
 
     /// rule: UDP-MCAST-07, DICT-UDPOPT-06
-    /// A read that returns a datagram it received itself does not wake its own task again
-    /// (a second, empty poll per datagram).
-    fn a_completed_read_does_not_wake_its_own_task_again(world: &mut crate::World) {
-        world.client("client", |ctx| async move {
-            let sock = UdpSocket::new(&ctx.net, UdpOptions::default())?;
-            within("opened", sock.opened()).await??;
-            let port = sock.local_port().ok_or("no local port once open")?;
-            let mut reader = sock.readable()?;
-            let writer = sock.writable()?;
-            let wakes = super::support::WakeCount::new();
-            let waker = wakes.waker();
-            let mut cx = std::task::Context::from_waker(&waker);
-            let mut pending = reader.read();
-            assert!(std::future::Future::poll(std::pin::Pin::new(&mut pending), &mut cx).is_pending());
-            // To itself, without yielding: the datagram waits in the transport, and the next
-            // poll of the read receives it.
-            within("write", writer.write(Datagram::to(&b"me"[..], LO, port))).await??;
-            match std::future::Future::poll(std::pin::Pin::new(&mut pending), &mut cx) {
-                std::task::Poll::Ready(Ok(Some(m))) => assert_eq!(&m.data[..], b"me"),
-                other => return Err(format!("expected the datagram, got {other:?}").into()),
-            }
-            assert_eq!(wakes.get(), 0, "the read that returned the datagram woke its task");
-            Ok(())
-        });
-    }
-
-    /// rule: UDP-READ-01
-    #[only(
-        Sim,
-        "a read receives the datagram itself only when the transport has it at once; on real sockets tokio learns of it from epoll, which wakes the driver first"
-    )]
-    fn sim_a_completed_read_does_not_wake_its_own_task_again() {
-        crate::harness::check(
-            BackendChoice::Sim,
-            "sim_a_completed_read_does_not_wake_its_own_task_again",
-            a_completed_read_does_not_wake_its_own_task_again,
-        );
-    }
-
     #[only(
         Sim,
         "the sender's loopback flag seen from another host needs a second host: on real sockets it is checked inside a network namespace (real_udp)"
