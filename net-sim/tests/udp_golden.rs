@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tcpudp::backend::{Backend, UdpBind, UdpTransport};
 use tcpudp_core::options::SocketConfig;
-use tcpudp_net_sim::{LinkProfile, SimBackend, SimBuilder, UdpImpairment};
+use tcpudp_net_sim::{LinkProfile, SimBackend, SimBuilder, Simulation, UdpImpairment};
 use tokio::io::ReadBuf;
 
 const PORT: u16 = 9000;
@@ -50,6 +50,15 @@ async fn recv_from(u: &mut dyn UdpTransport, buf: &mut [u8]) -> io::Result<(usiz
     .await
 }
 
+/// A harness world whose links take 1 ms to `max_latency`, stepping by `tick`, for `secs` seconds.
+fn world(seed: u64, max_latency: Duration, tick: Duration, secs: u64) -> Simulation<'static> {
+    SimBuilder::new(seed)
+        .link(LinkProfile::range(Duration::from_millis(1), max_latency))
+        .tick(tick)
+        .duration(Duration::from_secs(secs))
+        .build()
+}
+
 fn fnv(h: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
@@ -58,11 +67,7 @@ fn fnv(h: u64, bytes: &[u8]) -> u64 {
 /// `UDP_GOLDEN_DUMP=/tmp/x` writes each run's trace to `/tmp/x-<seed>` (to compare two builds).
 fn run(seed: u64, tick: Duration) -> (u64, usize, u64, usize) {
     let log: Rc<RefCell<Vec<String>>> = Rc::default();
-    let mut sim = SimBuilder::new(seed)
-        .link(LinkProfile::range(Duration::from_millis(1), Duration::from_millis(40)))
-        .tick(tick)
-        .duration(Duration::from_secs(20))
-        .build();
+    let mut sim = world(seed, Duration::from_millis(40), tick, 20);
     let server_log = Rc::clone(&log);
     sim.host("server", move || {
         let log = Rc::clone(&server_log);
@@ -157,11 +162,7 @@ fn test_a_pinned_udp_run_keeps_its_trace_times_and_drops() {
 #[test]
 fn test_an_earlier_arrival_wakes_a_receiver_waiting_for_a_later_one() {
     let log: Rc<RefCell<Vec<(u128, u8)>>> = Rc::default();
-    let mut sim = SimBuilder::new(3)
-        .link(LinkProfile::range(Duration::from_millis(1), Duration::from_millis(1)))
-        .tick(Duration::from_millis(1))
-        .duration(Duration::from_secs(5))
-        .build();
+    let mut sim = world(3, Duration::from_millis(1), Duration::from_millis(1), 5);
     let server_log = Rc::clone(&log);
     sim.host("server", move || {
         let log = Rc::clone(&server_log);

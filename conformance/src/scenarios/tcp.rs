@@ -85,6 +85,21 @@ fn reader_stops_polling_then_peer_resets(world: &mut crate::World, drop_the_read
     });
 }
 
+/// A raw peer that writes "x" once the returned flag is set, then holds the connection open.
+fn peer_writes_x_when_told(world: &mut crate::World) -> Flag {
+    let go = Flag::default();
+    let g = go.clone();
+    one_peer(world, move |_ctx, mut stream| {
+        let go = g.clone();
+        async move {
+            go.wait().await;
+            stream.write_all(b"x").await?;
+            hold_forever(stream).await
+        }
+    });
+    go
+}
+
 /// Connects the library to the peer published as "peer".
 async fn connect(ctx: &Ctx, opts: TcpOptions) -> Result<TcpSocket, TestError> {
     let port = ctx.lookup("peer").await;
@@ -1056,16 +1071,7 @@ on_both_backends! {
     /// rule: GEN-11
     fn dropped_read_loses_no_chunk(world: &mut World) {
         guard(world);
-        let go = Flag::default();
-        let g = go.clone();
-        one_peer(world, move |_ctx, mut stream| {
-            let go = g.clone();
-            async move {
-                go.wait().await;
-                stream.write_all(b"x").await?;
-                hold_forever(stream).await
-            }
-        });
+        let go = peer_writes_x_when_told(world);
         world.client("app", move |ctx| {
             let go = go.clone();
             async move {
@@ -1105,16 +1111,7 @@ on_both_backends! {
     /// rule: TCP-READ-01
     fn a_completed_read_does_not_wake_its_own_task_again(world: &mut World) {
         guard(world);
-        let go = Flag::default();
-        let g = go.clone();
-        one_peer(world, move |_ctx, mut stream| {
-            let go = g.clone();
-            async move {
-                go.wait().await;
-                stream.write_all(b"x").await?;
-                hold_forever(stream).await
-            }
-        });
+        let go = peer_writes_x_when_told(world);
         world.client("app", move |ctx| {
             let go = go.clone();
             async move {
