@@ -1180,7 +1180,20 @@ impl TlsSlot {
 
     /// Polls the handshake; when it settles, the session becomes `transport` (success) and the
     /// report is returned.
+    #[inline]
     pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        transport: &mut Option<Box<dyn TcpTransport>>,
+    ) -> Option<IoEvent> {
+        // Every I/O step of every TCP socket asks: without a handshake there is nothing to do.
+        if self.failed.is_none() && self.handshake.is_none() {
+            return None;
+        }
+        self.poll_handshake(cx, transport)
+    }
+
+    fn poll_handshake(
         &mut self,
         cx: &mut Context<'_>,
         transport: &mut Option<Box<dyn TcpTransport>>,
