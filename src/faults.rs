@@ -287,14 +287,14 @@ impl Faults {
         counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
 
-    /// The next armed receive error, if any (no lock when none is armed).
     /// Whether a receive error is armed (the next receive fails).
     fn recv_error_armed(&self) -> bool {
         self.inner.recv_armed.load(Ordering::SeqCst)
     }
 
+    /// The next armed receive error, if any (no lock when none is armed).
     fn take_recv_error(&self) -> Option<io::ErrorKind> {
-        if !self.inner.recv_armed.load(Ordering::SeqCst) {
+        if !self.recv_error_armed() {
             return None;
         }
         let mut armed = lock(&self.inner.armed);

@@ -458,10 +458,11 @@ impl TcpShared {
         if let Some(route) = &inner.io.route {
             route.reader_polling();
         }
-        let now = self.net.now(); // one clock read per call: no time passes that matters here
-                                  // The second turn only collects what the first one received: that one polled the
-                                  // transport's read side until it was pending (registered) or out of budget (the driver
-                                  // woken), so polling it again would find nothing.
+        // One clock read per call: no time passes that matters here.
+        let now = self.net.now();
+        // The second turn only collects what the first one received: that one polled the
+        // transport's read side until it was pending (registered) or out of budget (the driver
+        // woken), so polling it again would find nothing.
         for polls in [Polls::All, Polls::Sends] {
             inner.app.read_result = None;
             inner.app.readable_signal = false;

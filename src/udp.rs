@@ -717,11 +717,15 @@ impl UdpIo {
                 // Not reachable (transports never call back into sockets), but never panic.
                 Err(_) => transport.poll_recv_bytes(cx, &mut vec![0u8; DATAGRAM_ROOM]),
             });
-            self.recv_armed = polled.is_pending();
+            // Registered for the next datagram: pending, or a datagram the transport said so of.
+            self.recv_armed = match &polled {
+                Poll::Pending => true,
+                Poll::Ready(Ok((_, meta))) => meta.registered,
+                Poll::Ready(Err(_)) => false,
+            };
             match polled {
                 Poll::Ready(Ok((data, meta))) => {
                     self.received += 1;
-                    self.recv_armed = meta.registered;
                     self.recv_parked = meta.registered;
                     return Some(IoEvent::Datagram {
                         data,

@@ -502,9 +502,9 @@ mod slab {
     ) -> io::Result<(Bytes, os::Datagram)> {
         debug_assert!(slab.is_empty() && later.is_empty());
         let taken = BATCH_ROOM.try_with(|room| {
+            // Never re-entered (a receive does not call back into sockets), but never panic.
             let Ok(mut room) = room.try_borrow_mut() else {
                 return Err(io::Error::other("the receive batch room is in use"));
-                // no re-entry
             };
             let BatchRoom { bufs, datagrams } = room.get_or_insert_with(|| BatchRoom {
                 bufs: vec![0u8; DATAGRAM_ROOM * os::BATCH].into_boxed_slice(),
