@@ -12,6 +12,12 @@
 //! sleeps on, wakes at the stale deadline if nothing earlier came, and sleeps again until the
 //! earliest deadline still registered.
 //!
+//! When the last deadline goes, the task lingers briefly ([`LINGER`]) and then ends, rather than
+//! sleeping on until a stale deadline: a timer in tokio's wheel makes every park of the runtime
+//! dearer (a clock read and a timed wait), which an open connection that sends messages and no
+//! longer has any deadline should not pay. The linger keeps a stream of short connections from
+//! re-spawning the task or re-arming its timer for each one.
+//!
 //! Deterministic under simulation: entries are ordered by (deadline, socket id), never by hash.
 
 use std::collections::BTreeMap;
@@ -20,11 +26,15 @@ use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use tcpudp_core::Instant;
 
 use crate::network::Network;
 use crate::shared::lock;
+
+/// How long the timer task lives on once no deadline is registered.
+const LINGER: Duration = Duration::from_millis(100);
 
 /// The deadlines of one network's sockets.
 pub(crate) struct Timers {
@@ -37,9 +47,30 @@ struct State {
     entries: BTreeMap<(Instant, u64), Waker>,
     /// The deadline the timer task sleeps until (`None`: it does not sleep, or does not run).
     armed: Option<Instant>,
+    /// `armed` is the end of the task's linger, not a socket's deadline.
+    lingering: bool,
     /// The timer task's waker while it runs.
     task: Option<Waker>,
     running: bool,
+}
+
+/// What [`Timers::set`] must do once the state is updated.
+#[derive(Debug)]
+enum SetAction {
+    Nothing,
+    /// Start the timer task.
+    Spawn,
+    /// Wake the timer task.
+    Wake(Waker),
+}
+
+/// What the timer task does after one look at the state.
+#[derive(Debug)]
+enum Step {
+    /// No deadline is left and the linger is over.
+    End,
+    /// Wake these drivers, then sleep until `next` (`None`: until woken).
+    Sleep { due: Vec<Waker>, next: Option<Instant> },
 }
 
 impl Timers {
@@ -57,60 +88,82 @@ impl Timers {
         new: Option<Instant>,
         waker: &Waker,
     ) {
-        let task = {
-            let mut state = lock(&self.state);
-            if let Some(old) = old {
-                state.entries.remove(&(old, id));
-            }
-            let Some(at) = new else { return };
-            state.entries.insert((at, id), waker.clone());
-            // Only a deadline earlier than the one the task sleeps until needs the task to act.
-            if state.armed.is_some_and(|armed| armed <= at) {
-                return;
-            }
-            if !state.running {
-                state.running = true;
-                drop(state);
-                // Its first poll sleeps until the earliest deadline.
-                net.spawn(Box::pin(run(self.clone(), net.clock())));
-                return;
-            }
-            // Running but not polled yet: its first poll sees this entry.
-            state.task.clone()
-        };
-        if let Some(task) = task {
-            task.wake();
+        let action = lock(&self.state).set(id, old, new, waker);
+        match action {
+            SetAction::Nothing => {}
+            // Its first poll sleeps until the earliest deadline.
+            SetAction::Spawn => net.spawn(Box::pin(run(self.clone(), net.clock()))),
+            SetAction::Wake(task) => task.wake(),
         }
     }
 }
 
+impl State {
+    fn set(&mut self, id: u64, old: Option<Instant>, new: Option<Instant>, waker: &Waker) -> SetAction {
+        if let Some(old) = old {
+            self.entries.remove(&(old, id));
+        }
+        let Some(at) = new else {
+            // The last deadline went while the task sleeps until a stale one: it moves to its
+            // linger instead (unless it has not been polled yet: its first poll does that).
+            if self.entries.is_empty() && self.armed.is_some() && !self.lingering {
+                if let Some(task) = &self.task {
+                    return SetAction::Wake(task.clone());
+                }
+            }
+            return SetAction::Nothing;
+        };
+        self.entries.insert((at, id), waker.clone());
+        // Only a deadline earlier than the one the task sleeps until needs the task to act.
+        if self.armed.is_some_and(|armed| armed <= at) {
+            return SetAction::Nothing;
+        }
+        if !self.running {
+            self.running = true;
+            return SetAction::Spawn;
+        }
+        // Running but not polled yet: its first poll sees this entry.
+        self.task.clone().map_or(SetAction::Nothing, SetAction::Wake)
+    }
+
+    /// One look by the timer task (polled with `task`) at `now`.
+    fn step(&mut self, now: Instant, task: &Waker) -> Step {
+        if !self.task.as_ref().is_some_and(|w| w.will_wake(task)) {
+            self.task = Some(task.clone());
+        }
+        if self.entries.is_empty() {
+            if self.lingering && self.armed.is_some_and(|end| end <= now) {
+                self.armed = None;
+                self.lingering = false;
+                self.task = None;
+                self.running = false;
+                return Step::End;
+            }
+            if !self.lingering {
+                self.lingering = true;
+                self.armed = Some(now + LINGER);
+            }
+            return Step::Sleep { due: Vec::new(), next: self.armed };
+        }
+        self.lingering = false;
+        // Due entries stay until their drivers move or drop their deadlines.
+        let due = self.entries.range(..=(now, u64::MAX)).map(|(_, w)| w.clone()).collect();
+        let later = (Bound::Excluded((now, u64::MAX)), Bound::Unbounded);
+        // `None`: only due entries are left, and their drivers are about to move them.
+        self.armed = self.entries.range(later).next().map(|(&(at, _), _)| at);
+        Step::Sleep { due, next: self.armed }
+    }
+}
+
 /// The timer task: wakes the drivers whose deadlines have come, then sleeps until the earliest
-/// deadline still registered; ends when none is.
+/// deadline still registered; lingers, then ends, when none is.
 async fn run(timers: Arc<Timers>, clock: crate::network::Clock) {
     // Made on the first deadline (boxed: `Sleep` is not `Unpin`).
     let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         for _ in 0..4 {
-            let (due, next) = {
-                let mut state = lock(&timers.state);
-                if state.entries.is_empty() {
-                    state.armed = None;
-                    state.task = None;
-                    state.running = false;
-                    return Poll::Ready(());
-                }
-                if !state.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    state.task = Some(cx.waker().clone());
-                }
-                let now = clock.now();
-                // Due entries stay until their drivers move or drop their deadlines.
-                let due: Vec<Waker> =
-                    state.entries.range(..=(now, u64::MAX)).map(|(_, w)| w.clone()).collect();
-                let later = (Bound::Excluded((now, u64::MAX)), Bound::Unbounded);
-                // `None`: only due entries are left, and their drivers are about to move them.
-                state.armed = state.entries.range(later).next().map(|(&(at, _), _)| at);
-                (due, state.armed)
-            };
+            let step = lock(&timers.state).step(clock.now(), cx.waker());
+            let Step::Sleep { due, next } = step else { return Poll::Ready(()) };
             due.into_iter().for_each(Waker::wake);
             let Some(at) = next else { return Poll::Pending };
             let deadline = clock.to_tokio(at);
@@ -127,4 +180,109 @@ async fn run(timers: Arc<Timers>, clock: crate::network::Clock) {
         Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+    use std::time::Duration;
+
+    use tcpudp_core::Instant;
+
+    use super::{SetAction, State, Step, LINGER};
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> Waker {
+        Waker::from(Arc::new(Count::default()))
+    }
+
+    fn at(millis: u64) -> Instant {
+        Instant::from_micros(0) + Duration::from_millis(millis)
+    }
+
+    fn next(step: Step) -> Option<Instant> {
+        match step {
+            Step::Sleep { next, .. } => next,
+            Step::End => panic!("the task ended"),
+        }
+    }
+
+    /// A task sleeping until 10 s for socket 1's deadline, already polled once.
+    fn sleeping(task: &Waker, driver: &Waker) -> State {
+        let mut state = State::default();
+        assert!(matches!(state.set(1, None, Some(at(10_000)), driver), SetAction::Spawn));
+        assert_eq!(next(state.step(at(0), task)), Some(at(10_000)));
+        state
+    }
+
+    #[test]
+    fn the_task_lingers_then_ends_once_the_last_deadline_goes() {
+        let (task, driver) = (waker(), waker());
+        let mut state = sleeping(&task, &driver);
+        // The deadline goes long before it comes: the task is woken so its timer leaves tokio's
+        // wheel now, not at 10 s.
+        assert!(
+            matches!(state.set(1, Some(at(10_000)), None, &driver), SetAction::Wake(w) if w.will_wake(&task))
+        );
+        let linger_end = at(1_000) + LINGER;
+        assert_eq!(next(state.step(at(1_000), &task)), Some(linger_end));
+        // Deadlines that come and go within the linger cost the task nothing.
+        assert!(matches!(state.set(2, None, Some(at(20_000)), &driver), SetAction::Nothing));
+        assert!(matches!(state.set(2, Some(at(20_000)), None, &driver), SetAction::Nothing));
+        assert_eq!(
+            next(state.step(Instant::from_micros(linger_end.as_micros() - 1), &task)),
+            Some(linger_end)
+        );
+        assert!(matches!(state.step(linger_end, &task), Step::End));
+        assert!(!state.running && state.armed.is_none() && state.task.is_none());
+        // The next deadline starts a new task.
+        assert!(matches!(state.set(3, None, Some(at(30_000)), &driver), SetAction::Spawn));
+    }
+
+    #[test]
+    fn a_deadline_set_during_the_linger_keeps_the_task_for_it() {
+        let (task, driver) = (waker(), waker());
+        let mut state = sleeping(&task, &driver);
+        let _ = state.set(1, Some(at(10_000)), None, &driver);
+        let linger_end = at(1_000) + LINGER;
+        assert_eq!(next(state.step(at(1_000), &task)), Some(linger_end));
+        // Later than the linger's end: the task sees it when the linger ends.
+        assert!(matches!(state.set(2, None, Some(at(20_000)), &driver), SetAction::Nothing));
+        assert_eq!(next(state.step(linger_end, &task)), Some(at(20_000)));
+        assert!(!state.lingering);
+        match state.step(at(20_000), &task) {
+            Step::Sleep { due, next } => {
+                assert!(due.len() == 1 && due[0].will_wake(&driver));
+                assert_eq!(next, None);
+            }
+            Step::End => panic!("ended with a deadline due"),
+        }
+        // Earlier than the linger's end: the task must act at once.
+        let _ = state.set(2, Some(at(20_000)), None, &driver);
+        assert_eq!(next(state.step(at(21_000), &task)), Some(at(21_000) + LINGER));
+        let early = at(21_000) + LINGER / 2;
+        assert!(matches!(state.set(3, None, Some(early), &driver), SetAction::Wake(_)));
+        assert_eq!(next(state.step(at(21_010), &task)), Some(early));
+    }
+
+    #[test]
+    fn a_deadline_gone_before_the_task_first_runs_needs_no_wake() {
+        let driver = waker();
+        let mut state = State::default();
+        assert!(matches!(state.set(1, None, Some(at(10_000)), &driver), SetAction::Spawn));
+        assert!(matches!(state.set(1, Some(at(10_000)), None, &driver), SetAction::Nothing));
+        // Its first poll finds nothing and lingers.
+        let task = waker();
+        assert_eq!(next(state.step(at(5), &task)), Some(at(5) + LINGER));
+    }
 }
