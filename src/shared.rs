@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -409,6 +410,9 @@ impl Future for FlushFuture {
 #[derive(Debug, Default)]
 pub(crate) struct ReadRoute {
     slot: Mutex<RouteSlot>,
+    /// The transport's read side last answered "pending" to a poll with this route's waker, and
+    /// the route has not been woken since: polling it again would find nothing ([`ReadRoute::armed`]).
+    registered: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -425,7 +429,27 @@ impl ReadRoute {
     pub(crate) fn new(driver: &Waker) -> Arc<ReadRoute> {
         Arc::new(ReadRoute {
             slot: Mutex::new(RouteSlot { driver: Some(driver.clone()), ..RouteSlot::default() }),
+            registered: AtomicBool::new(false),
         })
+    }
+
+    /// Called just before the transport's read side is polled with this route's waker; a poll
+    /// that does not return pending calls [`ReadRoute::disarm`]. Set before the poll, so a
+    /// wake-up racing with it clears the flag after, never before.
+    pub(crate) fn arm(&self) {
+        self.registered.store(true, Ordering::SeqCst);
+    }
+
+    /// The read side was not left registered (the poll was ready), or must be polled again (the
+    /// transport changed).
+    pub(crate) fn disarm(&self) {
+        self.registered.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the read side waits registered with this route and nothing woke it since: a read
+    /// that finds its queue empty need not poll it (the transport's wake-up brings it back).
+    pub(crate) fn armed(&self) -> bool {
+        self.registered.load(Ordering::SeqCst)
     }
 
     /// The driver's waker changed (or the driver finished: `None`).
@@ -474,6 +498,7 @@ impl std::task::Wake for ReadRoute {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        self.disarm();
         let target = {
             let mut slot = lock(&self.slot);
             match slot.reader.take() {

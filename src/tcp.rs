@@ -460,10 +460,16 @@ impl TcpShared {
         }
         // One clock read per call: no time passes that matters here.
         let now = self.net.now();
+        // The read side waits registered with the route and nothing woke it: polling it would
+        // find nothing. Else the first turn polls it.
+        let first = match &inner.io.route {
+            Some(route) if route.armed() => Polls::Sends,
+            _ => Polls::All,
+        };
         // The second turn only collects what the first one received: that one polled the
         // transport's read side until it was pending (registered) or out of budget (the driver
         // woken), so polling it again would find nothing.
-        for polls in [Polls::All, Polls::Sends] {
+        for polls in [first, Polls::Sends] {
             inner.app.read_result = None;
             inner.app.readable_signal = false;
             let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
@@ -709,6 +715,10 @@ impl TransportSide {
                 }
             }
             IoCommand::TlsHandshake => {
+                // The session polls the transport with its own waker, and hands back a new one.
+                if let Some(route) = &self.route {
+                    route.disarm();
+                }
                 // TLS hook (issue #7): the session takes the transport until the handshake settles.
                 self.tls.start(&shared.net, &shared.attrs.remote_address, self.transport.take());
             }
@@ -811,7 +821,15 @@ impl TransportSide {
             }
         }
         if self.read_interest && polls == Polls::All {
-            match transport.poll_read_ready(read_cx) {
+            // The route knows whether the read side is left registered with its waker (`read_cx`
+            // is the route's waker whenever there is a route).
+            let route = self.route.as_deref();
+            route.inspect(|r| r.arm());
+            let ready = transport.poll_read_ready(read_cx);
+            if ready.is_ready() {
+                route.inspect(|r| r.disarm());
+            }
+            match ready {
                 Poll::Pending => {
                     // Nothing to read: an idle socket keeps no read buffer of its own (DESIGN §5:
                     // ≤ 2 KiB per idle socket), the thread's pool takes it for any socket's read.
@@ -828,7 +846,12 @@ impl TransportSide {
             read_pool::make_room(&mut self.read_buf);
             let spare = self.read_buf.spare_capacity_mut();
             let mut buf = ReadBuf::uninit(spare);
-            match transport.poll_read(read_cx, &mut buf) {
+            route.inspect(|r| r.arm());
+            let read = transport.poll_read(read_cx, &mut buf);
+            if read.is_ready() {
+                route.inspect(|r| r.disarm());
+            }
+            match read {
                 Poll::Ready(Ok(())) => {
                     let n = buf.filled().len();
                     if n == 0 {
