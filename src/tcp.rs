@@ -436,10 +436,10 @@ impl Drop for Handle {
 impl TcpShared {
     fn app_command(&self, cmd: AppCommand) {
         let mut inner = lock(&self.inner);
-        let now = self.net.now();
+        let mut now = None;
         // Commands that reach here never fail synchronously (start_tls has its own path).
-        let _ = inner.machine.handle(now, Input::App(cmd));
-        inner.process(self);
+        let _ = inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut now), Input::App(cmd));
+        inner.process_with(self, Polls::All, &mut now);
     }
 
     /// GEN-12 for the last handle: `close()`, unless the socket is closed already (the usual end
@@ -458,8 +458,9 @@ impl TcpShared {
         if let Some(route) = &inner.io.route {
             route.reader_polling();
         }
-        // One clock read per call: no time passes that matters here.
-        let now = self.net.now();
+        // At most one clock read per call (no time passes that matters here), and none unless a
+        // transition needs it: a read or what it receives never does.
+        let mut now = None;
         // The read side waits registered with the route and nothing woke it: polling it would
         // find nothing. Else the first turn polls it.
         let first = match &inner.io.route {
@@ -472,8 +473,9 @@ impl TcpShared {
         for polls in [first, Polls::Sends] {
             inner.app.read_result = None;
             inner.app.readable_signal = false;
-            let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
-            inner.process_with(self, polls, Some(now));
+            let _ =
+                inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut now), Input::App(AppCommand::Read));
+            inner.process_with(self, polls, &mut now);
             if let Some(result) = inner.app.read_result.take() {
                 return Poll::Ready(match result {
                     ReadResult::Chunk(bytes) => Ok(Some(bytes)),
@@ -509,9 +511,10 @@ impl TcpShared {
     fn write(&self, data: Bytes) -> u64 {
         let mut inner = lock(&self.inner);
         let id = inner.app.writes.next_id();
-        let now = self.net.now();
-        let _ = inner.machine.handle(now, Input::App(AppCommand::Write { id: WriteId(id), data }));
-        inner.process_with(self, Polls::Sends, Some(now));
+        let mut now = None;
+        let write = Input::App(AppCommand::Write { id: WriteId(id), data });
+        let _ = inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut now), write);
+        inner.process_with(self, Polls::Sends, &mut now);
         id
     }
 }
@@ -599,11 +602,12 @@ impl Inner {
     /// waiting. Transport polls use the driver's waker, reads the [`ReadRoute`]'s once there is
     /// one (DESIGN §5: one registered waker per direction).
     fn process(&mut self, shared: &TcpShared) {
-        self.process_with(shared, Polls::All, None);
+        self.process_with(shared, Polls::All, &mut None);
     }
 
     /// As [`Inner::process`], polling only the directions `polls` names.
-    fn process_with(&mut self, shared: &TcpShared, polls: Polls, now: Option<tcpudp_core::Instant>) {
+    /// `now` is the call's clock read once made ([`lazy_now`]).
+    fn process_with(&mut self, shared: &TcpShared, polls: Polls, now: &mut Option<tcpudp_core::Instant>) {
         self.run(shared, polls, now);
         // A timer the driver has not armed yet (close() armed the close timeout, say).
         let wanted = self.machine.poll_timeout().map(|d| d.at);
@@ -616,11 +620,9 @@ impl Inner {
 
     /// The steps of [`Inner::process_with`] without the timer check: the driver arms its timer
     /// itself right after (waking it for that would cost it a second poll).
-    fn run(&mut self, shared: &TcpShared, polls: Polls, now: Option<tcpudp_core::Instant>) {
+    fn run(&mut self, shared: &TcpShared, polls: Polls, now: &mut Option<tcpudp_core::Instant>) {
         let mut budget = STEP_BUDGET;
-        // A caller's clock read is reused: one per call. Neither waker changes during a call (the
-        // driver and the route are set outside it).
-        let mut now = now;
+        // Neither waker changes during a call (the driver and the route are set outside it).
         let waker = self.io.driver.clone();
         let read_waker = self.io.route.as_ref().map(|r| Waker::from(r.clone()));
         loop {
@@ -634,9 +636,8 @@ impl Inner {
             if matches!(event, IoEvent::Received(_)) && shared.net.faults().conversion_fails() {
                 event = IoEvent::ConversionFailed;
             }
-            // One clock read per call: the steps of one call happen at one instant.
-            let now = *now.get_or_insert_with(|| shared.net.now());
-            let _ = self.machine.handle(now, Input::Io(event));
+            // At most one clock read per call: the steps of one call happen at one instant.
+            let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, now), Input::Io(event));
             budget -= 1;
             if budget == 0 {
                 // Let other tasks run; the driver picks up where this left off.
@@ -951,6 +952,15 @@ mod read_pool {
     }
 }
 
+/// The time for one call's inputs, read when a transition first needs it and then kept in `at`:
+/// one instant per call, and no clock read for the data path, whose inputs never need one.
+fn lazy_now<'a>(
+    net: &'a Network,
+    at: &'a mut Option<tcpudp_core::Instant>,
+) -> impl FnMut() -> tcpudp_core::Instant + 'a {
+    move || *at.get_or_insert_with(|| net.now())
+}
+
 /// The driver: polls the transport when the application is not doing so, and fires timers.
 async fn drive(shared: Arc<TcpShared>) {
     // The deadline this driver has on the network's timer ([`crate::timers`]); an idle socket
@@ -976,7 +986,7 @@ async fn drive(shared: Arc<TcpShared>) {
             }
             let _ = inner.machine.handle(at, Input::Timeout);
         }
-        inner.run(&shared, Polls::All, now);
+        inner.run(&shared, Polls::All, &mut now);
         let finished = inner.finished();
         let wanted = if finished { None } else { inner.machine.poll_timeout().map(|d| d.at) };
         if wanted != armed || (new_waker && wanted.is_some()) {

@@ -118,7 +118,7 @@ impl TcpMachine {
         m.remote = Some(spec.remote);
         m.phase = Phase::Established;
         m.opened.settle(Ok(()), &mut m.out, Event::Opened);
-        m.start_established(now);
+        m.start_established(&mut || now);
         m
     }
 
@@ -162,6 +162,14 @@ impl TcpMachine {
     /// and commands of another socket kind); everything else is reported through events.
     #[inline]
     pub fn handle(&mut self, now: Instant, input: Input) -> Result<(), SocketError> {
+        self.handle_lazy(&mut || now, input)
+    }
+
+    /// As [`handle`](Self::handle), with the time read from `now` only when a transition needs it
+    /// (to arm or fire a timer). Data inputs (reads, writes, received data, written data) never
+    /// need it, so a caller whose clock read costs something pays it only on the rare transitions.
+    #[inline]
+    pub fn handle_lazy(&mut self, now: &mut dyn FnMut() -> Instant, input: Input) -> Result<(), SocketError> {
         match input {
             Input::Open(_) => {
                 Err(SocketError::invalid_state().with_message("the socket is already constructed"))
@@ -169,7 +177,7 @@ impl TcpMachine {
             Input::App(cmd) => self.handle_app(now, cmd),
             Input::Io(ev) => self.handle_io(now, ev),
             Input::Timeout => {
-                self.handle_timeout(now);
+                self.handle_timeout(now());
                 Ok(())
             }
         }
@@ -268,7 +276,7 @@ impl TcpMachine {
 
     // ---- application commands -------------------------------------------------------------
 
-    fn handle_app(&mut self, now: Instant, cmd: AppCommand) -> Result<(), SocketError> {
+    fn handle_app(&mut self, now: &mut dyn FnMut() -> Instant, cmd: AppCommand) -> Result<(), SocketError> {
         match cmd {
             AppCommand::Read => self.read(now),
             AppCommand::Close => self.close(now),
@@ -295,7 +303,7 @@ impl TcpMachine {
         Ok(())
     }
 
-    fn read(&mut self, now: Instant) {
+    fn read(&mut self, now: &mut dyn FnMut() -> Instant) {
         if let Some(end) = &self.readable.end {
             let result = match end {
                 ReadEnd::Done => ReadResult::Done,
@@ -337,7 +345,7 @@ impl TcpMachine {
         self.pump();
     }
 
-    fn half_close(&mut self, now: Instant) {
+    fn half_close(&mut self, now: &mut dyn FnMut() -> Instant) {
         if !self.writable_accepts_close() {
             return; // A-51, TCP-WRITE-CLOSE-02/05: no second FIN, no error.
         }
@@ -362,7 +370,7 @@ impl TcpMachine {
         matches!(self.state.get(), ReadyState::Opening | ReadyState::Open) && !self.writable.fin_requested
     }
 
-    fn abort_writable(&mut self, now: Instant, err: SocketError) {
+    fn abort_writable(&mut self, now: &mut dyn FnMut() -> Instant, err: SocketError) {
         if !self.writable_accepts_close() {
             // Already closing: still discard what has not been handed over, FIN stays as planned.
             if !self.writable.fin_sent && self.state.get() != ReadyState::Closed {
@@ -387,7 +395,7 @@ impl TcpMachine {
         self.writable.discard = Some(err);
     }
 
-    fn close(&mut self, now: Instant) {
+    fn close(&mut self, now: &mut dyn FnMut() -> Instant) {
         match self.state.get() {
             ReadyState::Opening => {
                 let err = SocketError::abort();
@@ -417,13 +425,13 @@ impl TcpMachine {
 
     /// Enters "closing": the internal writable close flushes, then sends FIN; the close
     /// timeout bounds the whole handshake.
-    fn begin_closing(&mut self, now: Instant, row: Row) {
+    fn begin_closing(&mut self, now: &mut dyn FnMut() -> Instant, row: Row) {
         self.state.set(row, &mut self.out);
         if self.writable.refuse.is_none() {
             self.writable.refuse = Some(closed_stream());
         }
         self.writable.fin_requested = true;
-        self.close_deadline = Some(now + self.spec.close_timeout);
+        self.close_deadline = Some(now() + self.spec.close_timeout);
         // Keep reading so the peer's FIN is seen; data after close() is discarded (TCP-READ-CANCEL-05).
         self.update_read_interest();
         self.pump();
@@ -469,7 +477,7 @@ impl TcpMachine {
 
     // ---- backend events ------------------------------------------------------------------
 
-    fn handle_io(&mut self, now: Instant, ev: IoEvent) -> Result<(), SocketError> {
+    fn handle_io(&mut self, now: &mut dyn FnMut() -> Instant, ev: IoEvent) -> Result<(), SocketError> {
         if matches!(
             ev,
             IoEvent::Listening { .. }
@@ -604,7 +612,7 @@ impl TcpMachine {
     }
 
     /// Opening succeeded (TCP connected, and TLS done when asked for).
-    fn establish(&mut self, now: Instant) {
+    fn establish(&mut self, now: &mut dyn FnMut() -> Instant) {
         self.connect_deadline = None;
         self.state.set(Row::TcpOpeningConnected, &mut self.out);
         self.opened.settle(Ok(()), &mut self.out, Event::Opened);
@@ -616,7 +624,7 @@ impl TcpMachine {
         self.pump();
     }
 
-    fn start_established(&mut self, now: Instant) {
+    fn start_established(&mut self, now: &mut dyn FnMut() -> Instant) {
         self.update_read_interest();
         let count = self.spec.keep_alive_count;
         let sparse = self.spec.keep_alive_sparse_interval;
@@ -624,7 +632,7 @@ impl TcpMachine {
             KeepAliveMode::Off => None,
             KeepAliveMode::Sparse => Some(KeepAlive { idle: sparse, interval: sparse, count }),
             KeepAliveMode::FrequentThenSparse => {
-                self.keep_alive_switch = Some(now + KEEP_ALIVE_FREQUENT_SPAN);
+                self.keep_alive_switch = Some(now() + KEEP_ALIVE_FREQUENT_SPAN);
                 Some(KeepAlive {
                     idle: Some(KEEP_ALIVE_FREQUENT),
                     interval: Some(KEEP_ALIVE_FREQUENT),
@@ -979,6 +987,40 @@ mod tests {
         let mut m = socket_opening();
         io(&mut m, IoEvent::Connected { local: local(), remote: peer() });
         m
+    }
+
+    /// Handles `input` with a clock that counts its reads and says `at`.
+    fn lazy(m: &mut TcpMachine, at: Instant, input: Input) -> usize {
+        let mut reads = 0;
+        let _ = m.handle_lazy(
+            &mut || {
+                reads += 1;
+                at
+            },
+            input,
+        );
+        drain(m);
+        reads
+    }
+
+    // rule: TCP-READ-ERR-02
+    #[test]
+    fn data_inputs_never_read_the_clock_and_closing_reads_it_for_its_deadline() {
+        let mut m = socket_open();
+        let t1 = T0 + Duration::from_secs(1);
+        let data = [
+            Input::App(AppCommand::Write { id: WriteId(1), data: Bytes::from_static(b"ping") }),
+            Input::Io(IoEvent::Wrote { id: WriteId(1) }),
+            Input::App(AppCommand::Read),
+            Input::Io(IoEvent::Received(Bytes::from_static(b"pong"))),
+            Input::App(AppCommand::Read),
+        ];
+        for input in data {
+            assert_eq!(lazy(&mut m, t1, input), 0, "a data input read the clock");
+        }
+        // close() arms the close timeout from the time it reads.
+        assert_eq!(lazy(&mut m, t1, Input::App(AppCommand::Close)), 1);
+        assert_eq!(m.poll_timeout().map(|d| d.at), Some(t1 + DEFAULT_CLOSE_TIMEOUT));
     }
 
     fn socket_halfclosed() -> TcpMachine {

@@ -1,7 +1,9 @@
 //! Time as the machines see it: microseconds since the `Network`'s epoch, passed in by the caller.
 //!
 //! The core never reads a clock (DESIGN §3.2): both backends read tokio's clock, which turmoil drives
-//! in simulation, and convert it to an [`Instant`] before every [`handle`](crate::TcpMachine::handle).
+//! in simulation, and convert it to an [`Instant`] before every [`handle`](crate::TcpMachine::handle),
+//! or hand over a function that reads it, which the TCP machine calls only when a transition needs
+//! the time ([`handle_lazy`](crate::TcpMachine::handle_lazy)).
 
 use core::fmt;
 use core::ops::{Add, Sub};
