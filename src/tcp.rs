@@ -119,6 +119,8 @@ struct TransportSide {
     driver: Option<Waker>,
     /// Where the transport's read wake-ups go, made when a reader first waits ([`ReadRoute`]).
     route: Option<Arc<ReadRoute>>,
+    /// `Waker::from(route)`, made once with it.
+    route_waker: Option<Waker>,
     armed: Option<tcpudp_core::Instant>,
     /// Options the last `diag()` read while the transport was open (diag() after close).
     diag: Option<Box<TcpDiag>>,
@@ -492,7 +494,9 @@ impl TcpShared {
         // Later read wake-ups come straight here (once the driver runs: the route falls back to it).
         if inner.io.route.is_none() && !inner.io.released {
             if let Some(driver) = &inner.io.driver {
-                inner.io.route = Some(ReadRoute::new(driver));
+                let route = ReadRoute::new(driver);
+                inner.io.route_waker = Some(Waker::from(route.clone()));
+                inner.io.route = Some(route);
             }
         }
         if let Some(route) = &inner.io.route {
@@ -621,17 +625,32 @@ impl Inner {
     /// The steps of [`Inner::process_with`] without the timer check: the driver arms its timer
     /// itself right after (waking it for that would cost it a second poll).
     fn run(&mut self, shared: &TcpShared, polls: Polls, now: &mut Option<tcpudp_core::Instant>) {
+        // Neither waker changes during a call (the driver and the route are set outside it), and
+        // no step reads them from here: they are lent to the steps, not cloned (no reference
+        // count traffic per call), and put back after.
+        let waker = self.io.driver.take();
+        let read_waker = self.io.route_waker.take();
+        self.steps(shared, polls, now, waker.as_ref(), read_waker.as_ref());
+        self.io.driver = waker;
+        self.io.route_waker = read_waker;
+    }
+
+    fn steps(
+        &mut self,
+        shared: &TcpShared,
+        polls: Polls,
+        now: &mut Option<tcpudp_core::Instant>,
+        waker: Option<&Waker>,
+        read_waker: Option<&Waker>,
+    ) {
         let mut budget = STEP_BUDGET;
-        // Neither waker changes during a call (the driver and the route are set outside it).
-        let waker = self.io.driver.clone();
-        let read_waker = self.io.route.as_ref().map(|r| Waker::from(r.clone()));
         loop {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
             }
-            let Some(waker) = &waker else { break };
+            let Some(waker) = waker else { break };
             let mut cx = Context::from_waker(waker);
-            let mut read_cx = Context::from_waker(read_waker.as_ref().unwrap_or(waker));
+            let mut read_cx = Context::from_waker(read_waker.unwrap_or(waker));
             let Some(mut event) = self.io.poll_once(&mut cx, &mut read_cx, polls) else { break };
             if matches!(event, IoEvent::Received(_)) && shared.net.faults().conversion_fails() {
                 event = IoEvent::ConversionFailed;
@@ -995,6 +1014,7 @@ async fn drive(shared: Arc<TcpShared>) {
         }
         if finished {
             inner.io.driver = None;
+            inner.io.route_waker = None;
             if let Some(route) = inner.io.route.take() {
                 route.set_driver(None);
             }
