@@ -429,7 +429,9 @@ impl SimUdp {
         // The receivers' wakers, woken after the lock is released; the list keeps its room.
         let mut wake = std::mem::take(&mut self.wake);
         let result = self.send_collecting(data, dest, &mut wake);
-        wake.drain(..).for_each(Waker::wake);
+        if !wake.is_empty() {
+            wake.drain(..).for_each(Waker::wake);
+        }
         self.wake = wake;
         result
     }
