@@ -678,10 +678,7 @@ impl SimUdp {
                 let mut st = self.host.net.lock();
                 let now = st.now();
                 if st.frozen(self.host.ip) {
-                    if let Some(end) = st.udp.ends.get_mut(&self.id) {
-                        end.sleeping_until = None; // any arrival wakes it once it runs again
-                    }
-                    return Poll::Pending;
+                    return frozen_receive(&mut st, self.id);
                 }
                 let Some(mut end) = st.udp.ends.get_mut(&self.id) else {
                     return Poll::Ready(Err(released()));
@@ -731,7 +728,7 @@ impl SimUdp {
                 let deadline = tokio::time::Instant::now() + at.saturating_sub(now);
                 match &mut self.sleep {
                     Some(sleep) => sleep.as_mut().reset(deadline),
-                    None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    None => self.sleep = Some(first_sleep(deadline)),
                 }
                 self.sleep_for = Some(at);
             }
@@ -748,6 +745,23 @@ impl SimUdp {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// A receive on a crashed host (or a killed process): nothing until it runs again.
+#[cold]
+#[inline(never)]
+fn frozen_receive<T>(st: &mut NetState, id: u64) -> Poll<T> {
+    if let Some(end) = st.udp.ends.get_mut(&id) {
+        end.sleeping_until = None; // any arrival wakes it once it runs again
+    }
+    Poll::Pending
+}
+
+/// The receive's sleep, made once per socket (then reset): out of line, as it is large.
+#[cold]
+#[inline(never)]
+fn first_sleep(deadline: tokio::time::Instant) -> Pin<Box<Sleep>> {
+    Box::pin(tokio::time::sleep_until(deadline))
 }
 
 impl UdpTransport for SimUdp {
