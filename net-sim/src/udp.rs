@@ -140,7 +140,7 @@ impl UdpEnd {
     }
 }
 
-/// Records the tail drops of library socket `id`'s buffer on `host:port`, in order.
+/// Records the tail drops (datagram ids, in order) of a library socket's buffer on `host:port`.
 #[cold]
 #[inline(never)]
 fn record_drops(st: &mut NetState, (host, port): (IpAddr, u16), dropped: Vec<u64>, now: Duration) {
