@@ -228,11 +228,14 @@ impl WriteBook {
             self.errors.insert(id, e);
         }
         self.flush.wake_all();
-        // Wakers of every settled write, in id order (the list is short; usually one).
-        self.waiters.sort_unstable_by_key(|(waiting, _)| *waiting);
-        let settled = self.waiters.partition_point(|(waiting, _)| *waiting <= id);
-        for (_, w) in self.waiters.drain(..settled) {
-            w.wake();
+        // Wakers of every settled write, in id order (the list is short; usually one, and none
+        // when a write settles while it is being issued).
+        if !self.waiters.is_empty() {
+            self.waiters.sort_unstable_by_key(|(waiting, _)| *waiting);
+            let settled = self.waiters.partition_point(|(waiting, _)| *waiting <= id);
+            for (_, w) in self.waiters.drain(..settled) {
+                w.wake();
+            }
         }
         if self.waiters.is_empty() && self.waiters.capacity() > 4 {
             self.waiters = Vec::new(); // a burst of waiters gives its room back

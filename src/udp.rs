@@ -591,17 +591,38 @@ impl Inner {
         debug_assert!(self.machine.poll_timeout().is_none(), "UDP inputs are stamped with `clock`");
     }
 
+    /// Applies one output: the per-datagram ones here, the rest out of line ([`Inner::apply_rare`]),
+    /// so the passes' hot code stays small in the instruction cache.
     fn apply(&mut self, shared: &UdpShared, out: Output) {
         match out {
-            Output::Io(IoCommand::Resolve { name }) => {
-                self.io.resolving_default = Some(shared.net.resolve(&name))
-            }
             Output::Io(IoCommand::SendTo { id, dest, data }) => {
                 let to = match dest {
                     Destination::Addr(addr) => SendTarget::Addr(addr),
                     Destination::Name(name, port) => SendTarget::Resolving(port, shared.net.resolve(&name)),
                 };
                 self.io.sending = Some(Sending { id, data, to });
+            }
+            Output::Event(Event::Read(result)) => self.read_result = Some(result),
+            Output::Event(Event::Readable) => {
+                self.readable_signal = true;
+                if let Some(w) = self.reader.take() {
+                    w.wake();
+                }
+            }
+            Output::Event(Event::WriteSettled { id, result }) => self.writes.settle(id.0, result),
+            Output::Event(Event::WritableReady) => self.writes.ready.wake_all(),
+            other => self.apply_rare(shared, other),
+        }
+    }
+
+    /// The outputs a socket sees a few times in its life (and `ReadInterest`, which changes only
+    /// when the readable fills or drains).
+    #[cold]
+    #[inline(never)]
+    fn apply_rare(&mut self, shared: &UdpShared, out: Output) {
+        match out {
+            Output::Io(IoCommand::Resolve { name }) => {
+                self.io.resolving_default = Some(shared.net.resolve(&name))
             }
             Output::Io(IoCommand::ReadInterest(on)) => {
                 self.io.read_interest = on;
@@ -633,15 +654,6 @@ impl Inner {
                 tracing::debug!(parent: &shared.span, ok = result.is_ok(), "closed");
                 self.promises.closed.wake_all();
             }
-            Output::Event(Event::Read(result)) => self.read_result = Some(result),
-            Output::Event(Event::Readable) => {
-                self.readable_signal = true;
-                if let Some(w) = self.reader.take() {
-                    w.wake();
-                }
-            }
-            Output::Event(Event::WriteSettled { id, result }) => self.writes.settle(id.0, result),
-            Output::Event(Event::WritableReady) => self.writes.ready.wake_all(),
             Output::Event(_) => {}
         }
     }
@@ -658,30 +670,17 @@ impl UdpIo {
     }
 
     fn poll_once(&mut self, cx: &mut Context<'_>, polls: Polls) -> Option<IoEvent> {
-        if let Some(fut) = &mut self.resolving_default {
-            if let Poll::Ready(result) = fut.as_mut().poll(cx) {
-                self.resolving_default = None;
-                return Some(match result {
-                    Ok(addrs) => IoEvent::Resolved { addrs },
-                    Err(cause) => IoEvent::ResolveFailed { cause },
-                });
+        if self.resolving_default.is_some() {
+            if let Some(report) = self.poll_resolving_default(cx) {
+                return Some(report);
             }
         }
         let transport = self.transport.as_mut()?;
         if let Some(sending) = &mut self.sending {
             let id = sending.id;
             if let SendTarget::Resolving(port, fut) = &mut sending.to {
-                match fut.as_mut().poll(cx) {
-                    Poll::Ready(Ok(addrs)) => {
-                        let family_v4 = transport.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
-                        match addrs.into_iter().find(|ip| ip.is_ipv4() == family_v4) {
-                            Some(ip) => sending.to = SendTarget::Addr(SocketAddr::new(ip, *port)),
-                            None => {
-                                self.sending = None;
-                                return Some(IoEvent::SendFailed { id, cause: Cause::FamilyMismatch });
-                            }
-                        }
-                    }
+                match poll_resolving_target(transport.as_ref(), *port, fut, cx) {
+                    Poll::Ready(Ok(addr)) => sending.to = SendTarget::Addr(addr),
                     Poll::Ready(Err(cause)) => {
                         self.sending = None;
                         return Some(IoEvent::SendFailed { id, cause });
@@ -697,7 +696,7 @@ impl UdpIo {
                     }
                     Poll::Ready(Err(e)) => {
                         self.sending = None;
-                        return Some(IoEvent::SendFailed { id, cause: cause_of(&e) });
+                        return Some(send_failed(id, &e));
                     }
                     Poll::Pending => {}
                 }
@@ -733,21 +732,69 @@ impl UdpIo {
                         dropped_total: meta.dropped_total,
                     });
                 }
-                Poll::Ready(Err(e)) => {
-                    use std::io::ErrorKind::*;
-                    let cause = cause_of(&e);
-                    // ICMP-derived errors are per datagram, never fatal.
-                    return Some(match e.kind() {
-                        ConnectionRefused | HostUnreachable | NetworkUnreachable | ConnectionReset => {
-                            IoEvent::TransientError { cause }
-                        }
-                        _ => IoEvent::Failed { cause },
-                    });
-                }
+                Poll::Ready(Err(e)) => return Some(recv_failed(&e)),
                 Poll::Pending => {}
             }
         }
         None
+    }
+
+    /// The default remote's resolution, once it answers (once per socket: out of line).
+    #[cold]
+    #[inline(never)]
+    fn poll_resolving_default(&mut self, cx: &mut Context<'_>) -> Option<IoEvent> {
+        let result = match self.resolving_default.as_mut()?.as_mut().poll(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => return None,
+        };
+        self.resolving_default = None;
+        Some(match result {
+            Ok(addrs) => IoEvent::Resolved { addrs },
+            Err(cause) => IoEvent::ResolveFailed { cause },
+        })
+    }
+}
+
+/// A write's destination name, once resolved: its first address of the transport's family.
+#[cold]
+#[inline(never)]
+fn poll_resolving_target(
+    transport: &dyn UdpTransport,
+    port: u16,
+    fut: &mut BoxFuture<'static, Result<Vec<IpAddr>, Cause>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<SocketAddr, Cause>> {
+    match fut.as_mut().poll(cx) {
+        Poll::Ready(Ok(addrs)) => {
+            let family_v4 = transport.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+            Poll::Ready(match addrs.into_iter().find(|ip| ip.is_ipv4() == family_v4) {
+                Some(ip) => Ok(SocketAddr::new(ip, port)),
+                None => Err(Cause::FamilyMismatch),
+            })
+        }
+        Poll::Ready(Err(cause)) => Poll::Ready(Err(cause)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// The report of a send the transport refused.
+#[cold]
+#[inline(never)]
+fn send_failed(id: WriteId, e: &std::io::Error) -> IoEvent {
+    IoEvent::SendFailed { id, cause: cause_of(e) }
+}
+
+/// The report of a receive error. A-35: ICMP-derived errors are per datagram, never fatal.
+#[cold]
+#[inline(never)]
+fn recv_failed(e: &std::io::Error) -> IoEvent {
+    use std::io::ErrorKind::*;
+    let cause = cause_of(e);
+    match e.kind() {
+        ConnectionRefused | HostUnreachable | NetworkUnreachable | ConnectionReset => {
+            IoEvent::TransientError { cause }
+        }
+        _ => IoEvent::Failed { cause },
     }
 }
 

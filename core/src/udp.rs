@@ -334,6 +334,9 @@ impl UdpMachine {
 
     // ---- application commands -------------------------------------------------------------
 
+    // The once-per-socket transitions (open, close, failures, memberships) are `#[cold]`: out of
+    // line, they leave the per-datagram code (write, send done, datagram, read) small in the
+    // instruction cache.
     fn handle_app(&mut self, cmd: AppCommand) -> Result<(), SocketError> {
         match cmd {
             AppCommand::Read => self.read(),
@@ -362,6 +365,8 @@ impl UdpMachine {
     }
 
     /// `close()` or readable cancel (UDP-CLOSE-01, UDP-READ-CANCEL-*).
+    #[cold]
+    #[inline(never)]
     fn close(&mut self) {
         match self.phase {
             Phase::Binding | Phase::Resolving => {
@@ -410,6 +415,8 @@ impl UdpMachine {
 
     /// Writer `close()`: only the writable closes; queued datagrams are still sent, the socket
     /// stays open and keeps receiving (AMB-53, UDP-WRITE-09).
+    #[cold]
+    #[inline(never)]
     fn writer_close(&mut self) {
         if self.write_refusal().is_none() {
             self.writable.closed = true;
@@ -418,6 +425,8 @@ impl UdpMachine {
 
     /// Writer `abort(reason)`: the in-flight write completes; queued and later writes reject
     /// AbortError carrying the reason (A-18, AMB-53). The socket stays open.
+    #[cold]
+    #[inline(never)]
     fn writer_abort(&mut self, reason: Option<Arc<str>>) {
         if self.writable.error.is_some() {
             return;
@@ -440,6 +449,8 @@ impl UdpMachine {
         self.pump();
     }
 
+    #[cold]
+    #[inline(never)]
     fn join(&mut self, group: IpAddr) -> Result<(), SocketError> {
         self.check_membership_call(group)?;
         if let Err(at) = self.memberships.binary_search(&group) {
@@ -448,6 +459,8 @@ impl UdpMachine {
         Ok(())
     }
 
+    #[cold]
+    #[inline(never)]
     fn leave(&mut self, group: IpAddr) -> Result<(), SocketError> {
         self.check_membership_call(group)?;
         // UDP-MCAST-05: leaving a group never joined is Ok.
@@ -506,6 +519,8 @@ impl UdpMachine {
         Ok(())
     }
 
+    #[cold]
+    #[inline(never)]
     fn on_bound(&mut self, local: SocketAddr) {
         if self.phase != Phase::Binding {
             return;
@@ -520,6 +535,8 @@ impl UdpMachine {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn on_resolved(&mut self, addrs: &[IpAddr]) {
         if self.phase != Phase::Resolving {
             return;
@@ -567,6 +584,8 @@ impl UdpMachine {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn on_failed(&mut self, err: SocketError) {
         match self.phase {
             // The socket died before it opened: a setup failure (UDP-OPEN-02).
@@ -585,6 +604,8 @@ impl UdpMachine {
     // ---- transitions ----------------------------------------------------------------------
 
     /// UDP-OPEN-01, UDP-OPEN-04: state, then `opened`, then reading and the queued writes.
+    #[cold]
+    #[inline(never)]
     fn open(&mut self) {
         self.phase = Phase::Open;
         self.state.set(Row::UdpOpeningSetupSucceeds, &mut self.out);
@@ -595,6 +616,8 @@ impl UdpMachine {
 
     /// UDP-OPEN-02, UDP-OPEN-03: everything rejects with `err`; the socket is released
     /// before `closed` settles (GEN-14).
+    #[cold]
+    #[inline(never)]
     fn fail_setup(&mut self, err: SocketError) {
         self.state.set(Row::UdpOpeningSetupFails, &mut self.out);
         self.opened.settle(Err(err.clone()), &mut self.out, Event::Opened);
@@ -605,6 +628,8 @@ impl UdpMachine {
     }
 
     /// UDP-READ-ERR-01/02: readable and writable errored, released, `closed` rejects.
+    #[cold]
+    #[inline(never)]
     fn fail_open(&mut self, err: SocketError, row: Row) {
         self.state.set(row, &mut self.out);
         self.end_readable(ReadEnd::Errored(err.clone()));
@@ -615,6 +640,8 @@ impl UdpMachine {
 
     /// Closes or errors the readable once: queued datagrams are discarded and a waiting reader is
     /// woken to read the end.
+    #[cold]
+    #[inline(never)]
     fn end_readable(&mut self, end: ReadEnd) {
         if self.readable.end.is_some() {
             return;
@@ -629,6 +656,8 @@ impl UdpMachine {
 
     /// Errors the writable (the first error is kept) and settles every unsettled write now, in
     /// order: the in-flight one and queued sends with `err`, decided rejections with their own.
+    #[cold]
+    #[inline(never)]
     fn error_writable(&mut self, err: SocketError) {
         if self.writable.error.is_none() {
             self.writable.error = Some(err.clone());
@@ -646,6 +675,8 @@ impl UdpMachine {
     }
 
     /// Releases the OS socket once (GEN-14: always before `closed` settles).
+    #[cold]
+    #[inline(never)]
     fn release(&mut self) {
         if self.phase == Phase::Released {
             return;
@@ -705,8 +736,7 @@ impl UdpMachine {
         let dest = match dest? {
             Destination::Addr(addr) => {
                 if addr.is_ipv4() != self.is_ipv4() {
-                    return Err(SocketError::network(Cause::FamilyMismatch)
-                        .with_message(format!("{addr} is not of the socket's address family")));
+                    return Err(family_mismatch(addr));
                 }
                 Destination::Addr(addr)
             }
@@ -718,10 +748,7 @@ impl UdpMachine {
             },
         };
         if len > self.spec.max_datagram() {
-            return Err(SocketError::network(Cause::MessageTooLarge).with_message(format!(
-                "{len} bytes exceed the largest datagram ({})",
-                self.spec.max_datagram()
-            )));
+            return Err(too_large(len, self.spec.max_datagram()));
         }
         Ok(dest)
     }
@@ -757,6 +784,22 @@ impl UdpMachine {
     fn is_ipv4(&self) -> bool {
         self.local.map_or(self.spec.bind_address.is_ipv4(), |l| l.is_ipv4())
     }
+}
+
+/// The error of a write to an address of the other family (UDP-WRITE-14).
+#[cold]
+#[inline(never)]
+fn family_mismatch(addr: SocketAddr) -> SocketError {
+    SocketError::network(Cause::FamilyMismatch)
+        .with_message(format!("{addr} is not of the socket's address family"))
+}
+
+/// The error of a datagram larger than the largest one (UDP-WRITE-07).
+#[cold]
+#[inline(never)]
+fn too_large(len: usize, max: usize) -> SocketError {
+    SocketError::network(Cause::MessageTooLarge)
+        .with_message(format!("{len} bytes exceed the largest datagram ({max})"))
 }
 
 /// Chooses a write's destination from a `UDPMessage`'s `remoteAddress`/`remotePort` and the

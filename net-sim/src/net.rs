@@ -95,7 +95,9 @@ pub(crate) struct NetState {
     maybe_stopped: bool,
     /// The link-state table, per direction (from, to).
     links: BTreeMap<(IpAddr, IpAddr), DirLink>,
-    rngs: BTreeMap<(Stream, IpAddr, IpAddr), SimRng>,
+    /// Keyed by purpose and the link's addresses as plain numbers ([`ip_key`]): searched once or
+    /// more per datagram, where comparing `IpAddr`s costs several times as much. Never iterated.
+    rngs: BTreeMap<(Stream, IpKey, IpKey), SimRng>,
     pub(crate) tcp: TcpTables,
     pub(crate) udp: UdpTables,
     /// The text of the kept text lines, one after another (no allocation per line).
@@ -223,7 +225,7 @@ impl NetState {
     pub(crate) fn rng(&mut self, purpose: Stream, from: IpAddr, to: IpAddr) -> &mut SimRng {
         let seed = self.seed;
         self.rngs
-            .entry((purpose, from, to))
+            .entry((purpose, ip_key(from), ip_key(to)))
             .or_insert_with(|| SimRng::stream(seed, purpose.name(), &format!("{from}>{to}")))
     }
 
@@ -456,6 +458,18 @@ impl Hasher for WordHasher {
 
 /// Trace lines a simulation keeps (memory stays bounded in long runs; the digest covers all).
 pub const TRACE_LINES_KEPT: usize = 1 << 20;
+
+/// An address as a map key that compares cheaply: its family, then its bits (distinct addresses
+/// give distinct keys).
+type IpKey = (u8, u128);
+
+/// The [`IpKey`] of `ip`.
+fn ip_key(ip: IpAddr) -> IpKey {
+    match ip {
+        IpAddr::V4(a) => (4, u128::from(a.to_bits())),
+        IpAddr::V6(a) => (6, a.to_bits()),
+    }
+}
 
 /// The unordered key of a host pair.
 pub(crate) fn ordered(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {

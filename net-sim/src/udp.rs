@@ -29,6 +29,7 @@ use tokio::io::ReadBuf;
 use tokio::time::Sleep;
 
 use crate::host::{io_error, poll_now, HostCtx};
+use crate::link::UdpImpairment;
 use crate::net::{Line, NetState, SimNet, Stream, UdpFate};
 use crate::{MAX_DATAGRAM_V4, MAX_DATAGRAM_V6};
 
@@ -139,24 +140,22 @@ impl UdpEnd {
     }
 }
 
-/// Settles `id`'s due arrivals, recording drops in the trace.
-fn settle(st: &mut NetState, id: u64, now: Duration) {
-    let Some(end) = st.udp.ends.get_mut(&id) else { return };
-    if end.arrivals.front().is_none_or(|((at, _), _)| *at > now) {
-        return; // nothing due (most calls)
-    }
-    let (host, port) = (end.host, end.port);
-    for dropped in end.settle(now) {
-        st.record_line(now, Line::UdpDropped { id: dropped, host, port });
+/// Records the tail drops (datagram ids, in order) of a library socket's buffer on `host:port`.
+#[cold]
+#[inline(never)]
+fn record_drops(st: &mut NetState, (host, port): (IpAddr, u16), dropped: Vec<u64>, now: Duration) {
+    for id in dropped {
+        st.record_line(now, Line::UdpDropped { id, host, port });
     }
 }
 
 /// Puts a datagram on its way to library socket `to`, arriving at `at`; returns the receiver's
-/// waker.
+/// waker. The receiver is looked up once: its due arrivals are settled first (and this datagram
+/// after it if due at once), their drops recorded in that order at the end.
 fn push_arrival(st: &mut NetState, to: u64, at: Duration, arrival: Arrival, now: Duration) -> Option<Waker> {
-    settle(st, to, now);
     let order = st.next_id();
     let end = st.udp.ends.get_mut(&to)?;
+    let mut dropped = end.settle(now);
     let key = (at, order);
     // Order ids grow, so a datagram arriving no earlier than the last one goes at the back.
     if end.arrivals.back().is_none_or(|(k, _)| *k < key) {
@@ -166,14 +165,19 @@ fn push_arrival(st: &mut NetState, to: u64, at: Duration, arrival: Arrival, now:
         end.arrivals.insert(i, (key, arrival));
     }
     if at <= now {
-        settle(st, to, now);
+        dropped.extend(end.settle(now));
+    }
+    let waker = if at > now && end.sleeping_until.is_some_and(|until| until <= at) {
+        None // it wakes for an earlier arrival, and settles this one then if due
+    } else {
+        end.waker.clone()
+    };
+    if !dropped.is_empty() {
+        let key = (end.host, end.port);
+        record_drops(st, key, dropped, now);
     }
     st.note_deadline(at);
-    let end = st.udp.ends.get(&to)?;
-    if at > now && end.sleeping_until.is_some_and(|until| until <= at) {
-        return None; // it wakes for an earlier arrival, and settles this one then if due
-    }
-    end.waker.clone()
+    waker
 }
 
 /// Binds a library UDP socket on `host` (the `Backend::bind_udp` of the simulator).
@@ -406,11 +410,11 @@ impl SimUdp {
     /// (`EMSGSIZE`), the wildcard means this host, and an address no host has swallows it.
     fn checked_send(&mut self, data: Bytes, dest: SocketAddr) -> io::Result<()> {
         if !self.host.same_family(dest.ip()) {
-            return Err(io_error(Cause::FamilyMismatch, "destination of the other family"));
+            return Err(send_refused(Cause::FamilyMismatch, "destination of the other family"));
         }
         let max = if dest.is_ipv4() { MAX_DATAGRAM_V4 } else { MAX_DATAGRAM_V6 };
         if data.len() > max {
-            return Err(io_error(Cause::MessageTooLarge, "datagram too large"));
+            return Err(send_refused(Cause::MessageTooLarge, "datagram too large"));
         }
         let dest = if dest.ip().is_unspecified() {
             SocketAddr::new(self.host.loopback(), dest.port())
@@ -425,12 +429,15 @@ impl SimUdp {
         // The receivers' wakers, woken after the lock is released; the list keeps its room.
         let mut wake = std::mem::take(&mut self.wake);
         let result = self.send_collecting(data, dest, &mut wake);
-        wake.drain(..).for_each(Waker::wake);
+        if !wake.is_empty() {
+            wake.drain(..).for_each(Waker::wake);
+        }
         self.wake = wake;
         result
     }
 
-    /// Sends one datagram, collecting the wakers to wake in `wake`.
+    /// Sends one datagram, collecting the wakers to wake in `wake`. The unicast delivery to a
+    /// library socket is the hot path; every other case is out of line, to keep this small.
     fn send_collecting(&self, data: Bytes, dest: SocketAddr, wake: &mut Vec<Waker>) -> io::Result<()> {
         let host = &self.host;
         let net = &host.net;
@@ -440,51 +447,66 @@ impl SimUdp {
             return Ok(()); // a crashed host (or a killed process) says nothing
         }
         let Some(me) = st.udp.ends.get(&self.id) else {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "socket released"));
+            return Err(released());
         };
         let (bind_ip, loopback) = (me.bind_ip, me.loopback);
         let from = self.source(bind_ip, dest.ip());
         if dest.ip().is_multicast() {
-            let members: Vec<(u64, IpAddr)> = st
-                .udp
-                .ends
-                .iter()
-                .filter(|(_, e)| e.port == dest.port() && e.receives_group(dest.ip()))
-                .map(|(id, e)| (*id, e.host))
-                .collect();
-            for (to, to_host) in members {
-                if to_host == host.ip && !loopback {
-                    continue; // the sender's flag decides (UDP-MCAST-07), default off
-                }
-                deliver(&mut st, host.ip, to_host, to, from, dest, data.clone(), now, wake);
-            }
-            // Plain turmoil members (library sockets never join in turmoil, so only they).
-            if let Some(port) = st.udp.ports.get(&(host.ip, self.local.port())) {
-                let _ = port.socket.try_send_to(&data, dest);
-            }
-        } else {
-            let to_host = host.host_of(dest.ip());
-            // A library port at the destination (one look-up), and the socket on it it is for.
-            let library_port = to_host.and_then(|h| {
-                let port = st.udp.ports.get(&(h, dest.port()))?;
-                Some((h, pick_member(&st, port, dest.ip())))
-            });
-            match library_port {
-                Some((to_host, Some(to))) => {
-                    deliver(&mut st, host.ip, to_host, to, from, dest, data, now, wake)
-                }
-                Some((_, None)) => {
-                    let id = st.next_id();
-                    st.record(now, format_args!("udp#{id} {from}>{dest} len={} unbound address", data.len()));
-                }
-                None => self.send_turmoil(&mut st, to_host, from, dest, data, now),
-            }
+            self.send_multicast(&mut st, loopback, from, dest, data, now, wake);
+            return Ok(());
+        }
+        let to_host = host.host_of(dest.ip());
+        // A library port at the destination (one look-up), and the socket on it it is for.
+        let library_port = to_host.and_then(|h| {
+            let port = st.udp.ports.get(&(h, dest.port()))?;
+            Some((h, pick_member(&st, port, dest.ip())))
+        });
+        match library_port {
+            Some((to_host, Some(to))) => deliver(&mut st, host.ip, to_host, to, from, dest, data, now, wake),
+            Some((_, None)) => record_unbound(&mut st, from, dest, data.len(), now),
+            None => self.send_turmoil(&mut st, to_host, from, dest, data, now),
         }
         Ok(())
     }
 
+    /// A datagram to a multicast group: a copy to every library socket that joined it (the
+    /// sender's loopback flag deciding for this host's), and one through turmoil for plain
+    /// turmoil members.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments, reason = "one send's whole description")]
+    fn send_multicast(
+        &self,
+        st: &mut NetState,
+        loopback: bool,
+        from: SocketAddr,
+        dest: SocketAddr,
+        data: Bytes,
+        now: Duration,
+        wake: &mut Vec<Waker>,
+    ) {
+        let host = &self.host;
+        let members: Vec<(u64, IpAddr)> = st
+            .udp
+            .ends
+            .iter()
+            .filter(|(_, e)| e.port == dest.port() && e.receives_group(dest.ip()))
+            .map(|(id, e)| (*id, e.host))
+            .collect();
+        for (to, to_host) in members {
+            if to_host == host.ip && !loopback {
+                continue; // the sender's flag decides (UDP-MCAST-07), default off
+            }
+            deliver(st, host.ip, to_host, to, from, dest, data.clone(), now, wake);
+        }
+        // Plain turmoil members (library sockets never join in turmoil, so only they).
+        if let Some(port) = st.udp.ports.get(&(host.ip, self.local.port())) {
+            let _ = port.socket.try_send_to(&data, dest);
+        }
+    }
+
     /// A datagram to a plain turmoil socket (or to an address nobody has): through turmoil, with
     /// this link's partition and impairments applied here.
+    #[inline(never)]
     fn send_turmoil(
         &self,
         st: &mut NetState,
@@ -509,7 +531,7 @@ impl SimUdp {
                 st.record(now, format_args!("udp#{id} {from}>{dest} len={} lost", data.len()));
                 return;
             }
-            delay = extra_delay(st, me, to);
+            delay = impairment_delay(st, &imp, me, to);
             if imp.duplicate > 0.0 && st.rng(Stream::UdpDup, me, to).chance(imp.duplicate) {
                 copies = 2;
             }
@@ -536,9 +558,19 @@ impl SimUdp {
     }
 }
 
-/// The impairment delay of one datagram on `from → to` (fixed delay, jitter, reordering).
-fn extra_delay(st: &mut NetState, from: IpAddr, to: IpAddr) -> Duration {
-    let imp = st.link(from, to).udp;
+/// The impairment delay of one datagram on `from → to` with impairments `imp` (fixed delay,
+/// jitter, reordering); draws only for the impairments set.
+fn impairment_delay(st: &mut NetState, imp: &UdpImpairment, from: IpAddr, to: IpAddr) -> Duration {
+    if imp.jitter.is_zero() && imp.reorder <= 0.0 {
+        return imp.delay; // no draw (the usual case)
+    }
+    drawn_delay(st, imp, from, to)
+}
+
+/// [`impairment_delay`] with jitter or reordering set.
+#[cold]
+#[inline(never)]
+fn drawn_delay(st: &mut NetState, imp: &UdpImpairment, from: IpAddr, to: IpAddr) -> Duration {
     let mut delay = imp.delay;
     if !imp.jitter.is_zero() {
         let micros = u64::try_from(imp.jitter.as_micros()).unwrap_or(u64::MAX);
@@ -552,7 +584,7 @@ fn extra_delay(st: &mut NetState, from: IpAddr, to: IpAddr) -> Duration {
 
 /// Delivers one datagram from host `from_host` to library socket `to` on `to_host`: at once
 /// inside one host; over a link with its latency, partition and impairments otherwise. The
-/// receiver's waker goes to `wake`.
+/// receiver's waker goes to `wake`. Lost and duplicated datagrams are handled out of line.
 #[allow(clippy::too_many_arguments, reason = "one delivery's whole description")]
 fn deliver(
     st: &mut NetState,
@@ -574,27 +606,67 @@ fn deliver(
     }
     let link = st.link(from_host, to_host);
     if link.partitioned || st.crashed(to_host) {
-        st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Partitioned { to } });
-        return;
+        return record_lost(st, now, Line::Udp { id, from, dest, len, fate: UdpFate::Partitioned { to } });
     }
     let imp = link.udp;
     if imp.loss > 0.0 && st.rng(Stream::UdpLoss, from_host, to_host).chance(imp.loss) {
-        st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Lost { to } });
-        return;
+        return record_lost(st, now, Line::Udp { id, from, dest, len, fate: UdpFate::Lost { to } });
     }
     let profile = st.profile(from_host, to_host);
-    let latency =
-        profile.sample(st.rng(Stream::UdpLatency, from_host, to_host)) + extra_delay(st, from_host, to_host);
-    let at = now + latency;
+    let latency = profile.sample(st.rng(Stream::UdpLatency, from_host, to_host));
+    let at = now + latency + impairment_delay(st, &imp, from_host, to_host);
     st.record_line(now, Line::Udp { id, from, dest, len, fate: UdpFate::Arrives { to, at } });
-    let duplicate = imp.duplicate > 0.0 && st.rng(Stream::UdpDup, from_host, to_host).chance(imp.duplicate);
-    let copy = duplicate.then(|| data.clone());
-    wake.extend(push_arrival(st, to, at, Arrival { id, data, from }, now));
-    if let Some(data) = copy {
-        let dup = st.next_id();
-        st.record_line(now, Line::UdpDuplicate { id: dup, of: id });
-        wake.extend(push_arrival(st, to, at, Arrival { id: dup, data, from }, now));
+    if imp.duplicate > 0.0 && st.rng(Stream::UdpDup, from_host, to_host).chance(imp.duplicate) {
+        return deliver_twice(st, to, at, Arrival { id, data, from }, now, wake);
     }
+    wake.extend(push_arrival(st, to, at, Arrival { id, data, from }, now));
+}
+
+/// A datagram the link duplicates: the original, then its copy, both arriving at `at`.
+#[cold]
+#[inline(never)]
+fn deliver_twice(
+    st: &mut NetState,
+    to: u64,
+    at: Duration,
+    arrival: Arrival,
+    now: Duration,
+    wake: &mut Vec<Waker>,
+) {
+    let (id, data, from) = (arrival.id, arrival.data.clone(), arrival.from);
+    wake.extend(push_arrival(st, to, at, arrival, now));
+    let dup = st.next_id();
+    st.record_line(now, Line::UdpDuplicate { id: dup, of: id });
+    wake.extend(push_arrival(st, to, at, Arrival { id: dup, data, from }, now));
+}
+
+/// Records a datagram lost on its link (partition, crashed host or loss rate).
+#[cold]
+#[inline(never)]
+fn record_lost(st: &mut NetState, now: Duration, line: Line) {
+    st.record_line(now, line);
+}
+
+/// Records a datagram to a port whose library sockets are bound to another address.
+#[cold]
+#[inline(never)]
+fn record_unbound(st: &mut NetState, from: SocketAddr, dest: SocketAddr, len: usize, now: Duration) {
+    let id = st.next_id();
+    st.record(now, format_args!("udp#{id} {from}>{dest} len={len} unbound address"));
+}
+
+/// The error of an operation on a socket the adapter no longer has.
+#[cold]
+#[inline(never)]
+fn released() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket released")
+}
+
+/// A send the adapter refuses (family, size).
+#[cold]
+#[inline(never)]
+fn send_refused(cause: Cause, message: &str) -> io::Error {
+    io_error(cause, message)
 }
 
 impl SimUdp {
@@ -606,15 +678,20 @@ impl SimUdp {
                 let mut st = self.host.net.lock();
                 let now = st.now();
                 if st.frozen(self.host.ip) {
-                    if let Some(end) = st.udp.ends.get_mut(&self.id) {
-                        end.sleeping_until = None; // any arrival wakes it once it runs again
-                    }
-                    return Poll::Pending;
+                    return frozen_receive(&mut st, self.id);
                 }
-                settle(&mut st, self.id, now);
-                let Some(end) = st.udp.ends.get_mut(&self.id) else {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "socket released")));
+                let Some(mut end) = st.udp.ends.get_mut(&self.id) else {
+                    return Poll::Ready(Err(released()));
                 };
+                let dropped = end.settle(now);
+                if !dropped.is_empty() {
+                    let key = (end.host, end.port);
+                    record_drops(&mut st, key, dropped, now);
+                    let Some(again) = st.udp.ends.get_mut(&self.id) else {
+                        return Poll::Ready(Err(released()));
+                    };
+                    end = again;
+                }
                 end.sleeping_until = None; // set again below when this call sleeps
                 let mut popped = end.queue.pop_front().map(|arrival| {
                     end.used -= arrival.data.len() + UDP_DATAGRAM_OVERHEAD;
@@ -651,7 +728,7 @@ impl SimUdp {
                 let deadline = tokio::time::Instant::now() + at.saturating_sub(now);
                 match &mut self.sleep {
                     Some(sleep) => sleep.as_mut().reset(deadline),
-                    None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    None => self.sleep = Some(first_sleep(deadline)),
                 }
                 self.sleep_for = Some(at);
             }
@@ -668,6 +745,23 @@ impl SimUdp {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// A receive on a crashed host (or a killed process): nothing until it runs again.
+#[cold]
+#[inline(never)]
+fn frozen_receive<T>(st: &mut NetState, id: u64) -> Poll<T> {
+    if let Some(end) = st.udp.ends.get_mut(&id) {
+        end.sleeping_until = None; // any arrival wakes it once it runs again
+    }
+    Poll::Pending
+}
+
+/// The receive's sleep, made once per socket (then reset): out of line, as it is large.
+#[cold]
+#[inline(never)]
+fn first_sleep(deadline: tokio::time::Instant) -> Pin<Box<Sleep>> {
+    Box::pin(tokio::time::sleep_until(deadline))
 }
 
 impl UdpTransport for SimUdp {
