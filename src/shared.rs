@@ -115,6 +115,16 @@ pub(crate) fn stream_item<T>(
     }
 }
 
+/// The time for one call's inputs, read when a transition first needs it and then kept in `at`:
+/// one instant per call, and no clock read for the data path, whose inputs never need one
+/// (`TcpMachine::handle_lazy`, `UdpMachine::handle_lazy`).
+pub(crate) fn lazy_now<'a>(
+    net: &'a crate::Network,
+    at: &'a mut Option<tcpudp_core::Instant>,
+) -> impl FnMut() -> tcpudp_core::Instant + 'a {
+    move || *at.get_or_insert_with(|| net.now())
+}
+
 /// Which transport directions a socket's `process` call polls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Polls {

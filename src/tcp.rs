@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
 use crate::network::Network;
 use crate::shared::{
-    lock, stream_item, FlushFuture, Polls, PromiseSource, PromiseWaiters, ReadRoute, ReadyFuture,
+    lazy_now, lock, stream_item, FlushFuture, Polls, PromiseSource, PromiseWaiters, ReadRoute, ReadyFuture,
     SocketPromise, StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
 
@@ -969,15 +969,6 @@ mod read_pool {
             }
         });
     }
-}
-
-/// The time for one call's inputs, read when a transition first needs it and then kept in `at`:
-/// one instant per call, and no clock read for the data path, whose inputs never need one.
-fn lazy_now<'a>(
-    net: &'a Network,
-    at: &'a mut Option<tcpudp_core::Instant>,
-) -> impl FnMut() -> tcpudp_core::Instant + 'a {
-    move || *at.get_or_insert_with(|| net.now())
 }
 
 /// The driver: polls the transport when the application is not doing so, and fires timers.

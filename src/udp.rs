@@ -25,7 +25,7 @@ use tcpudp_core::{
 use crate::backend::{cause_of, BoxFuture, UdpBind, UdpDiag, UdpTransport};
 use crate::network::Network;
 use crate::shared::{
-    hold_released, lock, stream_item, take_step, FlushFuture, Polls, PromiseSource, PromiseWaiters,
+    hold_released, lazy_now, lock, stream_item, take_step, FlushFuture, Polls, PromiseSource, PromiseWaiters,
     ReadyFuture, SocketPromise, StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
 
@@ -128,12 +128,6 @@ struct Inner {
     /// `destination_for(None, None)`: the machine's spec never changes, so a write to the default
     /// destination reuses it.
     default_destination: Result<Destination, SocketError>,
-    /// The instant inputs are stamped with: the clock as the driver last read it (once per pass),
-    /// or as a rare call (close, memberships) read it. `UdpMachine` arms no timers and ignores the
-    /// instant it is given (`poll_timeout` is always `None`, asserted in debug builds), so writes
-    /// and reads, the hot calls, need not read the clock (two reads per datagram, ~5% of its
-    /// instructions). Should UDP ever get a timer, stamp inputs with fresh reads again.
-    clock: tcpudp_core::Instant,
 }
 
 #[derive(Default)]
@@ -194,8 +188,7 @@ impl UdpSocket {
             backend = net.backend_kind().as_str(),
             local = tracing::field::Empty,
         );
-        let clock = net.now();
-        let machine = UdpMachine::new(clock, spec);
+        let machine = UdpMachine::new(net.now(), spec);
         let default_destination = machine.destination_for(None, None);
         let mut io = UdpIo { hold: net.faults().hold_ticket(), ..UdpIo::default() };
         // DESIGN §3.8: the bind happens now; its outcome is the machine's first input.
@@ -227,7 +220,6 @@ impl UdpSocket {
                 state_log: StateLog::new(ReadyState::Opening),
                 permitted: None,
                 default_destination,
-                clock,
             }),
             span,
         });
@@ -315,11 +307,9 @@ impl UdpSocket {
         let group = parse_multicast_group(group)?;
         let shared = self.shared();
         let mut inner = lock(&shared.inner);
-        let now = shared.net.now();
-        inner.clock = now;
         let cmd =
             if join { AppCommand::JoinMulticast { group } } else { AppCommand::LeaveMulticast { group } };
-        inner.machine.handle(now, Input::App(cmd))?;
+        inner.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), Input::App(cmd))?;
         let outcome = match &mut inner.io.transport {
             Some(t) if join => t.join_multicast(group),
             Some(t) => match t.leave_multicast(group) {
@@ -335,7 +325,8 @@ impl UdpSocket {
         };
         if let Err(e) = outcome {
             if join {
-                let _ = inner.machine.handle(now, Input::App(AppCommand::LeaveMulticast { group }));
+                let leave = Input::App(AppCommand::LeaveMulticast { group });
+                let _ = inner.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), leave);
             }
             inner.process(shared);
             return Err(SocketError::network(cause_of(&e)).with_message(e.to_string()));
@@ -427,9 +418,7 @@ impl Drop for Handle {
 impl UdpShared {
     fn app_command(&self, cmd: AppCommand) {
         let mut inner = lock(&self.inner);
-        let now = self.net.now();
-        inner.clock = now;
-        let _ = inner.machine.handle(now, Input::App(cmd));
+        let _ = inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut None), Input::App(cmd));
         inner.process(self);
     }
 
@@ -443,7 +432,8 @@ impl UdpShared {
         }
         .and_then(|dest| self.permitted(dest, &mut inner.permitted));
         let cmd = AppCommand::SendDatagram { id: WriteId(id), data: datagram.data, dest };
-        let _ = inner.machine.handle(inner.clock, Input::App(cmd));
+        // The machine reads the time only if a transition needs it (a UDP one never does).
+        let _ = inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut None), Input::App(cmd));
         inner.process_with(self, Polls::Sends);
         id
     }
@@ -481,11 +471,12 @@ impl UdpShared {
         // Polling now: what this poll receives needs no wake-up (which would poll the reader's
         // task once more for nothing); a pending poll registers again below.
         inner.reader = None;
-        let now = inner.clock;
+        let mut now = None;
         for _ in 0..2 {
             inner.read_result = None;
             inner.readable_signal = false;
-            let _ = inner.machine.handle(now, Input::App(AppCommand::Read));
+            let _ =
+                inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut now), Input::App(AppCommand::Read));
             while let Some(out) = inner.machine.poll_output() {
                 inner.apply(self, out);
             }
@@ -559,6 +550,8 @@ impl Inner {
         // steps instead of cloned for each, and put back below.
         let driver = self.io.driver.take();
         self.io.recv_parked = false;
+        let mut now = None; // one instant per call, read only if a step needs it
+
         while take_step(&mut budget, driver.as_ref()) {
             while let Some(out) = self.machine.poll_output() {
                 self.apply(shared, out);
@@ -582,13 +575,13 @@ impl Inner {
                 }
                 other => other,
             };
-            let _ = self.machine.handle(self.clock, Input::Io(report));
+            let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, &mut now), Input::Io(report));
         }
         self.io.driver = driver;
         while let Some(out) = self.machine.poll_output() {
             self.apply(shared, out);
         }
-        debug_assert!(self.machine.poll_timeout().is_none(), "UDP inputs are stamped with `clock`");
+        debug_assert!(self.machine.poll_timeout().is_none(), "UDP arms no timers: its driver has none");
     }
 
     /// Applies one output: the per-datagram ones here, the rest out of line ([`Inner::apply_rare`]),
@@ -804,7 +797,6 @@ async fn drive(shared: Arc<UdpShared>) {
         if !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             inner.io.driver = Some(cx.waker().clone());
         }
-        inner.clock = shared.net.now(); // one clock read per driver pass
         inner.process(&shared);
         if inner.machine.ready_state() == ReadyState::Closed && inner.io.released {
             inner.io.driver = None;

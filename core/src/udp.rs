@@ -196,6 +196,13 @@ impl UdpMachine {
     /// ignored. Never panics.
     #[inline]
     pub fn handle(&mut self, now: Instant, input: Input) -> Result<(), SocketError> {
+        self.handle_lazy(&mut || now, input)
+    }
+
+    /// As [`handle`](Self::handle), with the time read from `now` only when a transition needs
+    /// it: a UDP socket arms no timers, so never (a caller pays no clock read per datagram).
+    #[inline]
+    pub fn handle_lazy(&mut self, now: &mut dyn FnMut() -> Instant, input: Input) -> Result<(), SocketError> {
         let _ = now; // UDP arms no timers.
         let before = self.desired_size();
         let result = match input {
@@ -996,6 +1003,44 @@ mod tests {
         io(&mut m, IoEvent::Bound { local: addr(LOCAL) });
         assert_eq!(m.ready_state(), Open);
         m
+    }
+
+    /// A UDP socket arms no timers, so `handle_lazy` never reads the time: the library passes its
+    /// clock lazily and pays no read per datagram.
+    #[test]
+    fn no_input_reads_the_clock() {
+        let mut m = socket_opening();
+        let mut reads = 0;
+        let inputs = [
+            Input::Io(IoEvent::Bound { local: addr(LOCAL) }),
+            Input::App(AppCommand::SendDatagram {
+                id: WriteId(1),
+                data: Bytes::from_static(b"ping"),
+                dest: Ok(Destination::Addr(addr(PEER))),
+            }),
+            Input::Io(IoEvent::Sent { id: WriteId(1) }),
+            Input::App(AppCommand::Read),
+            Input::Io(IoEvent::Datagram {
+                data: Bytes::from_static(b"pong"),
+                from: addr(PEER),
+                dropped_total: 0,
+            }),
+            Input::App(AppCommand::Read),
+            Input::App(AppCommand::Close),
+        ];
+        for input in inputs {
+            let _ = m.handle_lazy(
+                &mut || {
+                    reads += 1;
+                    Instant::ZERO
+                },
+                input,
+            );
+            drain(&mut m);
+        }
+        assert_eq!(reads, 0, "a UDP input read the clock");
+        assert_eq!(m.ready_state(), Closed);
+        assert_eq!(m.poll_timeout(), None);
     }
 
     fn socket_closed() -> UdpMachine {
