@@ -446,11 +446,19 @@ impl ReadRoute {
         })
     }
 
-    /// Called just before the transport's read side is polled with this route's waker; a poll
-    /// that does not return pending calls [`ReadRoute::disarm`]. Set before the poll, so a
-    /// wake-up racing with it clears the flag after, never before.
-    pub(crate) fn arm(&self) {
-        self.registered.store(true, Ordering::SeqCst);
+    /// Runs `poll`, a poll of the transport's read side with `route`'s waker (when there is a
+    /// route), and keeps [`ReadRoute::armed`] true exactly when it leaves the read side registered.
+    /// The flag is set before the poll, so a wake-up racing with it clears the flag after, never
+    /// before.
+    pub(crate) fn poll_armed<T>(route: Option<&ReadRoute>, poll: impl FnOnce() -> Poll<T>) -> Poll<T> {
+        if let Some(route) = route {
+            route.registered.store(true, Ordering::SeqCst);
+        }
+        let polled = poll();
+        if let (Poll::Ready(_), Some(route)) = (&polled, route) {
+            route.disarm();
+        }
+        polled
     }
 
     /// The read side was not left registered (the poll was ready), or must be polled again (the

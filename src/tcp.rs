@@ -844,12 +844,7 @@ impl TransportSide {
             // The route knows whether the read side is left registered with its waker (`read_cx`
             // is the route's waker whenever there is a route).
             let route = self.route.as_deref();
-            route.inspect(|r| r.arm());
-            let ready = transport.poll_read_ready(read_cx);
-            if ready.is_ready() {
-                route.inspect(|r| r.disarm());
-            }
-            match ready {
+            match ReadRoute::poll_armed(route, || transport.poll_read_ready(read_cx)) {
                 Poll::Pending => {
                     // Nothing to read: an idle socket keeps no read buffer of its own (DESIGN §5:
                     // ≤ 2 KiB per idle socket), the thread's pool takes it for any socket's read.
@@ -866,12 +861,7 @@ impl TransportSide {
             read_pool::make_room(&mut self.read_buf);
             let spare = self.read_buf.spare_capacity_mut();
             let mut buf = ReadBuf::uninit(spare);
-            route.inspect(|r| r.arm());
-            let read = transport.poll_read(read_cx, &mut buf);
-            if read.is_ready() {
-                route.inspect(|r| r.disarm());
-            }
-            match read {
+            match ReadRoute::poll_armed(route, || transport.poll_read(read_cx, &mut buf)) {
                 Poll::Ready(Ok(())) => {
                     let n = buf.filled().len();
                     if n == 0 {
