@@ -121,6 +121,8 @@ struct TransportSide {
     route: Option<Arc<ReadRoute>>,
     /// `Waker::from(route)`, made once with it.
     route_waker: Option<Waker>,
+    /// The deadline the driver has on the network's timer ([`crate::timers`]); an idle socket
+    /// without deadlines has none (DESIGN §5).
     armed: Option<tcpudp_core::Instant>,
     /// Options the last `diag()` read while the transport was open (diag() after close).
     diag: Option<Box<TcpDiag>>,
@@ -224,6 +226,7 @@ impl TcpSocket {
         {
             let mut inner = lock(&shared.inner);
             inner.process(&shared);
+            inner.io.start_connecting();
         }
         net.spawn(Box::pin(drive(shared.clone())));
         TcpSocket { handle: Handle::new(shared) }
@@ -613,11 +616,14 @@ impl Inner {
     /// `now` is the call's clock read once made ([`lazy_now`]).
     fn process_with(&mut self, shared: &TcpShared, polls: Polls, now: &mut Option<tcpudp_core::Instant>) {
         self.run(shared, polls, now);
-        // A timer the driver has not armed yet (close() armed the close timeout, say).
+        // A deadline that moved (close() armed the close timeout, say) goes on the network's
+        // timer here, for the driver to wake at: waking the driver to do it would cost a poll.
+        // A driver not polled yet has no waker to give; its first poll arms the deadline.
         let wanted = self.machine.poll_timeout().map(|d| d.at);
         if wanted != self.io.armed {
             if let Some(w) = &self.io.driver {
-                w.wake_by_ref();
+                shared.net.timers().set(&shared.net, shared.id, self.io.armed, wanted, w);
+                self.io.armed = wanted;
             }
         }
     }
@@ -745,6 +751,19 @@ impl TransportSide {
             IoCommand::Close => self.release(None),
             IoCommand::Reset => self.release(Some(())),
             _ => {}
+        }
+    }
+
+    /// Starts the connection the constructor asked for (TCP-CTOR-13): one poll sends the SYN
+    /// now, not when the driver first runs, so a peer's `listen()` made next finds the connection
+    /// already queued instead of polling an empty backlog and waiting for a wake-up. The poll's
+    /// waker is a no-op: the driver, spawned right after, polls again with its own before anyone
+    /// waits. A result that is already there waits for the driver too, so the socket reports
+    /// "opening" when the constructor returns whatever happened.
+    fn start_connecting(&mut self) {
+        let Some(fut) = &mut self.connecting else { return };
+        if let Poll::Ready(result) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            self.connecting = Some(Box::pin(std::future::ready(result)));
         }
     }
 
@@ -963,9 +982,6 @@ mod read_pool {
 
 /// The driver: polls the transport when the application is not doing so, and fires timers.
 async fn drive(shared: Arc<TcpShared>) {
-    // The deadline this driver has on the network's timer ([`crate::timers`]); an idle socket
-    // without deadlines has none (DESIGN §5).
-    let mut armed: Option<tcpudp_core::Instant> = None;
     std::future::poll_fn(|cx| {
         let mut inner = lock(&shared.inner);
         let new_waker = !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
@@ -989,9 +1005,10 @@ async fn drive(shared: Arc<TcpShared>) {
         inner.run(&shared, Polls::All, &mut now);
         let finished = inner.finished();
         let wanted = if finished { None } else { inner.machine.poll_timeout().map(|d| d.at) };
+        let armed = inner.io.armed;
         if wanted != armed || (new_waker && wanted.is_some()) {
             shared.net.timers().set(&shared.net, shared.id, armed, wanted, cx.waker());
-            armed = wanted;
+            inner.io.armed = wanted;
         }
         if finished {
             inner.io.driver = None;
@@ -1001,7 +1018,6 @@ async fn drive(shared: Arc<TcpShared>) {
             }
             return Poll::Ready(());
         }
-        inner.io.armed = armed;
         inner.machine.release_idle_buffers();
         Poll::Pending
     })

@@ -11,7 +11,9 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tcpudp::backend::{cause_of, ListenerTransport, TcpTransport};
 use tcpudp_core::Cause;
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::time::Sleep;
 
@@ -38,11 +40,13 @@ pub(crate) fn listen(
         socket.bind(&local.into())?;
         socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         socket.set_nonblocking(true)?;
-        let _runtime = handle.enter();
-        let listener = TcpListener::from_std(socket.into())?;
         // Bound to one address, every accepted connection's local address is the listener's
         // (no getsockname per connection); on a wildcard the OS is asked.
-        let bound = listener.local_addr().map(canonical)?;
+        let bound = socket.local_addr()?.as_socket().map(canonical).ok_or_else(not_ip)?;
+        let _runtime = handle.enter();
+        // SAFETY: a `Socket` owns its descriptor and keeps it, unchanged, until it is dropped;
+        // the `AsyncFd` owns the `Socket` and never hands it out by value.
+        let listener = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE)? };
         let local = (!bound.ip().is_unspecified()).then_some(bound);
         Ok(RealListener { listener, handle: handle.clone(), backoff: None, local })
     };
@@ -53,9 +57,15 @@ pub(crate) fn listen(
 }
 
 /// A listening socket registered with tokio.
+///
+/// Not tokio's `TcpListener`: that one marks every accepted stream readable before the kernel
+/// says so, and a connection's read-ahead (which starts at once, TCP-READ-*) then costs an
+/// empty `recvfrom` per connection whose client has sent nothing yet. Accepted here, a stream's
+/// first read waits for its first readiness event, which epoll reports at registration when data
+/// is already there.
 #[derive(Debug)]
 pub(crate) struct RealListener {
-    listener: TcpListener,
+    listener: AsyncFd<Socket>,
     handle: Handle,
     /// Set after a resource error: no accept is tried until it fires.
     backoff: Option<Pin<Box<Sleep>>>,
@@ -70,7 +80,16 @@ impl ListenerTransport for RealListener {
             self.backoff = None;
         }
         loop {
-            match ready!(self.listener.poll_accept(cx)) {
+            let mut guard = ready!(self.listener.poll_read_ready(cx))?;
+            let accepted = match guard.try_io(|fd| fd.get_ref().accept4(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)) {
+                Ok(accepted) => accepted.and_then(|(socket, peer)| {
+                    let peer = peer.as_socket().ok_or_else(not_ip)?;
+                    let _runtime = self.handle.enter();
+                    Ok((TcpStream::from_std(socket.into())?, peer))
+                }),
+                Err(_would_block) => continue,
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     // AMB-39: accepted sockets have noDelay true. A failure here leaves the OS
                     // default, which diag() reports.
@@ -97,8 +116,13 @@ impl ListenerTransport for RealListener {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr().map(canonical)
+        self.listener.get_ref().local_addr()?.as_socket().map(canonical).ok_or_else(not_ip)
     }
+}
+
+/// A listening TCP socket's address is always an IP one.
+fn not_ip() -> io::Error {
+    io::Error::other("not an IP socket address")
 }
 
 /// EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory.
