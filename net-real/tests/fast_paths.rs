@@ -110,3 +110,60 @@ async fn tcp_options_read_back_when_asked_and_kept_after_close() {
     b.expect("server side closed");
     assert_eq!(silent.diag().options, tcpudp::backend::TcpDiag::default());
 }
+
+// The constructor sends the SYN itself: on a current-thread runtime that is not polled while
+// this test blocks, no driver can run, yet the connection reaches the listener's backlog.
+// rule: TCP-CTOR-13
+#[tokio::test]
+async fn tcp_constructor_starts_the_connection_and_reports_opening() {
+    let net = tcpudp_net_real::network(Policy::allow_all()).expect("network");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("raw listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("address").port();
+
+    let sock = TcpSocket::new(&net, "127.0.0.1", port, TcpOptions::default()).expect("client");
+    assert_eq!(sock.ready_state(), ReadyState::Opening, "the constructor returns in opening");
+    // Bounded in count and time; the runtime is not polled in between (no await).
+    let mut accepted = None;
+    for _ in 0..2_000 {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                accepted = Some(stream);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    let accepted = accepted.expect("the constructor's SYN reached the backlog");
+    assert_eq!(sock.ready_state(), ReadyState::Opening, "nothing is reported before the driver runs");
+    guard("opened", sock.opened()).await.expect("opened");
+    assert_eq!(sock.local_port(), Some(accepted.peer_addr().expect("peer").port()));
+    sock.reset();
+}
+
+// A connect that fails inside the constructor's first poll (the local port is taken: bind fails
+// at once) is still reported by the driver, after the constructor returned in "opening".
+// rule: TCP-CTOR-13, TCP-OPEN-02
+#[tokio::test]
+async fn tcp_connect_failing_in_the_constructor_still_opens_then_fails() {
+    let net = tcpudp_net_real::network(Policy::allow_all()).expect("network");
+    let target = std::net::TcpListener::bind("127.0.0.1:0").expect("target");
+    let port = target.local_addr().expect("address").port();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("taken");
+    let local_port = taken.local_addr().expect("address").port();
+
+    let options = TcpOptions {
+        local_address: Some("127.0.0.1".into()),
+        local_port: Some(local_port),
+        ..TcpOptions::default()
+    };
+    let sock = TcpSocket::new(&net, "127.0.0.1", port, options).expect("client");
+    assert_eq!(sock.ready_state(), ReadyState::Opening);
+    let err = guard("opened", sock.opened()).await.expect_err("the local port is taken");
+    assert_eq!(err.kind(), ErrorName::NetworkError);
+    assert_eq!(err.cause(), Some(tcpudp_core::Cause::AddressInUse));
+    assert_eq!(sock.ready_state(), ReadyState::Closed);
+}
