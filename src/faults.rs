@@ -40,6 +40,10 @@ struct FaultState {
     fail_send: AtomicU64,
     /// Whether `recv_errors` may hold an entry: a receive with none queued takes no lock.
     recv_armed: AtomicBool,
+    /// Whether `hang_connect` or `fail_connect` is armed: a connect with neither takes no lock.
+    connect_armed: AtomicBool,
+    /// Accepts still to fail (`exhaust_accept`): an accept with none armed takes no lock.
+    exhaust_accept: AtomicU64,
 }
 
 #[derive(Default)]
@@ -47,7 +51,6 @@ struct Armed {
     hang_connect: bool,
     fail_connect: Option<Cause>,
     fail_bind: Option<Cause>,
-    exhaust_accept: u32,
     fail_membership: bool,
     recv_errors: VecDeque<io::ErrorKind>,
     no_route: BTreeSet<IpAddr>,
@@ -182,11 +185,13 @@ impl Faults {
     /// Every later connect hangs (until the connect timeout).
     pub fn hang_connect(&self) {
         lock(&self.inner.armed).hang_connect = true;
+        self.inner.connect_armed.store(true, Ordering::SeqCst);
     }
 
     /// The next connect fails with `cause`.
     pub fn fail_connect(&self, cause: Cause) {
         lock(&self.inner.armed).fail_connect = Some(cause);
+        self.inner.connect_armed.store(true, Ordering::SeqCst);
     }
 
     /// The next UDP bind or server listen fails with `cause`.
@@ -201,7 +206,7 @@ impl Faults {
 
     /// The next accept cannot be served (as EMFILE).
     pub fn exhaust_accept(&self) {
-        lock(&self.inner.armed).exhaust_accept += 1;
+        self.inner.exhaust_accept.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The next multicast membership call fails.
@@ -280,6 +285,24 @@ impl Faults {
         self.inner.created_sockets.fetch_add(1, Ordering::SeqCst);
         self.inner.open_sockets.fetch_add(1, Ordering::SeqCst);
         link
+    }
+
+    /// The armed connect faults (hang, and the one-shot failure), taking the failure.
+    fn take_connect_faults(&self) -> (bool, Option<Cause>) {
+        if !self.inner.connect_armed.load(Ordering::SeqCst) {
+            return (false, None);
+        }
+        let mut armed = lock(&self.inner.armed);
+        let faults = (armed.hang_connect, armed.fail_connect.take());
+        if !armed.hang_connect {
+            self.inner.connect_armed.store(false, Ordering::SeqCst);
+        }
+        faults
+    }
+
+    fn take_accept_exhaustion(&self) -> bool {
+        let counter = &self.inner.exhaust_accept;
+        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
 
     fn take_send_failure(&self) -> bool {
@@ -388,10 +411,7 @@ impl Backend for FaultBackend {
         config: SocketConfig,
     ) -> BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>> {
         let ticket = self.faults.hold_ticket();
-        let (hang, fail) = {
-            let mut armed = lock(&self.faults.inner.armed);
-            (armed.hang_connect, armed.fail_connect.take())
-        };
+        let (hang, fail) = self.faults.take_connect_faults();
         let faults = self.faults.clone();
         let connect = (!hang && fail.is_none()).then(|| self.inner.connect(remote, local, config));
         Box::pin(async move {
@@ -526,12 +546,8 @@ impl Drop for FaultListener {
 impl ListenerTransport for FaultListener {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Box<dyn TcpTransport>>> {
         self.link.check()?;
-        {
-            let mut armed = lock(&self.faults.inner.armed);
-            if armed.exhaust_accept > 0 {
-                armed.exhaust_accept -= 1;
-                return Poll::Ready(Err(io::Error::from_raw_os_error(24))); // EMFILE
-            }
+        if self.faults.take_accept_exhaustion() {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(24))); // EMFILE
         }
         let (inner, faults) = (&mut self.inner, &self.faults);
         self.link.guard(cx, |cx| match inner.poll_accept(cx) {
