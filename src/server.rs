@@ -20,7 +20,7 @@ use tcpudp_core::{
 use crate::backend::{cause_of, ListenerTransport, TcpTransport};
 use crate::network::Network;
 use crate::shared::{
-    hold_released, lock, take_step, PromiseSource, PromiseWaiters, SocketPromise, StateLog, Which,
+    hold_released, lazy_now, lock, take_step, PromiseSource, PromiseWaiters, SocketPromise, StateLog, Which,
 };
 use crate::tcp::TcpSocket;
 
@@ -177,8 +177,8 @@ impl TcpServerSocket {
             inner.next_listen += 1;
             let id = inner.next_listen;
             inner.listens.insert(id, ListenSlot::default());
-            let now = shared.net.now();
-            let _ = inner.machine.handle(now, Input::App(AppCommand::Listen { id: ListenId(id) }));
+            let cmd = Input::App(AppCommand::Listen { id: ListenId(id) });
+            let _ = inner.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), cmd);
             inner.process(&shared);
             id
         };
@@ -233,8 +233,7 @@ impl Drop for Handle {
 impl ServerShared {
     fn app_command(&self, cmd: AppCommand) {
         let mut inner = lock(&self.inner);
-        let now = self.net.now();
-        let _ = inner.machine.handle(now, Input::App(cmd));
+        let _ = inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut None), Input::App(cmd));
         inner.process(self);
     }
 }
@@ -267,8 +266,7 @@ impl Inner {
             let Some(report) = self.io.reports.pop_front().or_else(|| self.io.poll_accept(&mut cx)) else {
                 break;
             };
-            let now = shared.net.now();
-            let _ = self.machine.handle(now, Input::Io(report));
+            let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), Input::Io(report));
         }
         while let Some(out) = self.machine.poll_output() {
             self.apply(shared, out);
@@ -339,9 +337,8 @@ impl Inner {
     }
 
     fn return_connection(&mut self, shared: &ServerShared, conn: AcceptedConnection) {
-        let now = shared.net.now();
         let cmd = AppCommand::ReturnConnection { conn: conn.conn, local: conn.local, remote: conn.remote };
-        let _ = self.machine.handle(now, Input::App(cmd));
+        let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), Input::App(cmd));
     }
 }
 
@@ -471,9 +468,8 @@ impl Drop for ListenFuture {
             Some(Ok(conn)) => inner.return_connection(&shared, conn),
             Some(Err(_)) => {}
             None => {
-                let now = shared.net.now();
-                let _ =
-                    inner.machine.handle(now, Input::App(AppCommand::CancelListen { id: ListenId(self.id) }));
+                let cmd = Input::App(AppCommand::CancelListen { id: ListenId(self.id) });
+                let _ = inner.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), cmd);
             }
         }
         inner.process(&shared);

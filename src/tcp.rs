@@ -187,7 +187,7 @@ impl TcpSocket {
             no_delay: true,
             use_secure_transport: spec.tcp.use_secure_transport,
         };
-        let machine = TcpMachine::accepted(net.now(), spec);
+        let machine = TcpMachine::accepted_lazy(&mut lazy_now(net, &mut None), spec);
         let sock = Self::start(net, attrs, machine, Some(transport));
         // TLS hook (issue #7): an accepted socket runs the server side of `start_tls()`.
         lock(&sock.shared().inner).io.tls = crate::tls::TlsSlot::accepted(tls_alpn);
@@ -992,10 +992,13 @@ async fn drive(shared: Arc<TcpShared>) {
             }
         }
         // Bounded: each Timeout clears at least the deadline it fired for. The clock is read only
-        // when a deadline is armed, and once for this poll.
+        // when the timer task has reached a deadline, and once for this poll.
         let mut now = None;
         for _ in 0..4 {
             let Some(d) = inner.machine.poll_timeout() else { break };
+            if !shared.net.timers().may_be_due(d.at) {
+                break;
+            }
             let at = *now.get_or_insert_with(|| shared.net.now());
             if d.at > at {
                 break;

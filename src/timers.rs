@@ -3,7 +3,8 @@
 //! A TCP driver with a deadline (connect timeout, close timeout) registers it here instead of
 //! arming a tokio timer of its own. The network's timer task sleeps until the earliest deadline
 //! and wakes the drivers whose deadlines have come; each driver then reads the clock and feeds its
-//! machine the timeout as before.
+//! machine the timeout as before. A driver polled for anything else reads no clock: a deadline is
+//! due only once the task has reached it ([`Timers::may_be_due`]).
 //!
 //! Why: a tokio timer per socket cost an allocation, a timer-wheel insert and remove, and, when it
 //! was the runtime's earliest timer, a write to the I/O driver's eventfd, for every connection,
@@ -24,6 +25,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::Bound;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -39,6 +41,9 @@ const LINGER: Duration = Duration::from_millis(100);
 /// The deadlines of one network's sockets.
 pub(crate) struct Timers {
     state: Mutex<State>,
+    /// The time the timer task last looked at, in microseconds of the network's clock: no
+    /// deadline after it is due yet, so a driver polled for I/O reads no clock to know that.
+    reached: AtomicU64,
 }
 
 #[derive(Default)]
@@ -75,7 +80,15 @@ enum Step {
 
 impl Timers {
     pub(crate) fn new() -> Timers {
-        Timers { state: Mutex::new(State::default()) }
+        Timers { state: Mutex::new(State::default()), reached: AtomicU64::new(0) }
+    }
+
+    /// Whether `deadline` may have come: only once the timer task has looked at a time at or past
+    /// it (and so woken, or is about to wake, its driver). A deadline the task has not reached is
+    /// not due however late the driver runs: the task's wake-up follows and the driver fires it
+    /// then. Reads no clock.
+    pub(crate) fn may_be_due(&self, deadline: Instant) -> bool {
+        deadline.as_micros() <= self.reached.load(Ordering::Acquire)
     }
 
     /// Moves socket `id`'s deadline from `old` to `new` (either may be `None`), to wake `waker`.
@@ -162,7 +175,10 @@ async fn run(timers: Arc<Timers>, clock: crate::network::Clock) {
     let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         for _ in 0..4 {
-            let step = lock(&timers.state).step(clock.now(), cx.waker());
+            let now = clock.now();
+            // Published before any driver is woken for it ([`Timers::may_be_due`]).
+            timers.reached.fetch_max(now.as_micros(), Ordering::Release);
+            let step = lock(&timers.state).step(now, cx.waker());
             let Step::Sleep { due, next } = step else { return Poll::Ready(()) };
             due.into_iter().for_each(Waker::wake);
             let Some(at) = next else { return Poll::Pending };

@@ -95,7 +95,15 @@ impl TcpServerMachine {
     /// another socket kind (`TypeError`) and `Input::Open` (`InvalidStateError`), both without
     /// effect. `listen()` and `close()` return promises, so their failures are events (GEN-02).
     /// Backend events that do not apply in the current state are ignored. Never panics.
-    pub fn handle(&mut self, _now: Instant, input: Input) -> Result<(), SocketError> {
+    #[inline]
+    pub fn handle(&mut self, now: Instant, input: Input) -> Result<(), SocketError> {
+        self.handle_lazy(&mut || now, input)
+    }
+
+    /// As [`handle`](Self::handle), with the time read from `now` only when a transition needs
+    /// it: a server arms no timers, so never (a caller pays no clock read per connection).
+    pub fn handle_lazy(&mut self, now: &mut dyn FnMut() -> Instant, input: Input) -> Result<(), SocketError> {
+        let _ = now; // No timers.
         match input {
             Input::Open(_) => Err(SocketError::invalid_state()),
             Input::App(cmd) => self.handle_app(cmd),
@@ -460,6 +468,37 @@ mod tests {
 
     fn closed_event(result: Result<(), SocketError>) -> Output {
         Output::Event(Event::Closed(result))
+    }
+
+    /// A server arms no timers, so `handle_lazy` never reads the time: the library passes its
+    /// clock lazily and pays no read per `listen()` or accepted connection.
+    // rule: SRV-ACCEPT-01
+    #[test]
+    fn no_input_reads_the_clock() {
+        let mut m = server_opening();
+        let mut reads = 0;
+        let c = conn(1);
+        let inputs = [
+            Input::Io(IoEvent::Listening { local: bound() }),
+            Input::App(AppCommand::Listen { id: ListenId(1) }),
+            Input::Io(IoEvent::Accepted { conn: c.conn, local: c.local, remote: c.remote }),
+            Input::App(AppCommand::Listen { id: ListenId(2) }),
+            Input::App(AppCommand::CancelListen { id: ListenId(2) }),
+            Input::Timeout,
+            Input::App(AppCommand::Close),
+        ];
+        for input in inputs {
+            let _ = m.handle_lazy(
+                &mut || {
+                    reads += 1;
+                    t0()
+                },
+                input,
+            );
+            drain(&mut m);
+        }
+        assert_eq!(m.ready_state(), ReadyState::Closed);
+        assert_eq!(reads, 0, "a server input read the clock");
     }
 
     // rule: SRV-CTOR-08

@@ -113,12 +113,18 @@ impl TcpMachine {
 
     /// A socket a server accepted: "open" from the start with `opened` resolved (AMB-39).
     pub fn accepted(now: Instant, spec: AcceptedSpec) -> Self {
+        Self::accepted_lazy(&mut || now, spec)
+    }
+
+    /// As [`accepted`](Self::accepted), with the time read from `now` only if a deadline is armed
+    /// at once (none is: the connection is already established).
+    pub fn accepted_lazy(now: &mut dyn FnMut() -> Instant, spec: AcceptedSpec) -> Self {
         let mut m = Self::blank(spec.tcp, ReadyState::Open);
         m.local = Some(spec.local);
         m.remote = Some(spec.remote);
         m.phase = Phase::Established;
         m.opened.settle(Ok(()), &mut m.out, Event::Opened);
-        m.start_established(&mut || now);
+        m.start_established(now);
         m
     }
 
@@ -1579,6 +1585,24 @@ mod tests {
         assert_eq!(m.ready_state(), ReadyState::Open);
         assert!(outs.contains(&Output::Event(Event::Opened(Ok(())))));
         assert_eq!(sends(&write(&mut m, 1, b"hi")).len(), 1);
+    }
+
+    /// An accepted connection is established already: making its machine arms no deadline and so
+    /// reads no clock (the library passes its clock lazily, one read less per connection).
+    // rule: SRV-ACCEPT-02
+    #[test]
+    fn accepted_machine_reads_no_clock() {
+        let mut reads = 0;
+        let mut now = || {
+            reads += 1;
+            T0
+        };
+        let mut m =
+            TcpMachine::accepted_lazy(&mut now, AcceptedSpec { local: peer(), remote: local(), tcp: spec() });
+        drain(&mut m);
+        assert_eq!(m.ready_state(), ReadyState::Open);
+        assert_eq!(m.poll_timeout(), None);
+        assert_eq!(reads, 0, "making an accepted machine read the clock");
     }
 
     // rule: GEN-03, INV-11

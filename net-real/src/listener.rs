@@ -81,14 +81,15 @@ impl ListenerTransport for RealListener {
         }
         loop {
             let mut guard = ready!(self.listener.poll_read_ready(cx))?;
-            let accepted = match guard.try_io(|fd| fd.get_ref().accept4(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)) {
-                Ok(accepted) => accepted.and_then(|(socket, peer)| {
-                    let peer = peer.as_socket().ok_or_else(not_ip)?;
-                    let _runtime = self.handle.enter();
-                    Ok((TcpStream::from_std(socket.into())?, peer))
-                }),
-                Err(_would_block) => continue,
-            };
+            let accepted =
+                match guard.try_io(|fd| fd.get_ref().accept4(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)) {
+                    Ok(accepted) => accepted.and_then(|(socket, peer)| {
+                        let peer = peer.as_socket().ok_or_else(not_ip)?;
+                        let _runtime = self.handle.enter();
+                        Ok((TcpStream::from_std(socket.into())?, peer))
+                    }),
+                    Err(_would_block) => continue,
+                };
             match accepted {
                 Ok((stream, peer)) => {
                     // AMB-39: accepted sockets have noDelay true. A failure here leaves the OS
