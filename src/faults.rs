@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use tcpudp_core::address::HostName;
@@ -57,12 +57,18 @@ struct Armed {
     resolves: BTreeMap<String, Result<Vec<IpAddr>, Cause>>,
     held_names: BTreeSet<String>,
     lookups: Vec<String>,
-    links: Vec<Weak<Link>>,
+    /// Every live transport's link, for `drop_link`; a transport empties its slot when dropped
+    /// and the slot is reused, so the list stays as long as the most links ever open at once and
+    /// making a link costs O(1) however many are open.
+    links: Vec<Option<Arc<Link>>>,
+    /// Empty slots of `links`, the last freed first.
+    free_links: Vec<usize>,
 }
 
 /// Per-transport fault state: a dropped link fails every later operation.
-#[derive(Default)]
 struct Link {
+    /// Its place in `Armed::links`.
+    slot: usize,
     dropped: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
@@ -258,7 +264,7 @@ impl Faults {
 
     /// Every existing socket's link goes down: each later operation on it fails.
     pub fn drop_link(&self) {
-        let links: Vec<_> = lock(&self.inner.armed).links.iter().filter_map(Weak::upgrade).collect();
+        let links: Vec<_> = lock(&self.inner.armed).links.iter().flatten().cloned().collect();
         for link in links {
             link.dropped.store(true, Ordering::SeqCst);
             if let Some(w) = lock(&link.waker).take() {
@@ -278,13 +284,29 @@ impl Faults {
     }
 
     fn new_link(&self) -> Arc<Link> {
-        let link = Arc::new(Link::default());
         let mut armed = lock(&self.inner.armed);
-        armed.links.retain(|l| l.strong_count() > 0);
-        armed.links.push(Arc::downgrade(&link));
+        let slot = armed.free_links.pop().unwrap_or(armed.links.len());
+        let link = Arc::new(Link { slot, dropped: AtomicBool::new(false), waker: Mutex::new(None) });
+        if slot == armed.links.len() {
+            armed.links.push(Some(link.clone()));
+        } else {
+            armed.links[slot] = Some(link.clone());
+        }
         self.inner.created_sockets.fetch_add(1, Ordering::SeqCst);
         self.inner.open_sockets.fetch_add(1, Ordering::SeqCst);
         link
+    }
+
+    /// A transport is gone: its link leaves the registry and the socket is no longer open.
+    fn release_link(&self, link: &Link) {
+        {
+            let mut armed = lock(&self.inner.armed);
+            if let Some(entry) = armed.links.get_mut(link.slot) {
+                *entry = None;
+                armed.free_links.push(link.slot);
+            }
+        }
+        self.inner.open_sockets.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// The armed connect faults (hang, and the one-shot failure), taking the failure.
@@ -479,7 +501,7 @@ fn reset_error() -> io::Error {
 
 impl Drop for FaultTcp {
     fn drop(&mut self) {
-        self.faults.inner.open_sockets.fetch_sub(1, Ordering::SeqCst);
+        self.faults.release_link(&self.link);
     }
 }
 
@@ -539,7 +561,7 @@ struct FaultListener {
 
 impl Drop for FaultListener {
     fn drop(&mut self) {
-        self.faults.inner.open_sockets.fetch_sub(1, Ordering::SeqCst);
+        self.faults.release_link(&self.link);
     }
 }
 
@@ -579,7 +601,7 @@ struct FaultUdp {
 
 impl Drop for FaultUdp {
     fn drop(&mut self) {
-        self.faults.inner.open_sockets.fetch_sub(1, Ordering::SeqCst);
+        self.faults.release_link(&self.link);
     }
 }
 
@@ -670,5 +692,35 @@ impl UdpTransport for FaultUdp {
 
     fn diag(&self) -> UdpDiag {
         self.inner.diag()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::Faults;
+
+    /// A link's slot is freed with its transport and reused: a network that has opened and closed
+    /// many connections keeps a registry as long as the most open at once (O(1) per new link),
+    /// and `drop_link` reaches exactly the live ones.
+    // rule: GEN-14
+    #[test]
+    fn link_slots_are_reused_and_drop_link_reaches_the_live_ones() {
+        let faults = Faults::default();
+        for _ in 0..1_000 {
+            let link = faults.new_link();
+            faults.release_link(&link);
+        }
+        assert_eq!(faults.open_sockets(), 0);
+        assert_eq!(faults.created_sockets(), 1_000);
+        let live: Vec<_> = (0..3).map(|_| faults.new_link()).collect();
+        let gone = faults.new_link();
+        faults.release_link(&gone);
+        assert_eq!(super::lock(&faults.inner.armed).links.len(), 4, "slots reused, not appended");
+        assert_eq!(faults.open_sockets(), 3);
+        faults.drop_link();
+        assert!(live.iter().all(|l| l.dropped.load(Ordering::SeqCst)));
+        assert!(!gone.dropped.load(Ordering::SeqCst), "a released link is no longer reached");
     }
 }
