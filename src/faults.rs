@@ -323,13 +323,11 @@ impl Faults {
     }
 
     fn take_accept_exhaustion(&self) -> bool {
-        let counter = &self.inner.exhaust_accept;
-        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        take_one(&self.inner.exhaust_accept)
     }
 
     fn take_send_failure(&self) -> bool {
-        let counter = &self.inner.fail_send;
-        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        take_one(&self.inner.fail_send)
     }
 
     /// Whether a receive error is armed (the next receive fails).
@@ -492,6 +490,11 @@ impl FaultTcp {
     fn inner(&mut self) -> io::Result<&mut Box<dyn TcpTransport>> {
         self.inner.as_mut().ok_or_else(reset_error)
     }
+}
+
+/// Takes one of the faults `counter` holds, if any (no lock).
+fn take_one(counter: &AtomicU64) -> bool {
+    counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
 }
 
 /// The error of an operation on a transport that was reset.

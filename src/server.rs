@@ -177,8 +177,7 @@ impl TcpServerSocket {
             inner.next_listen += 1;
             let id = inner.next_listen;
             inner.listens.insert(id, ListenSlot::default());
-            let cmd = Input::App(AppCommand::Listen { id: ListenId(id) });
-            let _ = inner.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), cmd);
+            inner.feed(&shared.net, Input::App(AppCommand::Listen { id: ListenId(id) }));
             inner.process(&shared);
             id
         };
@@ -233,7 +232,7 @@ impl Drop for Handle {
 impl ServerShared {
     fn app_command(&self, cmd: AppCommand) {
         let mut inner = lock(&self.inner);
-        let _ = inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut None), Input::App(cmd));
+        inner.feed(&self.net, Input::App(cmd));
         inner.process(self);
     }
 }
@@ -251,6 +250,12 @@ impl PromiseSource for ServerShared {
 }
 
 impl Inner {
+    /// Feeds the machine one input. A server arms no timers: the clock is handed over lazily
+    /// and never read.
+    fn feed(&mut self, net: &Network, input: Input) {
+        let _ = self.machine.handle_lazy(&mut lazy_now(net, &mut None), input);
+    }
+
     fn process(&mut self, shared: &ServerShared) {
         let mut budget = 64;
         while take_step(&mut budget, self.io.driver.as_ref()) {
@@ -266,7 +271,7 @@ impl Inner {
             let Some(report) = self.io.reports.pop_front().or_else(|| self.io.poll_accept(&mut cx)) else {
                 break;
             };
-            let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), Input::Io(report));
+            self.feed(&shared.net, Input::Io(report));
         }
         while let Some(out) = self.machine.poll_output() {
             self.apply(shared, out);
@@ -338,7 +343,7 @@ impl Inner {
 
     fn return_connection(&mut self, shared: &ServerShared, conn: AcceptedConnection) {
         let cmd = AppCommand::ReturnConnection { conn: conn.conn, local: conn.local, remote: conn.remote };
-        let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), Input::App(cmd));
+        self.feed(&shared.net, Input::App(cmd));
     }
 }
 
@@ -468,8 +473,7 @@ impl Drop for ListenFuture {
             Some(Ok(conn)) => inner.return_connection(&shared, conn),
             Some(Err(_)) => {}
             None => {
-                let cmd = Input::App(AppCommand::CancelListen { id: ListenId(self.id) });
-                let _ = inner.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), cmd);
+                inner.feed(&shared.net, Input::App(AppCommand::CancelListen { id: ListenId(self.id) }));
             }
         }
         inner.process(&shared);

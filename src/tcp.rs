@@ -620,10 +620,10 @@ impl Inner {
         // timer here, for the driver to wake at: waking the driver to do it would cost a poll.
         // A driver not polled yet has no waker to give; its first poll arms the deadline.
         let wanted = self.machine.poll_timeout().map(|d| d.at);
-        if wanted != self.io.armed {
-            if let Some(w) = &self.io.driver {
-                shared.net.timers().set(&shared.net, shared.id, self.io.armed, wanted, w);
-                self.io.armed = wanted;
+        let io = &mut self.io;
+        if wanted != io.armed {
+            if let Some(w) = &io.driver {
+                shared.net.timers().set(&shared.net, shared.id, &mut io.armed, wanted, w);
             }
         }
     }
@@ -1008,10 +1008,8 @@ async fn drive(shared: Arc<TcpShared>) {
         inner.run(&shared, Polls::All, &mut now);
         let finished = inner.finished();
         let wanted = if finished { None } else { inner.machine.poll_timeout().map(|d| d.at) };
-        let armed = inner.io.armed;
-        if wanted != armed || (new_waker && wanted.is_some()) {
-            shared.net.timers().set(&shared.net, shared.id, armed, wanted, cx.waker());
-            inner.io.armed = wanted;
+        if wanted != inner.io.armed || (new_waker && wanted.is_some()) {
+            shared.net.timers().set(&shared.net, shared.id, &mut inner.io.armed, wanted, cx.waker());
         }
         if finished {
             inner.io.driver = None;

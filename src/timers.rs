@@ -91,16 +91,18 @@ impl Timers {
         deadline.as_micros() <= self.reached.load(Ordering::Acquire)
     }
 
-    /// Moves socket `id`'s deadline from `old` to `new` (either may be `None`), to wake `waker`.
-    /// Also call it with `old == new` when the driver's waker changed.
+    /// Moves socket `id`'s deadline from `armed` (the one it has here) to `new` (either may be
+    /// `None`), to wake `waker`, and records `new` in `armed`. Also call it with `new` equal to
+    /// `armed` when the driver's waker changed.
     pub(crate) fn set(
         self: &Arc<Self>,
         net: &Network,
         id: u64,
-        old: Option<Instant>,
+        armed: &mut Option<Instant>,
         new: Option<Instant>,
         waker: &Waker,
     ) {
+        let old = std::mem::replace(armed, new);
         let action = lock(&self.state).set(id, old, new, waker);
         match action {
             SetAction::Nothing => {}
