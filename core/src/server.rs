@@ -986,7 +986,7 @@ mod tests {
                 let r = m.handle(t0(), Input::Io(ev));
                 assert_eq!(r.map_err(|e| e.kind()), Err(ErrorName::TypeError));
             }
-            let r = m.handle(t0(), Input::Open(crate::io::OpenSpec::TcpServer(spec())));
+            let r = m.handle(t0(), Input::Open(Box::new(crate::io::OpenSpec::TcpServer(spec()))));
             assert_eq!(r.map_err(|e| e.kind()), Err(ErrorName::InvalidStateError));
             assert_eq!(m.handle(t0(), Input::Timeout), Ok(()));
             assert_eq!(drain(&mut m), []);

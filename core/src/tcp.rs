@@ -1613,7 +1613,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorName::TypeError);
         assert!(drain(&mut m).is_empty());
         assert_eq!(
-            m.handle(T0, Input::Open(crate::io::OpenSpec::Tcp(spec()))).unwrap_err().kind(),
+            m.handle(T0, Input::Open(Box::new(crate::io::OpenSpec::Tcp(spec())))).unwrap_err().kind(),
             ErrorName::InvalidStateError
         );
         // Non-increasing ids reject that write only.

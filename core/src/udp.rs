@@ -1951,7 +1951,7 @@ mod tests {
         for input in foreign {
             assert_eq!(m.handle(now(), input).unwrap_err().kind(), ErrorName::TypeError);
         }
-        let again = Input::Open(crate::io::OpenSpec::Udp(spec()));
+        let again = Input::Open(Box::new(crate::io::OpenSpec::Udp(spec())));
         assert_eq!(m.handle(now(), again).unwrap_err().kind(), ErrorName::InvalidStateError);
         assert!(drain(&mut m).is_empty());
         assert_eq!(m.ready_state(), Open);

@@ -129,10 +129,10 @@ pub fn server_spec() -> ServerSpec {
 /// One `Input::Open` of each kind: handling any of them on a built machine is `InvalidStateError`.
 pub fn open_inputs() -> Vec<Input> {
     vec![
-        Input::Open(OpenSpec::Tcp(tcp_spec())),
-        Input::Open(OpenSpec::TcpAccepted(accepted_spec())),
-        Input::Open(OpenSpec::TcpServer(server_spec())),
-        Input::Open(OpenSpec::Udp(udp_spec())),
+        Input::Open(Box::new(OpenSpec::Tcp(tcp_spec()))),
+        Input::Open(Box::new(OpenSpec::TcpAccepted(accepted_spec()))),
+        Input::Open(Box::new(OpenSpec::TcpServer(server_spec()))),
+        Input::Open(Box::new(OpenSpec::Udp(udp_spec()))),
     ]
 }
 
