@@ -61,8 +61,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Which kind this is.
     fn kind(&self) -> BackendKind;
 
-    /// Runs a socket driver in the background on the backend's runtime (the host's, in simulation).
-    fn spawn(&self, task: BoxFuture<'static, ()>);
+    /// The tokio runtime socket drivers run on (the host's, in simulation), asked once when the
+    /// [`Network`](crate::Network) is made. The network spawns each driver there itself, so the
+    /// driver lives inline in its task (no boxed future per socket).
+    fn runtime(&self) -> tokio::runtime::Handle;
 
     /// Is `ip` usable as a local address (a local interface address or a wildcard)? Real: bind a
     /// throw-away socket to `(ip, 0)`. Sends nothing.

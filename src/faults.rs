@@ -372,8 +372,8 @@ impl Backend for FaultBackend {
         self.inner.kind()
     }
 
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
-        self.inner.spawn(task);
+    fn runtime(&self) -> tokio::runtime::Handle {
+        self.inner.runtime()
     }
 
     fn probe_local(&self, ip: IpAddr) -> Result<(), Cause> {

@@ -1,5 +1,6 @@
 //! [`Network`]: a backend and a permission policy, chosen by value.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct Network {
 
 struct NetworkInner {
     backend: Arc<dyn Backend>,
+    /// Where socket drivers run ([`Backend::runtime`]).
+    runtime: tokio::runtime::Handle,
     faults: Faults,
     policy: Policy,
     clock: Clock,
@@ -53,9 +56,11 @@ impl Network {
     ) -> Network {
         let faults = Faults::default();
         let epoch = tokio::time::Instant::now();
+        let runtime = backend.runtime();
         Network {
             inner: Arc::new(NetworkInner {
                 backend: Arc::new(FaultBackend::new(Box::new(backend), faults.clone())),
+                runtime,
                 faults,
                 policy,
                 clock: Clock { epoch },
@@ -122,8 +127,10 @@ impl Network {
         &*self.inner.backend
     }
 
-    pub(crate) fn spawn(&self, task: BoxFuture<'static, ()>) {
-        self.inner.backend.spawn(task);
+    /// Runs a socket driver (or another background step) on the backend's runtime. Detached:
+    /// drivers end on their own and report through their socket's machine.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        drop(self.inner.runtime.spawn(task));
     }
 
     /// Now, as the core counts time: microseconds since this network was made, on tokio's clock

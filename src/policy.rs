@@ -238,9 +238,9 @@ fn start<T: Send + 'static>(
     steps: impl Future<Output = Result<T, SocketError>> + Send + 'static,
 ) -> impl Future<Output = Result<T, SocketError>> + Send + 'static {
     let (tx, rx) = oneshot::channel();
-    net.spawn(Box::pin(async move {
+    net.spawn(async move {
         let _ = tx.send(steps.await);
-    }));
+    });
     async move { rx.await.unwrap_or_else(|_| Err(SocketError::permission_query_failed())) }
 }
 

@@ -121,7 +121,7 @@ impl TcpServerSocket {
             span,
         });
         lock(&shared.inner).process(&shared);
-        net.spawn(Box::pin(drive(shared.clone())));
+        net.spawn(drive(shared.clone()));
         Ok(TcpServerSocket { handle: Arc::new(Handle { shared }) })
     }
 

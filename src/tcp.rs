@@ -228,7 +228,7 @@ impl TcpSocket {
             inner.process(&shared);
             inner.io.start_connecting();
         }
-        net.spawn(Box::pin(drive(shared.clone())));
+        net.spawn(drive(shared.clone()));
         TcpSocket { handle: Handle::new(shared) }
     }
 

@@ -107,7 +107,7 @@ impl Timers {
         match action {
             SetAction::Nothing => {}
             // Its first poll sleeps until the earliest deadline.
-            SetAction::Spawn => net.spawn(Box::pin(run(self.clone(), net.clock()))),
+            SetAction::Spawn => net.spawn(run(self.clone(), net.clock())),
             SetAction::Wake(task) => task.wake(),
         }
     }

@@ -224,7 +224,7 @@ impl UdpSocket {
             span,
         });
         lock(&shared.inner).process(&shared);
-        net.spawn(Box::pin(drive(shared.clone())));
+        net.spawn(drive(shared.clone()));
         Ok(UdpSocket { handle: Arc::new(Handle { shared }) })
     }
 

@@ -116,9 +116,8 @@ impl Backend for RealBackend {
         BackendKind::Real
     }
 
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
-        // The driver reports through the socket's machine; its JoinHandle is not needed.
-        drop(self.handle.spawn(task));
+    fn runtime(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
     }
 
     fn probe_local(&self, ip: IpAddr) -> Result<(), Cause> {

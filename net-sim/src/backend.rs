@@ -16,7 +16,7 @@ use crate::host::{invalid_access, not_supported, poll_now, sim_guard, HostCtx};
 /// The simulated network as one turmoil host sees it.
 ///
 /// Make it inside the host's software (`sim.host(..)` / `sim.client(..)`): it captures that host's
-/// tokio runtime, on which [`spawn`](Backend::spawn) runs socket drivers, and names the host it
+/// tokio runtime, on which socket drivers run ([`runtime`](Backend::runtime)), and names the host it
 /// acts for, because turmoil cannot tell code which host it runs on. Most users call
 /// [`network`](crate::network) instead.
 #[derive(Debug)]
@@ -88,11 +88,10 @@ impl Backend for SimBackend {
         BackendKind::Sim
     }
 
-    /// Spawns on the host's runtime (captured when the backend was made), so the task runs only
-    /// while turmoil runs this host, with this host current.
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
-        // The JoinHandle is not needed: drivers end on their own (detached, as tokio::spawn).
-        drop(self.runtime.spawn(task));
+    /// The host's runtime (captured when the backend was made), so drivers run only while turmoil
+    /// runs this host, with this host current.
+    fn runtime(&self) -> tokio::runtime::Handle {
+        self.runtime.clone()
     }
 
     /// The host's address, loopback of its family and the wildcards of its family.

@@ -136,12 +136,12 @@ async fn send_to(u: &mut dyn UdpTransport, data: &[u8], dest: SocketAddr) -> io:
 }
 
 /// Host "server": a TCP echo service on `ECHO_PORT` (each connection echoed, then FIN after the
-/// peer's FIN) and a UDP echo on `UDP_PORT`, started through `Backend::spawn`.
+/// peer's FIN) and a UDP echo on `UDP_PORT`, started on `Backend::runtime`.
 async fn echo_server(trace: Trace) -> turmoil::Result {
     let backend = Arc::new(SimBackend::new("server")?);
     let mut udp = backend.bind_udp(udp_bind(any(UDP_PORT))).expect("udp bind");
     let udp_trace = trace.clone();
-    backend.spawn(Box::pin(async move {
+    backend.runtime().spawn(async move {
         loop {
             let (data, from) = recv_from(&mut *udp).await.expect("udp recv");
             udp_trace.log("server", format!("udp {} bytes from {from}", data.len()));
@@ -149,13 +149,13 @@ async fn echo_server(trace: Trace) -> turmoil::Result {
             reply.extend_from_slice(format!("|{from}").as_bytes());
             send_to(&mut *udp, &reply, from).await.expect("udp send");
         }
-    }));
+    });
     let mut listener = backend.listen(any(ECHO_PORT), true, 128).expect("listen");
     loop {
         let mut conn = accept(&mut *listener).await?;
         trace.log("server", format!("accepted {} -> {}", conn.peer_addr()?, conn.local_addr()?));
         let conn_trace = trace.clone();
-        backend.spawn(Box::pin(async move {
+        backend.runtime().spawn(async move {
             let mut buf = [0u8; 1024];
             loop {
                 let n = read_some(&mut *conn, &mut buf).await.expect("server read");
@@ -167,7 +167,7 @@ async fn echo_server(trace: Trace) -> turmoil::Result {
                 }
                 write_all(&mut *conn, &buf[..n]).await.expect("server write");
             }
-        }));
+        });
     }
 }
 
