@@ -110,6 +110,7 @@ mod link;
 mod net;
 pub mod rng;
 mod tcp;
+mod trace;
 mod udp;
 
 use std::time::Duration;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::link::{DirLink, LinkProfile};
 use crate::rng::{fnv1a, SimRng, FNV_BASIS};
 use crate::tcp::{Gone, TcpTables};
+use crate::trace::{Entry, TraceLog};
 use crate::udp::UdpTables;
 
 /// The shared state of one simulation.
@@ -102,10 +103,8 @@ pub(crate) struct NetState {
     pub(crate) udp: UdpTables,
     /// The text of the kept text lines, one after another (no allocation per line).
     trace_text: String,
-    /// The kept lines in order: where a text line ends in `trace_text`, or which structured line.
-    trace_lines: Vec<Kept>,
-    /// The kept structured lines, with their times.
-    structured: Vec<(Duration, Line)>,
+    /// The kept lines in order, packed: a text line's length, or a structured line.
+    trace_log: TraceLog,
     /// A line past the kept ones is formatted here (for the digest only), reused.
     scratch: String,
     digest: u64,
@@ -131,8 +130,7 @@ impl NetState {
             tcp: TcpTables::default(),
             udp: UdpTables::default(),
             trace_text: String::new(),
-            trace_lines: Vec::new(),
-            structured: Vec::new(),
+            trace_log: TraceLog::default(),
             scratch: String::new(),
             digest: FNV_BASIS,
             next_id: 1,
@@ -232,7 +230,7 @@ impl NetState {
     /// Appends a line to the trace (and to its running digest). Past [`TRACE_LINES_KEPT`] lines
     /// only the digest grows. Hot lines go through [`NetState::record_line`] instead.
     pub(crate) fn record(&mut self, at: Duration, text: std::fmt::Arguments<'_>) {
-        let keep = self.trace_lines.len() < TRACE_LINES_KEPT;
+        let keep = self.trace_log.len() < TRACE_LINES_KEPT;
         let (buf, start) = if keep {
             let start = self.trace_text.len();
             (&mut self.trace_text, start)
@@ -245,7 +243,7 @@ impl NetState {
         self.digest = fnv1a(self.digest, &buf.as_bytes()[start..]);
         self.digest = fnv1a(self.digest, b"\n");
         if keep {
-            self.trace_lines.push(Kept::Text(self.trace_text.len()));
+            self.trace_log.push_text(self.trace_text.len() - start);
         }
     }
 
@@ -257,9 +255,8 @@ impl NetState {
         at.hash(&mut h);
         line.hash(&mut h);
         self.digest = h.0;
-        if self.trace_lines.len() < TRACE_LINES_KEPT {
-            self.trace_lines.push(Kept::Line(self.structured.len()));
-            self.structured.push((at, line));
+        if self.trace_log.len() < TRACE_LINES_KEPT {
+            self.trace_log.push_line(at, &line);
         }
     }
 
@@ -271,18 +268,16 @@ impl NetState {
     /// The trace so far (the kept lines).
     pub(crate) fn trace(&self) -> Vec<String> {
         let mut start = 0;
-        self.trace_lines
-            .iter()
-            .map(|kept| match *kept {
-                Kept::Text(end) => {
-                    let line = self.trace_text[start..end].to_owned();
+        self.trace_log
+            .entries()
+            .map(|entry| match entry {
+                Entry::Text(len) => {
+                    let end = start + len;
+                    let line = self.trace_text.get(start..end).unwrap_or_default().to_owned();
                     start = end;
                     line
                 }
-                Kept::Line(i) => {
-                    let (at, line) = &self.structured[i];
-                    format!("{} {line}", Stamp(*at))
-                }
+                Entry::Line(at, line) => format!("{} {line}", Stamp(at)),
             })
             .collect()
     }
@@ -319,18 +314,9 @@ impl Stream {
     }
 }
 
-/// A kept trace line (small: most lines of a TCP run are text).
-#[derive(Clone, Copy, Debug)]
-enum Kept {
-    /// A text line, ending at this offset of `trace_text` (it starts where the previous one ends).
-    Text(usize),
-    /// A structured line: its index in `structured`.
-    Line(usize),
-}
-
 /// A hot trace line as its parts (see [`NetState::record_line`]). `Display` gives the exact text
 /// the line had when it was formatted on the spot (the conformance interpreter parses it).
-#[derive(Clone, Copy, Debug, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Line {
     /// A datagram from `from` to `dest`, `len` bytes, and what became of it.
     Udp { id: u64, from: SocketAddr, dest: SocketAddr, len: usize, fate: UdpFate },
@@ -347,7 +333,7 @@ pub(crate) enum Line {
 }
 
 /// What became of a datagram (the tail of its [`Line::Udp`]).
-#[derive(Clone, Copy, Debug, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum UdpFate {
     /// Handed to library socket `to` on the same host.
     Local { to: u64 },
@@ -612,10 +598,10 @@ mod tests {
         assert_ne!(digest(&[line(2), line(3)]), digest(&[line(3), line(2)]));
         assert_ne!(digest(&[line(2)]), digest(&[line(2), line(2)]));
         let mut st = NetState::new(1, LinkProfile::default());
-        st.trace_lines = vec![Kept::Text(0); TRACE_LINES_KEPT];
+        (0..TRACE_LINES_KEPT).for_each(|_| st.trace_log.push_text(0));
         let before = st.digest();
         st.record_line(Duration::ZERO, line(2));
         assert_ne!(st.digest(), before);
-        assert_eq!(st.trace_lines.len(), TRACE_LINES_KEPT);
+        assert_eq!(st.trace_log.len(), TRACE_LINES_KEPT);
     }
 }
