@@ -413,6 +413,15 @@ impl UdpMachine {
             None => {
                 let size = data.len();
                 self.writable.bytes = self.writable.bytes.saturating_add(size);
+                if self.phase == Phase::Open
+                    && self.writable.in_flight.is_none()
+                    && self.writable.queue.is_empty()
+                {
+                    // Nothing ahead of it: straight to the backend, as `pump` would hand it on
+                    // (the common case of one write at a time skips the queue).
+                    self.send(id, size, data, dest);
+                    return;
+                }
                 QueuedWrite { id, size, job: Job::Send { data, dest } }
             }
         };
@@ -709,18 +718,12 @@ impl UdpMachine {
             match w.job {
                 Job::Reject(err) => self.settle_write(w.id, w.size, Err(err)),
                 Job::Send { data, dest } => {
-                    let checked = if self.phase == Phase::Released {
+                    if self.phase == Phase::Released {
                         // Defensive: a released socket sends nothing (INV-17).
-                        Err(self.write_refusal().unwrap_or_else(SocketError::type_error))
+                        let err = self.write_refusal().unwrap_or_else(SocketError::type_error);
+                        self.settle_write(w.id, w.size, Err(err));
                     } else {
-                        self.check_send(dest, data.len())
-                    };
-                    match checked {
-                        Ok(dest) => {
-                            self.writable.in_flight = Some((w.id, w.size));
-                            self.out.io(IoCommand::SendTo { id: w.id, dest, data });
-                        }
-                        Err(err) => self.settle_write(w.id, w.size, Err(err)),
+                        self.send(w.id, w.size, data, dest);
                     }
                 }
             }
@@ -729,6 +732,18 @@ impl UdpMachine {
             // the flush is done; release, then resolve `closed`.
             self.release();
             self.closed.settle(Ok(()), &mut self.out, Event::Closed);
+        }
+    }
+
+    /// Hands a write to the backend after the machine's checks ([`UdpMachine::check_send`]), or
+    /// rejects it: the one place a write becomes in flight.
+    fn send(&mut self, id: WriteId, size: usize, data: Bytes, dest: Result<Destination, SocketError>) {
+        match self.check_send(dest, data.len()) {
+            Ok(dest) => {
+                self.writable.in_flight = Some((id, size));
+                self.out.io(IoCommand::SendTo { id, dest, data });
+            }
+            Err(err) => self.settle_write(id, size, Err(err)),
         }
     }
 
