@@ -3,7 +3,11 @@
 //! The constructor binds synchronously (its result is the machine's first input); multicast joins
 //! and leaves act on the OS socket at once and report OS refusals synchronously. Writes run
 //! their destination and permission checks here, then queue in the machine, so every write —
-//! rejected or sent — settles in order (INV-11) and only that write fails.
+//! rejected or sent — settles in order (INV-11) and only that write fails. As for TCP, the
+//! transport's receive side is polled with a [`ReadRoute`]'s waker once a reader has waited: an
+//! arriving datagram wakes the waiting reader, which receives it itself, instead of the driver,
+//! which would receive it and wake the reader (two task polls, and in simulation a hop between
+//! turmoil's host task set and the runtime's scheduler, per wake-up).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,7 +30,7 @@ use crate::backend::{cause_of, BoxFuture, UdpBind, UdpDiag, UdpTransport};
 use crate::network::Network;
 use crate::shared::{
     hold_released, lazy_now, lock, stream_item, take_step, FlushFuture, Polls, PromiseSource, PromiseWaiters,
-    ReadyFuture, SocketPromise, StateLog, Which, WriteBook, WriteFuture, WriteSource,
+    ReadRoute, ReadyFuture, SocketPromise, StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
 
 /// Room for the largest datagram.
@@ -140,7 +144,8 @@ struct UdpIo {
     read_interest: bool,
     /// The last receive poll was pending, or handed over a datagram saying it waits for the next
     /// (`RecvMeta::registered`), so the driver's waker is registered with the transport (cleared
-    /// when a receive returns anything else and whenever the read interest changes).
+    /// when a receive returns anything else and whenever the read interest changes). Consulted
+    /// only while there is no route (a route's wake-up may go to the reader, see `route`).
     recv_armed: bool,
     /// The transport said, handing over this pass's last datagram, that it waits for the next
     /// one with the pass's waker (`RecvMeta::registered`): the rest of the pass skips the
@@ -148,6 +153,10 @@ struct UdpIo {
     recv_parked: bool,
     released: bool,
     driver: Option<Waker>,
+    /// Where the transport's receive wake-ups go, made when a reader first waits ([`ReadRoute`]).
+    route: Option<Arc<ReadRoute>>,
+    /// `Waker::from(route)`, made once with it.
+    route_waker: Option<Waker>,
     received: u64,
     diag: UdpDiag,
 }
@@ -471,6 +480,9 @@ impl UdpShared {
         // Polling now: what this poll receives needs no wake-up (which would poll the reader's
         // task once more for nothing); a pending poll registers again below.
         inner.reader = None;
+        if let Some(route) = &inner.io.route {
+            route.reader_polling();
+        }
         let mut now = None;
         for _ in 0..2 {
             inner.read_result = None;
@@ -480,10 +492,15 @@ impl UdpShared {
             while let Some(out) = inner.machine.poll_output() {
                 inner.apply(self, out);
             }
-            // A read need not look for datagrams while the driver is registered for them: the
-            // transport wakes the driver when one comes, and the driver receives and wakes this
-            // reader (a receive here would find nothing, or what the driver is about to take).
-            let polls = if inner.io.recv_armed { Polls::Sends } else { Polls::All };
+            // A read need not look for datagrams while the transport waits registered and nothing
+            // woke it since: a receive here would find nothing. With a route, its wake-up comes
+            // here (or to the driver when no reader waits) and clears `armed`; without one, the
+            // driver is woken, receives, and wakes this reader.
+            let armed = match &inner.io.route {
+                Some(route) => route.armed(),
+                None => inner.io.recv_armed,
+            };
+            let polls = if armed { Polls::Sends } else { Polls::All };
             inner.process_with(self, polls);
             if let Some(result) = inner.read_result.take() {
                 return Poll::Ready(match result {
@@ -500,7 +517,27 @@ impl UdpShared {
             }
         }
         inner.reader = Some(cx.waker().clone());
+        // Later receive wake-ups come straight here (once the transport is polled with the
+        // route's waker; until then the driver's registration stands, and the driver wakes this
+        // reader as before).
+        if inner.io.route.is_none() && !inner.io.released {
+            if let Some(driver) = &inner.io.driver {
+                let route = ReadRoute::new(driver);
+                inner.io.route_waker = Some(Waker::from(route.clone()));
+                inner.io.route = Some(route);
+            }
+        }
+        if let Some(route) = &inner.io.route {
+            route.reader_waits(cx.waker());
+        }
         Poll::Pending
+    }
+
+    /// A reader that may have been handed a receive wake-up went away: the driver takes it.
+    fn release_reader(&self) {
+        if let Some(route) = &lock(&self.inner).io.route {
+            route.release();
+        }
     }
 }
 
@@ -512,7 +549,12 @@ impl PromiseSource for UdpShared {
             Which::Opened => inner.machine.opened(),
             Which::Closed => inner.machine.closed(),
         };
-        inner.promises.poll(which, outcome, cx)
+        let polled = inner.promises.poll(which, outcome, cx);
+        // A receive error the reader was handed but has not acted on may settle this promise.
+        if let (Poll::Pending, Some(route)) = (&polled, &inner.io.route) {
+            route.pass_on();
+        }
+        polled
     }
 }
 
@@ -549,6 +591,7 @@ impl Inner {
         // The driver's waker is set only outside a call (by `drive`): it is lent to this call's
         // steps instead of cloned for each, and put back below.
         let driver = self.io.driver.take();
+        let read_waker = self.io.route_waker.take();
         self.io.recv_parked = false;
         let mut now = None; // one instant per call, read only if a step needs it
 
@@ -561,11 +604,14 @@ impl Inner {
                 break; // Nothing to poll: poll_once would find nothing.
             }
             let mut cx = Context::from_waker(waker);
+            // The receive side is polled with the route's waker once there is a route.
+            let mut read_cx = Context::from_waker(read_waker.as_ref().unwrap_or(waker));
             // fault.hold_open(): the bind's outcome is reported only after release.
             if !hold_released(&mut self.io.hold, &mut cx) {
                 break;
             }
-            let Some(report) = self.io.reports.pop_front().or_else(|| self.io.poll_once(&mut cx, polls))
+            let Some(report) =
+                self.io.reports.pop_front().or_else(|| self.io.poll_once(&mut cx, &mut read_cx, polls))
             else {
                 break;
             };
@@ -578,6 +624,7 @@ impl Inner {
             let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, &mut now), Input::Io(report));
         }
         self.io.driver = driver;
+        self.io.route_waker = read_waker;
         while let Some(out) = self.machine.poll_output() {
             self.apply(shared, out);
         }
@@ -620,10 +667,16 @@ impl Inner {
             Output::Io(IoCommand::ReadInterest(on)) => {
                 self.io.read_interest = on;
                 self.io.recv_armed = false;
+                if let Some(route) = &self.io.route {
+                    route.disarm(); // the next reader polls the receive side again
+                }
             }
             Output::Io(IoCommand::Close) | Output::Io(IoCommand::Reset) => {
                 if let Some(t) = self.io.transport.take() {
                     self.io.diag = t.diag();
+                }
+                if let Some(route) = &self.io.route {
+                    route.disarm(); // no transport registers it any more
                 }
                 self.io.sending = None;
                 self.io.resolving_default = None;
@@ -662,7 +715,14 @@ impl UdpIo {
             || (self.read_interest && polls == Polls::All && !self.recv_parked && self.transport.is_some())
     }
 
-    fn poll_once(&mut self, cx: &mut Context<'_>, polls: Polls) -> Option<IoEvent> {
+    /// One step: the receive side is polled with `read_cx` (the [`ReadRoute`]'s waker once there
+    /// is one), the rest with `cx`.
+    fn poll_once(
+        &mut self,
+        cx: &mut Context<'_>,
+        read_cx: &mut Context<'_>,
+        polls: Polls,
+    ) -> Option<IoEvent> {
         if self.resolving_default.is_some() {
             if let Some(report) = self.poll_resolving_default(cx) {
                 return Some(report);
@@ -701,13 +761,19 @@ impl UdpIo {
             // simulator hands its `Bytes` over as they are, the trait's default copies out of it.
             // (A fresh 64 KiB buffer per datagram made glibc grow and trim its heap, with page
             // faults, every few datagrams: half the UDP throughput.)
+            // The route knows whether the receive side is left registered with its waker.
+            let route = self.route.as_deref();
             let polled = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut scratch) => transport.poll_recv_bytes(
-                    cx,
-                    scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()),
-                ),
+                Ok(mut scratch) => ReadRoute::poll_armed(route, || {
+                    transport.poll_recv_bytes(
+                        read_cx,
+                        scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()),
+                    )
+                }),
                 // Not reachable (transports never call back into sockets), but never panic.
-                Err(_) => transport.poll_recv_bytes(cx, &mut vec![0u8; DATAGRAM_ROOM]),
+                Err(_) => ReadRoute::poll_armed(route, || {
+                    transport.poll_recv_bytes(read_cx, &mut vec![0u8; DATAGRAM_ROOM])
+                }),
             });
             // Registered for the next datagram: pending, or a datagram the transport said so of.
             self.recv_armed = match &polled {
@@ -796,10 +862,17 @@ async fn drive(shared: Arc<UdpShared>) {
         let mut inner = lock(&shared.inner);
         if !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             inner.io.driver = Some(cx.waker().clone());
+            if let Some(route) = &inner.io.route {
+                route.set_driver(Some(cx.waker()));
+            }
         }
         inner.process(&shared);
         if inner.machine.ready_state() == ReadyState::Closed && inner.io.released {
             inner.io.driver = None;
+            inner.io.route_waker = None;
+            if let Some(route) = inner.io.route.take() {
+                route.set_driver(None);
+            }
             return Poll::Ready(());
         }
         Poll::Pending
@@ -828,6 +901,7 @@ impl UdpReadable {
 
 impl Drop for UdpReadable {
     fn drop(&mut self) {
+        self.handle.shared.release_reader();
         lock(&self.handle.shared.inner).reader_locked = false;
     }
 }

@@ -1,6 +1,7 @@
 //! The shortcuts the performance work took (issue #6) keep their semantics, on loopback: a UDP
 //! write's permission decision is reused only while the policy is unchanged, and a TCP socket's
-//! options are read back when asked (after close, the last values read).
+//! options are read back when asked (after close, the last values read), and a waiting UDP reader
+//! is woken by the transport itself.
 
 use std::future::Future;
 use std::time::Duration;
@@ -166,4 +167,69 @@ async fn tcp_connect_failing_in_the_constructor_still_opens_then_fails() {
     assert_eq!(err.kind(), ErrorName::NetworkError);
     assert_eq!(err.cause(), Some(tcpudp_core::Cause::AddressInUse));
     assert_eq!(sock.ready_state(), ReadyState::Closed);
+}
+
+/// Counts wake-ups: stands in for the task of a reader that waits.
+struct Count(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Count {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Lets the runtime run (a millisecond at a time, bounded) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("hang guard: {what}");
+}
+
+/// A waiting UDP reader is woken by the transport itself and receives the datagram on its own
+/// poll (the driver does not run for it), and a readable dropped after it was woken hands the
+/// wake-up to the driver, so the datagram is still received and queued.
+// rule: UDP-READ-01, GEN-11
+#[tokio::test]
+async fn udp_waiting_reader_is_woken_by_the_transport_and_a_dropped_one_hands_over() {
+    use std::pin::Pin;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::task::{Context, Waker};
+
+    let net = tcpudp_net_real::network(Policy::allow_all()).expect("network");
+    let rx = loopback_udp(&net);
+    guard("rx opened", rx.opened()).await.expect("rx opened");
+    let to = ("127.0.0.1", rx.local_port().expect("rx port"));
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("tx");
+    let mut readable = rx.readable().expect("readable");
+
+    // The first datagram takes the usual path (the driver's registration stands until the
+    // receive side is polled with the reader's route); after it the route is registered.
+    tx.send_to(b"one", to).expect("send one");
+    let got = guard("read one", readable.read()).await.expect("read").expect("a datagram");
+    assert_eq!(&got.data[..], b"one");
+
+    // The reader waits.
+    let count = Arc::new(Count(0.into()));
+    let waker = Waker::from(count.clone());
+    {
+        let mut read = readable.read();
+        assert!(Pin::new(&mut read).poll(&mut Context::from_waker(&waker)).is_pending());
+    }
+    tx.send_to(b"two", to).expect("send two");
+    until("the reader is woken", || count.0.load(Ordering::SeqCst) > 0).await;
+    // Woken by the transport: the datagram is still the kernel's, the driver took nothing.
+    let diag = rx.diag();
+    assert_eq!((diag.queued_datagrams, diag.options.received), (0, 1), "the driver received it");
+
+    // The woken reader goes away without reading: the driver takes the wake-up and receives.
+    drop(readable);
+    until("the driver receives", || rx.diag().queued_datagrams == 1).await;
+    let mut readable = rx.readable().expect("a new readable");
+    let got = guard("read two", readable.read()).await.expect("read").expect("a datagram");
+    assert_eq!(&got.data[..], b"two");
 }
