@@ -451,12 +451,26 @@ impl ReadRoute {
     /// The flag is set before the poll, so a wake-up racing with it clears the flag after, never
     /// before.
     pub(crate) fn poll_armed<T>(route: Option<&ReadRoute>, poll: impl FnOnce() -> Poll<T>) -> Poll<T> {
+        Self::poll_armed_unless(route, poll, |_| false)
+    }
+
+    /// As [`ReadRoute::poll_armed`], for a transport whose ready answer may say it left the route's
+    /// waker registered all the same (`still_registered`, a UDP receive's `RecvMeta::registered`):
+    /// such an answer keeps the flag. Only a disarm is skipped, never a re-arm, so a wake-up
+    /// racing with the poll still clears it.
+    pub(crate) fn poll_armed_unless<T>(
+        route: Option<&ReadRoute>,
+        poll: impl FnOnce() -> Poll<T>,
+        still_registered: impl FnOnce(&T) -> bool,
+    ) -> Poll<T> {
         if let Some(route) = route {
             route.registered.store(true, Ordering::SeqCst);
         }
         let polled = poll();
-        if let (Poll::Ready(_), Some(route)) = (&polled, route) {
-            route.disarm();
+        if let (Poll::Ready(answer), Some(route)) = (&polled, route) {
+            if !still_registered(answer) {
+                route.disarm();
+            }
         }
         polled
     }

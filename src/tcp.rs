@@ -121,6 +121,9 @@ struct TransportSide {
     route: Option<Arc<ReadRoute>>,
     /// `Waker::from(route)`, made once with it.
     route_waker: Option<Waker>,
+    /// The reader's waker is in the route (set by `reader_waits`, cleared by `reader_polling`):
+    /// a read that follows a ready one need not lock the route to clear it.
+    reader_in_route: bool,
     /// The deadline the driver has on the network's timer ([`crate::timers`]); an idle socket
     /// without deadlines has none (DESIGN §5).
     armed: Option<tcpudp_core::Instant>,
@@ -460,8 +463,9 @@ impl TcpShared {
         // Polling now: what this poll receives needs no wake-up (which would poll the reader's
         // task once more for nothing); a pending poll registers again below.
         inner.app.reader = None;
-        if let Some(route) = &inner.io.route {
+        if let Some(route) = inner.io.route.as_ref().filter(|_| inner.io.reader_in_route) {
             route.reader_polling();
+            inner.io.reader_in_route = false;
         }
         // At most one clock read per call (no time passes that matters here), and none unless a
         // transition needs it: a read or what it receives never does.
@@ -504,6 +508,7 @@ impl TcpShared {
         }
         if let Some(route) = &inner.io.route {
             route.reader_waits(cx.waker());
+            inner.io.reader_in_route = true;
         }
         Poll::Pending
     }

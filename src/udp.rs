@@ -26,7 +26,7 @@ use tcpudp_core::{
     ReadyState, SocketError, UdpMachine, WriteId,
 };
 
-use crate::backend::{cause_of, BoxFuture, UdpBind, UdpDiag, UdpTransport};
+use crate::backend::{cause_of, BoxFuture, RecvMeta, UdpBind, UdpDiag, UdpTransport};
 use crate::network::Network;
 use crate::shared::{
     hold_released, lazy_now, lock, stream_item, take_step, FlushFuture, Polls, PromiseSource, PromiseWaiters,
@@ -157,6 +157,9 @@ struct UdpIo {
     route: Option<Arc<ReadRoute>>,
     /// `Waker::from(route)`, made once with it.
     route_waker: Option<Waker>,
+    /// The reader's waker is in the route (set by `reader_waits`, cleared by `reader_polling`):
+    /// a read that follows a ready one need not lock the route to clear it.
+    reader_in_route: bool,
     received: u64,
     diag: UdpDiag,
 }
@@ -480,8 +483,9 @@ impl UdpShared {
         // Polling now: what this poll receives needs no wake-up (which would poll the reader's
         // task once more for nothing); a pending poll registers again below.
         inner.reader = None;
-        if let Some(route) = &inner.io.route {
+        if let Some(route) = inner.io.route.as_ref().filter(|_| inner.io.reader_in_route) {
             route.reader_polling();
+            inner.io.reader_in_route = false;
         }
         let mut now = None;
         for _ in 0..2 {
@@ -529,6 +533,7 @@ impl UdpShared {
         }
         if let Some(route) = &inner.io.route {
             route.reader_waits(cx.waker());
+            inner.io.reader_in_route = true;
         }
         Poll::Pending
     }
@@ -761,19 +766,29 @@ impl UdpIo {
             // simulator hands its `Bytes` over as they are, the trait's default copies out of it.
             // (A fresh 64 KiB buffer per datagram made glibc grow and trim its heap, with page
             // faults, every few datagrams: half the UDP throughput.)
-            // The route knows whether the receive side is left registered with its waker.
+            // The route knows whether the receive side is left registered with its waker: after
+            // a pending poll, or a datagram the transport says it already waits past.
             let route = self.route.as_deref();
+            let registered = |answer: &std::io::Result<(Bytes, RecvMeta)>| {
+                answer.as_ref().is_ok_and(|(_, meta)| meta.registered)
+            };
             let polled = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut scratch) => ReadRoute::poll_armed(route, || {
-                    transport.poll_recv_bytes(
-                        read_cx,
-                        scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()),
-                    )
-                }),
+                Ok(mut scratch) => ReadRoute::poll_armed_unless(
+                    route,
+                    || {
+                        transport.poll_recv_bytes(
+                            read_cx,
+                            scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()),
+                        )
+                    },
+                    registered,
+                ),
                 // Not reachable (transports never call back into sockets), but never panic.
-                Err(_) => ReadRoute::poll_armed(route, || {
-                    transport.poll_recv_bytes(read_cx, &mut vec![0u8; DATAGRAM_ROOM])
-                }),
+                Err(_) => ReadRoute::poll_armed_unless(
+                    route,
+                    || transport.poll_recv_bytes(read_cx, &mut vec![0u8; DATAGRAM_ROOM]),
+                    registered,
+                ),
             });
             // Registered for the next datagram: pending, or a datagram the transport said so of.
             self.recv_armed = match &polled {
