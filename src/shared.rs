@@ -527,6 +527,83 @@ impl ReadRoute {
     }
 }
 
+/// A socket's end of its [`ReadRoute`], kept under the socket's lock: the route (made when a
+/// reader first waits), its waker, and whether the reader's waker is in it.
+#[derive(Debug, Default)]
+pub(crate) struct SocketRoute {
+    route: Option<Arc<ReadRoute>>,
+    /// `Waker::from(route)`, made once with it.
+    waker: Option<Waker>,
+    /// The reader's waker is in the route (set by `reader_waits`, cleared by `reader_polling`):
+    /// a read that follows a ready one need not lock the route to clear it.
+    reader_in: bool,
+}
+
+impl SocketRoute {
+    /// The route, once a reader has waited.
+    pub(crate) fn get(&self) -> Option<&ReadRoute> {
+        self.route.as_deref()
+    }
+
+    /// The reader is polling (locks the route only when the reader waited there).
+    pub(crate) fn reader_polling(&mut self) {
+        if let Some(route) = self.route.as_ref().filter(|_| self.reader_in) {
+            route.reader_polling();
+            self.reader_in = false;
+        }
+    }
+
+    /// The reader waits with `waker`. The first wait makes the route, falling back to `driver`
+    /// (none without a driver or once the socket released its transport). Later wake-ups come
+    /// straight to the reader once the transport is polled with the route's waker.
+    pub(crate) fn reader_waits(&mut self, waker: &Waker, driver: Option<&Waker>, released: bool) {
+        if self.route.is_none() && !released {
+            if let Some(driver) = driver {
+                let route = ReadRoute::new(driver);
+                self.waker = Some(Waker::from(route.clone()));
+                self.route = Some(route);
+            }
+        }
+        if let Some(route) = &self.route {
+            route.reader_waits(waker);
+            self.reader_in = true;
+        }
+    }
+
+    /// The route's waker, lent to a pass's steps (put back with [`SocketRoute::put_waker`]).
+    pub(crate) fn take_waker(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
+
+    /// Puts back what [`SocketRoute::take_waker`] lent.
+    pub(crate) fn put_waker(&mut self, waker: Option<Waker>) {
+        self.waker = waker;
+    }
+
+    /// The transport no longer holds the route's registration (it changed, or the reader's
+    /// interest did): the next read polls it again.
+    pub(crate) fn disarm(&self) {
+        if let Some(route) = &self.route {
+            route.disarm();
+        }
+    }
+
+    /// The driver's waker changed.
+    pub(crate) fn driver_changed(&self, driver: &Waker) {
+        if let Some(route) = &self.route {
+            route.set_driver(Some(driver));
+        }
+    }
+
+    /// The driver finished: the route (and the cycle through its driver waker) goes.
+    pub(crate) fn finish(&mut self) {
+        self.waker = None;
+        if let Some(route) = self.route.take() {
+            route.set_driver(None);
+        }
+    }
+}
+
 impl std::task::Wake for ReadRoute {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();

@@ -27,7 +27,7 @@ use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
 use crate::network::Network;
 use crate::shared::{
     lazy_now, lock, stream_item, FlushFuture, Polls, PromiseSource, PromiseWaiters, ReadRoute, ReadyFuture,
-    SocketPromise, StateLog, Which, WriteBook, WriteFuture, WriteSource,
+    SocketPromise, SocketRoute, StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
 
 /// Largest read from the transport at once.
@@ -117,13 +117,8 @@ struct TransportSide {
     read_buf: BytesMut,
     released: bool,
     driver: Option<Waker>,
-    /// Where the transport's read wake-ups go, made when a reader first waits ([`ReadRoute`]).
-    route: Option<Arc<ReadRoute>>,
-    /// `Waker::from(route)`, made once with it.
-    route_waker: Option<Waker>,
-    /// The reader's waker is in the route (set by `reader_waits`, cleared by `reader_polling`):
-    /// a read that follows a ready one need not lock the route to clear it.
-    reader_in_route: bool,
+    /// Where the transport's read wake-ups go, once a reader has waited ([`ReadRoute`]).
+    route: SocketRoute,
     /// The deadline the driver has on the network's timer ([`crate::timers`]); an idle socket
     /// without deadlines has none (DESIGN §5).
     armed: Option<tcpudp_core::Instant>,
@@ -463,16 +458,13 @@ impl TcpShared {
         // Polling now: what this poll receives needs no wake-up (which would poll the reader's
         // task once more for nothing); a pending poll registers again below.
         inner.app.reader = None;
-        if let Some(route) = inner.io.route.as_ref().filter(|_| inner.io.reader_in_route) {
-            route.reader_polling();
-            inner.io.reader_in_route = false;
-        }
+        inner.io.route.reader_polling();
         // At most one clock read per call (no time passes that matters here), and none unless a
         // transition needs it: a read or what it receives never does.
         let mut now = None;
         // The read side waits registered with the route and nothing woke it: polling it would
         // find nothing. Else the first turn polls it.
-        let first = match &inner.io.route {
+        let first = match inner.io.route.get() {
             Some(route) if route.armed() => Polls::Sends,
             _ => Polls::All,
         };
@@ -499,23 +491,14 @@ impl TcpShared {
         }
         inner.app.reader = Some(cx.waker().clone());
         // Later read wake-ups come straight here (once the driver runs: the route falls back to it).
-        if inner.io.route.is_none() && !inner.io.released {
-            if let Some(driver) = &inner.io.driver {
-                let route = ReadRoute::new(driver);
-                inner.io.route_waker = Some(Waker::from(route.clone()));
-                inner.io.route = Some(route);
-            }
-        }
-        if let Some(route) = &inner.io.route {
-            route.reader_waits(cx.waker());
-            inner.io.reader_in_route = true;
-        }
+        let io = &mut inner.io;
+        io.route.reader_waits(cx.waker(), io.driver.as_ref(), io.released);
         Poll::Pending
     }
 
     /// A reader that may have been handed a read wake-up went away.
     fn release_reader(&self) {
-        if let Some(route) = &lock(&self.inner).io.route {
+        if let Some(route) = lock(&self.inner).io.route.get() {
             route.release();
         }
     }
@@ -579,7 +562,7 @@ impl PromiseSource for TcpShared {
             Which::Closed => inner.machine.closed(),
         };
         let polled = inner.app.promises.poll(which, outcome, cx);
-        if let (Poll::Pending, Some(route)) = (&polled, &inner.io.route) {
+        if let (Poll::Pending, Some(route)) = (&polled, inner.io.route.get()) {
             route.pass_on();
         }
         polled
@@ -640,10 +623,10 @@ impl Inner {
         // no step reads them from here: they are lent to the steps, not cloned (no reference
         // count traffic per call), and put back after.
         let waker = self.io.driver.take();
-        let read_waker = self.io.route_waker.take();
+        let read_waker = self.io.route.take_waker();
         self.steps(shared, polls, now, waker.as_ref(), read_waker.as_ref());
         self.io.driver = waker;
-        self.io.route_waker = read_waker;
+        self.io.route.put_waker(read_waker);
     }
 
     fn steps(
@@ -747,9 +730,7 @@ impl TransportSide {
             }
             IoCommand::TlsHandshake => {
                 // The session polls the transport with its own waker, and hands back a new one.
-                if let Some(route) = &self.route {
-                    route.disarm();
-                }
+                self.route.disarm();
                 // TLS hook (issue #7): the session takes the transport until the handshake settles.
                 self.tls.start(&shared.net, &shared.attrs.remote_address, self.transport.take());
             }
@@ -867,7 +848,7 @@ impl TransportSide {
         if self.read_interest && polls == Polls::All {
             // The route knows whether the read side is left registered with its waker (`read_cx`
             // is the route's waker whenever there is a route).
-            let route = self.route.as_deref();
+            let route = self.route.get();
             match ReadRoute::poll_armed(route, || transport.poll_read_ready(read_cx)) {
                 Poll::Pending => {
                     // Nothing to read: an idle socket keeps no read buffer of its own (DESIGN §5:
@@ -992,9 +973,7 @@ async fn drive(shared: Arc<TcpShared>) {
         let new_waker = !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
         if new_waker {
             inner.io.driver = Some(cx.waker().clone());
-            if let Some(route) = &inner.io.route {
-                route.set_driver(Some(cx.waker()));
-            }
+            inner.io.route.driver_changed(cx.waker());
         }
         // Bounded: each Timeout clears at least the deadline it fired for. The clock is read only
         // when the timer task has reached a deadline, and once for this poll.
@@ -1018,10 +997,7 @@ async fn drive(shared: Arc<TcpShared>) {
         }
         if finished {
             inner.io.driver = None;
-            inner.io.route_waker = None;
-            if let Some(route) = inner.io.route.take() {
-                route.set_driver(None);
-            }
+            inner.io.route.finish();
             return Poll::Ready(());
         }
         inner.machine.release_idle_buffers();

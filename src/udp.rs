@@ -30,7 +30,7 @@ use crate::backend::{cause_of, BoxFuture, RecvMeta, UdpBind, UdpDiag, UdpTranspo
 use crate::network::Network;
 use crate::shared::{
     hold_released, lazy_now, lock, stream_item, take_step, FlushFuture, Polls, PromiseSource, PromiseWaiters,
-    ReadRoute, ReadyFuture, SocketPromise, StateLog, Which, WriteBook, WriteFuture, WriteSource,
+    ReadRoute, ReadyFuture, SocketPromise, SocketRoute, StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
 
 /// Room for the largest datagram.
@@ -153,13 +153,8 @@ struct UdpIo {
     recv_parked: bool,
     released: bool,
     driver: Option<Waker>,
-    /// Where the transport's receive wake-ups go, made when a reader first waits ([`ReadRoute`]).
-    route: Option<Arc<ReadRoute>>,
-    /// `Waker::from(route)`, made once with it.
-    route_waker: Option<Waker>,
-    /// The reader's waker is in the route (set by `reader_waits`, cleared by `reader_polling`):
-    /// a read that follows a ready one need not lock the route to clear it.
-    reader_in_route: bool,
+    /// Where the transport's receive wake-ups go, once a reader has waited ([`ReadRoute`]).
+    route: SocketRoute,
     received: u64,
     diag: UdpDiag,
 }
@@ -483,10 +478,7 @@ impl UdpShared {
         // Polling now: what this poll receives needs no wake-up (which would poll the reader's
         // task once more for nothing); a pending poll registers again below.
         inner.reader = None;
-        if let Some(route) = inner.io.route.as_ref().filter(|_| inner.io.reader_in_route) {
-            route.reader_polling();
-            inner.io.reader_in_route = false;
-        }
+        inner.io.route.reader_polling();
         let mut now = None;
         for _ in 0..2 {
             inner.read_result = None;
@@ -500,7 +492,7 @@ impl UdpShared {
             // woke it since: a receive here would find nothing. With a route, its wake-up comes
             // here (or to the driver when no reader waits) and clears `armed`; without one, the
             // driver is woken, receives, and wakes this reader.
-            let armed = match &inner.io.route {
+            let armed = match inner.io.route.get() {
                 Some(route) => route.armed(),
                 None => inner.io.recv_armed,
             };
@@ -524,23 +516,14 @@ impl UdpShared {
         // Later receive wake-ups come straight here (once the transport is polled with the
         // route's waker; until then the driver's registration stands, and the driver wakes this
         // reader as before).
-        if inner.io.route.is_none() && !inner.io.released {
-            if let Some(driver) = &inner.io.driver {
-                let route = ReadRoute::new(driver);
-                inner.io.route_waker = Some(Waker::from(route.clone()));
-                inner.io.route = Some(route);
-            }
-        }
-        if let Some(route) = &inner.io.route {
-            route.reader_waits(cx.waker());
-            inner.io.reader_in_route = true;
-        }
+        let io = &mut inner.io;
+        io.route.reader_waits(cx.waker(), io.driver.as_ref(), io.released);
         Poll::Pending
     }
 
     /// A reader that may have been handed a receive wake-up went away: the driver takes it.
     fn release_reader(&self) {
-        if let Some(route) = &lock(&self.inner).io.route {
+        if let Some(route) = lock(&self.inner).io.route.get() {
             route.release();
         }
     }
@@ -556,7 +539,7 @@ impl PromiseSource for UdpShared {
         };
         let polled = inner.promises.poll(which, outcome, cx);
         // A receive error the reader was handed but has not acted on may settle this promise.
-        if let (Poll::Pending, Some(route)) = (&polled, &inner.io.route) {
+        if let (Poll::Pending, Some(route)) = (&polled, inner.io.route.get()) {
             route.pass_on();
         }
         polled
@@ -596,7 +579,7 @@ impl Inner {
         // The driver's waker is set only outside a call (by `drive`): it is lent to this call's
         // steps instead of cloned for each, and put back below.
         let driver = self.io.driver.take();
-        let read_waker = self.io.route_waker.take();
+        let read_waker = self.io.route.take_waker();
         self.io.recv_parked = false;
         let mut now = None; // one instant per call, read only if a step needs it
 
@@ -629,7 +612,7 @@ impl Inner {
             let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, &mut now), Input::Io(report));
         }
         self.io.driver = driver;
-        self.io.route_waker = read_waker;
+        self.io.route.put_waker(read_waker);
         while let Some(out) = self.machine.poll_output() {
             self.apply(shared, out);
         }
@@ -672,17 +655,13 @@ impl Inner {
             Output::Io(IoCommand::ReadInterest(on)) => {
                 self.io.read_interest = on;
                 self.io.recv_armed = false;
-                if let Some(route) = &self.io.route {
-                    route.disarm(); // the next reader polls the receive side again
-                }
+                self.io.route.disarm(); // the next reader polls the receive side again
             }
             Output::Io(IoCommand::Close) | Output::Io(IoCommand::Reset) => {
                 if let Some(t) = self.io.transport.take() {
                     self.io.diag = t.diag();
                 }
-                if let Some(route) = &self.io.route {
-                    route.disarm(); // no transport registers it any more
-                }
+                self.io.route.disarm(); // no transport registers it any more
                 self.io.sending = None;
                 self.io.resolving_default = None;
                 self.io.read_interest = false;
@@ -768,7 +747,7 @@ impl UdpIo {
             // faults, every few datagrams: half the UDP throughput.)
             // The route knows whether the receive side is left registered with its waker: after
             // a pending poll, or a datagram the transport says it already waits past.
-            let route = self.route.as_deref();
+            let route = self.route.get();
             let registered = |answer: &std::io::Result<(Bytes, RecvMeta)>| {
                 answer.as_ref().is_ok_and(|(_, meta)| meta.registered)
             };
@@ -877,17 +856,12 @@ async fn drive(shared: Arc<UdpShared>) {
         let mut inner = lock(&shared.inner);
         if !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             inner.io.driver = Some(cx.waker().clone());
-            if let Some(route) = &inner.io.route {
-                route.set_driver(Some(cx.waker()));
-            }
+            inner.io.route.driver_changed(cx.waker());
         }
         inner.process(&shared);
         if inner.machine.ready_state() == ReadyState::Closed && inner.io.released {
             inner.io.driver = None;
-            inner.io.route_waker = None;
-            if let Some(route) = inner.io.route.take() {
-                route.set_driver(None);
-            }
+            inner.io.route.finish();
             return Poll::Ready(());
         }
         Poll::Pending
