@@ -332,6 +332,20 @@ pub(crate) enum Line {
     TcpReleased { id: u64, gone: Gone },
 }
 
+impl Line {
+    /// The line's id: the datagram's, or the TCP end's.
+    pub(crate) fn id(&self) -> u64 {
+        match *self {
+            Line::Udp { id, .. }
+            | Line::UdpDuplicate { id, .. }
+            | Line::UdpDropped { id, .. }
+            | Line::TcpConnected { id, .. }
+            | Line::TcpAccepted { id, .. }
+            | Line::TcpReleased { id, .. } => id,
+        }
+    }
+}
+
 /// What became of a datagram (the tail of its [`Line::Udp`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum UdpFate {

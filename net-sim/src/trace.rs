@@ -153,10 +153,13 @@ impl TraceLog {
         buf.byte(0); // the tag, set below
         buf.signed(nanos - c.at.as_nanos() as i128);
         c.at = at;
+        // Every line kind has an id, written next (as the reader reads it, before the kind's
+        // fields).
+        let id = line.id();
+        buf.signed(i128::from(id.wrapping_sub(c.id) as i64));
+        c.id = id;
         let tag = match *line {
-            Line::Udp { id, from, dest, len, fate } => {
-                buf.signed(i128::from(id.wrapping_sub(c.id) as i64));
-                c.id = id;
+            Line::Udp { from, dest, len, fate, .. } => {
                 let mut tag = match fate {
                     UdpFate::Local { .. } => UDP_LOCAL,
                     UdpFate::Partitioned { .. } => UDP_PARTITIONED,
@@ -191,36 +194,26 @@ impl TraceLog {
                 }
                 tag
             }
-            Line::UdpDuplicate { id, of } => {
-                buf.signed(i128::from(id.wrapping_sub(c.id) as i64));
-                c.id = id;
+            Line::UdpDuplicate { of, .. } => {
                 buf.varint(u128::from(of));
                 UDP_DUPLICATE
             }
-            Line::UdpDropped { id, host, port } => {
-                buf.signed(i128::from(id.wrapping_sub(c.id) as i64));
-                c.id = id;
+            Line::UdpDropped { host, port, .. } => {
                 buf.ip(host);
                 buf.varint(u128::from(port));
                 UDP_DROPPED
             }
-            Line::TcpConnected { id, local, peer } => {
-                buf.signed(i128::from(id.wrapping_sub(c.id) as i64));
-                c.id = id;
+            Line::TcpConnected { local, peer, .. } => {
                 buf.socket(local);
                 buf.socket(peer);
                 TCP_CONNECTED
             }
-            Line::TcpAccepted { id, origin, local } => {
-                buf.signed(i128::from(id.wrapping_sub(c.id) as i64));
-                c.id = id;
+            Line::TcpAccepted { origin, local, .. } => {
                 buf.socket(origin);
                 buf.socket(local);
                 TCP_ACCEPTED
             }
-            Line::TcpReleased { id, gone } => {
-                buf.signed(i128::from(id.wrapping_sub(c.id) as i64));
-                c.id = id;
+            Line::TcpReleased { gone, .. } => {
                 buf.byte(match gone {
                     Gone::Closed => 0,
                     Gone::Reset => 1,
