@@ -1100,13 +1100,21 @@ impl Write for WriteAdapter<'_, '_> {
 
 /// A TCP socket's TLS state: the session while its handshake runs (it owns the transport until
 /// the handshake settles), the negotiated ALPN, and `start_tls()`'s outcome.
+///
+/// A plain socket that never asks for TLS keeps only the flag and an empty box slot (16 bytes of
+/// its shared state, not 112): the rest is allocated by the first TLS step (DESIGN §5).
 #[derive(Default)]
 pub(crate) struct TlsSlot {
+    /// An accepted socket: `start_tls()` runs the server side.
+    accepted: bool,
+    state: Option<Box<TlsState>>,
+}
+
+#[derive(Default)]
+struct TlsState {
     handshake: Option<Box<TlsTransport>>,
     /// A session that could not start, reported by the next poll.
     failed: Option<Failure>,
-    /// An accepted socket: `start_tls()` runs the server side.
-    accepted: bool,
     /// `start_tls()` asked for the next handshake.
     upgrading: bool,
     prefix: Vec<Bytes>,
@@ -1118,12 +1126,17 @@ pub(crate) struct TlsSlot {
 impl TlsSlot {
     /// The slot of a socket a server accepted; `alpn` when its TLS handshake already ran.
     pub(crate) fn accepted(alpn: Option<Vec<u8>>) -> Self {
-        TlsSlot { accepted: true, alpn, ..TlsSlot::default() }
+        let state = alpn.map(|alpn| Box::new(TlsState { alpn: Some(alpn), ..TlsState::default() }));
+        TlsSlot { accepted: true, state }
+    }
+
+    fn state(&mut self) -> &mut TlsState {
+        self.state.get_or_insert_with(Box::default)
     }
 
     /// The negotiated ALPN protocol, once a handshake finished with one.
     pub(crate) fn alpn(&self) -> Option<Vec<u8>> {
-        self.alpn.clone()
+        self.state.as_ref().and_then(|state| state.alpn.clone())
     }
 
     /// `start_tls()` is about to be asked of the machine: checks that this end can run its side.
@@ -1139,21 +1152,24 @@ impl TlsSlot {
                 },
             ));
         }
-        self.upgrading = true;
-        self.outcome = None;
+        let state = self.state();
+        state.upgrading = true;
+        state.outcome = None;
         Ok(())
     }
 
     /// The machine refused `start_tls()`.
     pub(crate) fn abandon_upgrade(&mut self) {
-        self.upgrading = false;
-        self.prefix.clear();
+        if let Some(state) = &mut self.state {
+            state.upgrading = false;
+            state.prefix.clear();
+        }
     }
 
     /// Bytes that were waiting in the readable when `start_tls()` was called: the first bytes
     /// the TLS session reads.
     pub(crate) fn push_prefix(&mut self, data: Bytes) {
-        self.prefix.push(data);
+        self.state().prefix.push(data);
     }
 
     /// `IoCommand::TlsHandshake`: wraps the transport in a session.
@@ -1163,17 +1179,18 @@ impl TlsSlot {
         remote_address: &str,
         transport: Option<Box<dyn TcpTransport>>,
     ) {
+        let role = if self.accepted { Role::Server } else { Role::Client };
+        let state = self.state();
         let Some(transport) = transport else {
-            self.failed = Some(Failure::Io(Cause::Other));
+            state.failed = Some(Failure::Io(Cause::Other));
             return;
         };
-        let role = if self.accepted { Role::Server } else { Role::Client };
-        let prefix = std::mem::take(&mut self.prefix);
-        match TlsTransport::start(net, transport, role, remote_address, prefix, self.upgrading) {
-            Ok(session) => self.handshake = Some(Box::new(session)),
+        let prefix = std::mem::take(&mut state.prefix);
+        match TlsTransport::start(net, transport, role, remote_address, prefix, state.upgrading) {
+            Ok(session) => state.handshake = Some(Box::new(session)),
             Err((transport, cause)) => {
                 drop(transport);
-                self.failed = Some(Failure::Tls(cause));
+                state.failed = Some(Failure::Tls(cause));
             }
         }
     }
@@ -1187,12 +1204,53 @@ impl TlsSlot {
         transport: &mut Option<Box<dyn TcpTransport>>,
     ) -> Option<IoEvent> {
         // Every I/O step of every TCP socket asks: without a handshake there is nothing to do.
-        if self.failed.is_none() && self.handshake.is_none() {
+        let state = self.state.as_mut()?;
+        if state.failed.is_none() && state.handshake.is_none() {
             return None;
         }
-        self.poll_handshake(cx, transport)
+        state.poll_handshake(cx, transport)
     }
 
+    /// Applies a keep-alive change to the transport a handshake holds.
+    pub(crate) fn set_keep_alive(&mut self, keep_alive: Option<tcpudp_core::options::KeepAlive>) {
+        if let Some(session) = self.state.as_mut().and_then(|state| state.handshake.as_mut()) {
+            let _ = session.set_keep_alive(keep_alive);
+        }
+    }
+
+    /// The socket released its transport: a handshake in progress ends with it.
+    pub(crate) fn release(&mut self, reset: bool) {
+        let Some(state) = &mut self.state else { return };
+        if let Some(session) = state.handshake.take() {
+            if reset {
+                session.reset();
+            }
+        }
+        state.prefix.clear();
+        if state.upgrading && state.outcome.is_none() {
+            state.settle(Err(SocketError::abort().with_message("the socket closed during start_tls")));
+        }
+    }
+
+    /// `start_tls()`'s outcome, or registers `cx` for it.
+    pub(crate) fn poll_upgrade(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        let Some(state) = &mut self.state else {
+            return Poll::Ready(Err(SocketError::invalid_state().with_message("no start_tls in progress")));
+        };
+        if let Some(outcome) = &state.outcome {
+            return Poll::Ready(outcome.clone());
+        }
+        if !state.upgrading {
+            return Poll::Ready(Err(SocketError::invalid_state().with_message("no start_tls in progress")));
+        }
+        if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            state.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl TlsState {
     fn poll_handshake(
         &mut self,
         cx: &mut Context<'_>,
@@ -1222,26 +1280,6 @@ impl TlsSlot {
         }
     }
 
-    /// Applies a keep-alive change to the transport a handshake holds.
-    pub(crate) fn set_keep_alive(&mut self, keep_alive: Option<tcpudp_core::options::KeepAlive>) {
-        if let Some(session) = &mut self.handshake {
-            let _ = session.set_keep_alive(keep_alive);
-        }
-    }
-
-    /// The socket released its transport: a handshake in progress ends with it.
-    pub(crate) fn release(&mut self, reset: bool) {
-        if let Some(session) = self.handshake.take() {
-            if reset {
-                session.reset();
-            }
-        }
-        self.prefix.clear();
-        if self.upgrading && self.outcome.is_none() {
-            self.settle(Err(SocketError::abort().with_message("the socket closed during start_tls")));
-        }
-    }
-
     fn settle(&mut self, outcome: Result<(), SocketError>) {
         if self.upgrading {
             self.upgrading = false;
@@ -1250,20 +1288,6 @@ impl TlsSlot {
                 waker.wake();
             }
         }
-    }
-
-    /// `start_tls()`'s outcome, or registers `cx` for it.
-    pub(crate) fn poll_upgrade(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
-        if let Some(outcome) = &self.outcome {
-            return Poll::Ready(outcome.clone());
-        }
-        if !self.upgrading {
-            return Poll::Ready(Err(SocketError::invalid_state().with_message("no start_tls in progress")));
-        }
-        if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            self.waiters.push(cx.waker().clone());
-        }
-        Poll::Pending
     }
 }
 
