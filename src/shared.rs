@@ -252,6 +252,15 @@ impl WriteBook {
         }
     }
 
+    /// The outcome of write `id` when it has settled (taken: no future reads it later), else
+    /// `None`.
+    pub(crate) fn take_settled(&mut self, id: u64) -> Option<Result<(), SocketError>> {
+        (id <= self.settled_upto).then(|| match self.errors.remove(&id) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        })
+    }
+
     pub(crate) fn poll(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
         if id <= self.settled_upto {
             self.remove_waiter(id);
@@ -332,23 +341,36 @@ pub(crate) trait WriteSource: Send + Sync + 'static {
 /// A write's promise. The write happens whether or not this is awaited (GEN-10).
 #[must_use = "the write happens anyway; await this to learn its outcome"]
 pub struct WriteFuture {
-    source: Arc<dyn WriteSource>,
+    /// Where the outcome is read while it is unknown; `None` once the future has it.
+    source: Option<Arc<dyn WriteSource>>,
     id: u64,
-    done: bool,
+    /// The outcome of a write that settled while it was issued (the usual case when the socket
+    /// has room): the future owns it, and polling it touches no shared state.
+    settled: Option<Result<(), SocketError>>,
 }
 
 impl WriteFuture {
     pub(crate) fn new(source: Arc<dyn WriteSource>, id: u64) -> Self {
-        WriteFuture { source, id, done: false }
+        WriteFuture { source: Some(source), id, settled: None }
+    }
+
+    /// The promise of write `id`, which settled with `outcome` before `write()` returned.
+    pub(crate) fn settled(id: u64, outcome: Result<(), SocketError>) -> Self {
+        WriteFuture { source: None, id, settled: Some(outcome) }
     }
 }
 
 impl Future for WriteFuture {
     type Output = Result<(), SocketError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = self.source.poll_write(self.id, cx);
+        if let Some(outcome) = self.settled.take() {
+            return Poll::Ready(outcome);
+        }
+        // Polled again after it was ready: the outcome was handed out already.
+        let Some(source) = &self.source else { return Poll::Ready(Ok(())) };
+        let result = source.poll_write(self.id, cx);
         if result.is_ready() {
-            self.done = true;
+            self.source = None;
         }
         result
     }
@@ -356,8 +378,8 @@ impl Future for WriteFuture {
 
 impl Drop for WriteFuture {
     fn drop(&mut self) {
-        if !self.done {
-            self.source.forget_write(self.id);
+        if let Some(source) = &self.source {
+            source.forget_write(self.id);
         }
     }
 }
@@ -666,6 +688,33 @@ mod tests {
         list.wake_all();
         let counts: Vec<usize> = [&a, &b, &c].iter().map(|n| n.0.load(Ordering::Relaxed)).collect();
         assert_eq!(counts, [2, 1, 1]);
+    }
+
+    // rule: GEN-10, INV-11
+    #[test]
+    fn a_write_settled_while_issued_hands_its_outcome_to_its_promise_once() {
+        use std::future::Future;
+        use std::task::{Context, Poll};
+
+        use tcpudp_core::SocketError;
+
+        use super::{WriteBook, WriteFuture};
+
+        let mut book = WriteBook::default();
+        let (first, second) = (book.next_id(), book.next_id());
+        assert_eq!(book.take_settled(first), None, "not settled yet");
+        book.settle(first, Ok(()));
+        book.settle(second, Err(SocketError::network(tcpudp_core::Cause::Reset)));
+        assert_eq!(book.take_settled(first), Some(Ok(())));
+        let refused = book.take_settled(second).expect("settled");
+        assert!(refused.is_err());
+        // Taken: the book keeps no error for a future to read later (the flush still reports it).
+        assert_eq!(book.take_settled(second), Some(Ok(())));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(book.poll_flushed(second, &mut cx), Poll::Ready(Err(_))));
+
+        let mut promise = std::pin::pin!(WriteFuture::settled(second, refused));
+        assert!(matches!(promise.as_mut().poll(&mut cx), Poll::Ready(Err(_))));
     }
 
     #[test]

@@ -504,7 +504,20 @@ impl TcpShared {
     }
 
     fn write(&self, data: Bytes) -> u64 {
+        self.write_locked(&mut lock(&self.inner), data)
+    }
+
+    /// `write(chunk)`'s promise: settled already when the chunk went out while it was issued.
+    fn write_promise(self: &Arc<Self>, data: Bytes) -> WriteFuture {
         let mut inner = lock(&self.inner);
+        let id = self.write_locked(&mut inner, data);
+        match inner.app.writes.take_settled(id) {
+            Some(outcome) => WriteFuture::settled(id, outcome),
+            None => WriteFuture::new(self.clone(), id),
+        }
+    }
+
+    fn write_locked(&self, inner: &mut Inner, data: Bytes) -> u64 {
         let id = inner.app.writes.next_id();
         let mut now = None;
         let write = Input::App(AppCommand::Write { id: WriteId(id), data });
@@ -1080,8 +1093,7 @@ impl TcpWritable {
     /// Queues `chunk` at once and returns its promise (GEN-10: dropping it does not cancel the
     /// write). Writes settle in order (INV-11).
     pub fn write(&self, chunk: impl Into<Bytes>) -> WriteFuture {
-        let id = self.handle.shared.write(chunk.into());
-        WriteFuture::new(self.handle.shared.clone(), id)
+        self.handle.shared.write_promise(chunk.into())
     }
 
     /// The desired size: high-water mark minus queued bytes (backpressure when ≤ 0).

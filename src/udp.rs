@@ -429,9 +429,19 @@ impl UdpShared {
         inner.process(self);
     }
 
-    fn write(&self, datagram: Datagram) -> u64 {
+    /// `write(datagram)`'s promise: settled already when the datagram went out (or was refused)
+    /// while it was issued.
+    fn write_promise(self: &Arc<Self>, datagram: Datagram) -> WriteFuture {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
+        let id = self.write_locked(inner, datagram);
+        match inner.writes.take_settled(id) {
+            Some(outcome) => WriteFuture::settled(id, outcome),
+            None => WriteFuture::new(self.clone(), id),
+        }
+    }
+
+    fn write_locked(&self, inner: &mut Inner, datagram: Datagram) -> u64 {
         let id = inner.writes.next_id();
         let dest = match (datagram.remote_address.as_deref(), datagram.remote_port) {
             (None, None) => inner.default_destination.clone(),
@@ -932,8 +942,7 @@ pub struct UdpWritable {
 impl UdpWritable {
     /// Sends one datagram (queued at once; GEN-10). A rejected write fails alone.
     pub fn write(&self, datagram: Datagram) -> WriteFuture {
-        let id = self.handle.shared.write(datagram);
-        WriteFuture::new(self.handle.shared.clone(), id)
+        self.handle.shared.write_promise(datagram)
     }
 
     /// The desired size in bytes.
