@@ -354,8 +354,16 @@ impl WriteFuture {
         WriteFuture { source: Some(source), id, settled: None }
     }
 
-    /// The promise of write `id`, which settled with `outcome` before `write()` returned.
-    pub(crate) fn settled(id: u64, outcome: Result<(), SocketError>) -> Self {
+    /// The promise of write `id`, just issued to `source`: settled already when `writes` has its
+    /// outcome (the write went out, or was refused, while it was issued).
+    pub(crate) fn issued<S: WriteSource>(writes: &mut WriteBook, id: u64, source: &Arc<S>) -> Self {
+        match writes.take_settled(id) {
+            Some(outcome) => WriteFuture::settled(id, outcome),
+            None => WriteFuture::new(source.clone(), id),
+        }
+    }
+
+    fn settled(id: u64, outcome: Result<(), SocketError>) -> Self {
         WriteFuture { source: None, id, settled: Some(outcome) }
     }
 }

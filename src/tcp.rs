@@ -511,10 +511,7 @@ impl TcpShared {
     fn write_promise(self: &Arc<Self>, data: Bytes) -> WriteFuture {
         let mut inner = lock(&self.inner);
         let id = self.write_locked(&mut inner, data);
-        match inner.app.writes.take_settled(id) {
-            Some(outcome) => WriteFuture::settled(id, outcome),
-            None => WriteFuture::new(self.clone(), id),
-        }
+        WriteFuture::issued(&mut inner.app.writes, id, self)
     }
 
     fn write_locked(&self, inner: &mut Inner, data: Bytes) -> u64 {

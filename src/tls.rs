@@ -1234,14 +1234,16 @@ impl TlsSlot {
 
     /// `start_tls()`'s outcome, or registers `cx` for it.
     pub(crate) fn poll_upgrade(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
-        let Some(state) = &mut self.state else {
-            return Poll::Ready(Err(SocketError::invalid_state().with_message("no start_tls in progress")));
+        let state = match &mut self.state {
+            Some(state) if state.outcome.is_some() || state.upgrading => state,
+            _ => {
+                return Poll::Ready(
+                    Err(SocketError::invalid_state().with_message("no start_tls in progress")),
+                )
+            }
         };
         if let Some(outcome) = &state.outcome {
             return Poll::Ready(outcome.clone());
-        }
-        if !state.upgrading {
-            return Poll::Ready(Err(SocketError::invalid_state().with_message("no start_tls in progress")));
         }
         if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
             state.waiters.push(cx.waker().clone());

@@ -435,10 +435,7 @@ impl UdpShared {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let id = self.write_locked(inner, datagram);
-        match inner.writes.take_settled(id) {
-            Some(outcome) => WriteFuture::settled(id, outcome),
-            None => WriteFuture::new(self.clone(), id),
-        }
+        WriteFuture::issued(&mut inner.writes, id, self)
     }
 
     fn write_locked(&self, inner: &mut Inner, datagram: Datagram) -> u64 {
