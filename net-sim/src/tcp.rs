@@ -412,7 +412,9 @@ fn kernel(net: Arc<SimNet>, id: u64) -> impl Future<Output = ()> + Send {
 }
 
 async fn kernel_loop(net: Arc<SimNet>, id: u64) {
-    let mut sleep = Box::pin(tokio::time::sleep(Duration::ZERO));
+    // Made by the first deadline, inside the task's own allocation: most ends never arm one (no
+    // loss, no keep-alive), and a boxed timer cost each end an allocation.
+    let mut sleep = pin!(None::<tokio::time::Sleep>);
     let mut armed: Option<Instant> = None;
     std::future::poll_fn(|cx| {
         let mut wake = Vec::new();
@@ -432,10 +434,13 @@ async fn kernel_loop(net: Arc<SimNet>, id: u64) {
             }
             Step::Wait(Some(at)) => {
                 if armed != Some(at) {
-                    sleep.as_mut().reset(at);
+                    match sleep.as_mut().as_pin_mut() {
+                        Some(timer) => timer.reset(at),
+                        None => sleep.set(Some(tokio::time::sleep_until(at))),
+                    }
                     armed = Some(at);
                 }
-                if sleep.as_mut().poll(cx).is_ready() {
+                if sleep.as_mut().as_pin_mut().is_some_and(|timer| timer.poll(cx).is_ready()) {
                     armed = None;
                     cx.waker().wake_by_ref();
                 }
