@@ -262,12 +262,9 @@ impl WriteBook {
     }
 
     pub(crate) fn poll(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
-        if id <= self.settled_upto {
+        if let Some(outcome) = self.take_settled(id) {
             self.remove_waiter(id);
-            return Poll::Ready(match self.errors.remove(&id) {
-                Some(e) => Err(e),
-                None => Ok(()),
-            });
+            return Poll::Ready(outcome);
         }
         match self.waiters.iter_mut().find(|(waiting, _)| *waiting == id) {
             Some((_, w)) => {
