@@ -210,13 +210,23 @@ impl PromiseWaiters {
 pub(crate) struct WriteBook {
     next_id: u64,
     settled_upto: u64,
-    errors: BTreeMap<u64, SocketError>,
     /// Pending write futures (id, waker): a short list, kept as a `Vec` so the data path does not
     /// allocate a tree node per awaited write.
     waiters: Vec<(u64, Waker)>,
     pub(crate) ready: WakerList,
     flush: WakerList,
-    last_error: Option<SocketError>,
+    /// Made by the first rejected write: a socket whose writes all succeed keeps 8 bytes for it,
+    /// not 48 (the TCP socket's shared state stays in the allocator's fast size classes).
+    failures: Option<Box<WriteFailures>>,
+}
+
+/// The errors of rejected writes.
+#[derive(Debug, Default)]
+struct WriteFailures {
+    /// Per write id, until its future reads (or drops) it.
+    errors: BTreeMap<u64, SocketError>,
+    /// The last one, for flushes.
+    last: Option<SocketError>,
 }
 
 impl WriteBook {
@@ -234,8 +244,9 @@ impl WriteBook {
     pub(crate) fn settle(&mut self, id: u64, result: Result<(), SocketError>) {
         self.settled_upto = self.settled_upto.max(id);
         if let Err(e) = result {
-            self.last_error = Some(e.clone());
-            self.errors.insert(id, e);
+            let failures = self.failures.get_or_insert_with(Box::default);
+            failures.last = Some(e.clone());
+            failures.errors.insert(id, e);
         }
         self.flush.wake_all();
         // Wakers of every settled write, in id order (the list is short; usually one, and none
@@ -255,7 +266,7 @@ impl WriteBook {
     /// The outcome of write `id` when it has settled (taken: no future reads it later), else
     /// `None`.
     pub(crate) fn take_settled(&mut self, id: u64) -> Option<Result<(), SocketError>> {
-        (id <= self.settled_upto).then(|| match self.errors.remove(&id) {
+        (id <= self.settled_upto).then(|| match self.failures.as_mut().and_then(|f| f.errors.remove(&id)) {
             Some(e) => Err(e),
             None => Ok(()),
         })
@@ -279,7 +290,9 @@ impl WriteBook {
 
     /// A write future went away: forget what it would have read.
     pub(crate) fn forget(&mut self, id: u64) {
-        self.errors.remove(&id);
+        if let Some(failures) = &mut self.failures {
+            failures.errors.remove(&id);
+        }
         self.remove_waiter(id);
     }
 
@@ -292,7 +305,7 @@ impl WriteBook {
     /// Whether every write issued so far has settled; the last error among them, if any.
     pub(crate) fn poll_flushed(&mut self, upto: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
         if upto <= self.settled_upto {
-            return Poll::Ready(match &self.last_error {
+            return Poll::Ready(match self.failures.as_ref().and_then(|f| f.last.as_ref()) {
                 Some(e) => Err(e.clone()),
                 None => Ok(()),
             });
@@ -302,28 +315,31 @@ impl WriteBook {
     }
 }
 
-/// A bounded log of readyState changes for `diag()`, inline (no allocation per socket).
+/// A bounded log of readyState changes for `diag()`, inline (no allocation per socket): one byte
+/// per state, the unused slots `None` (no length field: the TCP socket's shared state stays
+/// within the allocator's fast size classes, see its size test).
 #[derive(Debug, Clone)]
 pub(crate) struct StateLog {
-    states: [ReadyState; ReadyState::ALL.len()],
-    len: usize,
+    states: [Option<ReadyState>; ReadyState::ALL.len()],
 }
 
 impl StateLog {
     pub(crate) fn new(first: ReadyState) -> Self {
-        StateLog { states: [first; ReadyState::ALL.len()], len: 1 }
+        let mut states = [None; ReadyState::ALL.len()];
+        states[0] = Some(first);
+        StateLog { states }
     }
 
     pub(crate) fn push(&mut self, state: ReadyState) {
         // Every change raises the rank, so no socket has more states than exist; a log that is
         // somehow full keeps its last entry current rather than growing.
-        let at = self.len.min(self.states.len() - 1);
-        self.states[at] = state;
-        self.len = (at + 1).max(self.len);
+        let last = self.states.len() - 1;
+        let at = self.states.iter().position(Option::is_none).unwrap_or(last);
+        self.states[at] = Some(state);
     }
 
     pub(crate) fn to_vec(&self) -> Vec<ReadyState> {
-        self.states[..self.len].to_vec()
+        self.states.iter().flatten().copied().collect()
     }
 }
 

@@ -90,9 +90,10 @@ pub(crate) struct TcpShared {
 /// What the constructor was given (reported as given, AMB-54).
 #[derive(Debug, Clone)]
 struct Attributes {
-    remote_address: String,
+    /// Boxed strings, 8 bytes fewer each than `String` (see `TcpShared`'s size test).
+    remote_address: Box<str>,
     remote_port: u16,
-    local_address: Option<String>,
+    local_address: Option<Box<str>>,
     local_port: Option<u16>,
     address_reuse: bool,
     no_delay: bool,
@@ -109,8 +110,9 @@ struct Inner {
 #[derive(Default)]
 struct TransportSide {
     transport: Option<Box<dyn TcpTransport>>,
-    resolving: Option<BoxFuture<'static, Result<Vec<std::net::IpAddr>, Cause>>>,
-    connecting: Option<BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>>>,
+    /// The resolution or connection in progress (one at a time: the machine asks for a
+    /// connection once its resolution is done).
+    opening: Opening,
     sending: Option<(WriteId, Bytes)>,
     shutdown_pending: bool,
     read_interest: bool,
@@ -128,12 +130,23 @@ struct TransportSide {
     tls: crate::tls::TlsSlot,
 }
 
+/// What a socket still opening waits for.
+#[derive(Default)]
+enum Opening {
+    #[default]
+    Idle,
+    Resolving(BoxFuture<'static, Result<Vec<std::net::IpAddr>, Cause>>),
+    Connecting(BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>>),
+}
+
 /// The application side: results and waiters.
 #[derive(Default)]
 struct AppSide {
     promises: PromiseWaiters,
     writes: WriteBook,
-    read_result: Option<ReadResult>,
+    /// What the read in progress got, as `read()` gives it (40 bytes; the machine's
+    /// `ReadResult` is 64, its datagram variant being UDP's).
+    read_result: Option<Result<Option<Bytes>, SocketError>>,
     readable_signal: bool,
     reader: Option<Waker>,
     reader_locked: bool,
@@ -157,9 +170,9 @@ impl TcpSocket {
     ) -> Result<Self, SocketError> {
         let spec = checks::tcp_spec(&mut net.checks(), remote_address, remote_port, &options)?;
         let attrs = Attributes {
-            remote_address: remote_address.to_owned(),
+            remote_address: remote_address.into(),
             remote_port,
-            local_address: options.local_address.clone(),
+            local_address: options.local_address.as_deref().map(Box::from),
             local_port: options.local_port.filter(|&p| p != 0),
             address_reuse: options.address_reuse,
             no_delay: options.no_delay,
@@ -177,7 +190,7 @@ impl TcpSocket {
         tls_alpn: Option<Vec<u8>>,
     ) -> Self {
         let attrs = Attributes {
-            remote_address: tcpudp_core::address::canonical(spec.remote.ip()),
+            remote_address: tcpudp_core::address::canonical_boxed(spec.remote.ip()),
             remote_port: spec.remote.port(),
             local_address: None,
             local_port: None,
@@ -254,7 +267,7 @@ impl TcpSocket {
     /// resolves, TCP-ATTR-01).
     pub fn local_address(&self) -> Option<String> {
         if let Some(given) = &self.shared().attrs.local_address {
-            return Some(given.clone());
+            return Some(given.to_string());
         }
         let local = lock(&self.shared().inner).machine.local_addr();
         local.map(|a| tcpudp_core::address::canonical(a.ip()))
@@ -478,12 +491,7 @@ impl TcpShared {
                 inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut now), Input::App(AppCommand::Read));
             inner.process_with(self, polls, &mut now);
             if let Some(result) = inner.app.read_result.take() {
-                return Poll::Ready(match result {
-                    ReadResult::Chunk(bytes) => Ok(Some(bytes)),
-                    ReadResult::Done => Ok(None),
-                    ReadResult::Error(e) => Err(e),
-                    ReadResult::Message(m) => Ok(Some(m.data)),
-                });
+                return Poll::Ready(result);
             }
             if !inner.app.readable_signal {
                 break;
@@ -702,7 +710,14 @@ impl Inner {
                 }
                 self.app.promises.closed.wake_all();
             }
-            Event::Read(result) => self.app.read_result = Some(result),
+            Event::Read(result) => {
+                self.app.read_result = Some(match result {
+                    ReadResult::Chunk(bytes) => Ok(Some(bytes)),
+                    ReadResult::Done => Ok(None),
+                    ReadResult::Error(e) => Err(e),
+                    ReadResult::Message(m) => Ok(Some(m.data)),
+                });
+            }
             Event::Readable => {
                 self.app.readable_signal = true;
                 if let Some(w) = self.app.reader.take() {
@@ -723,9 +738,9 @@ impl Inner {
 impl TransportSide {
     fn apply(&mut self, shared: &TcpShared, cmd: IoCommand) {
         match cmd {
-            IoCommand::Resolve { name } => self.resolving = Some(shared.net.resolve(&name)),
+            IoCommand::Resolve { name } => self.opening = Opening::Resolving(shared.net.resolve(&name)),
             IoCommand::Connect { remote, local, config } => {
-                self.connecting = Some(shared.net.backend().connect(remote, local, config));
+                self.opening = Opening::Connecting(shared.net.backend().connect(remote, local, config));
             }
             IoCommand::Send { id, data } => self.sending = Some((id, data)),
             IoCommand::ShutdownWrite => self.shutdown_pending = true,
@@ -742,7 +757,7 @@ impl TransportSide {
                 // The session polls the transport with its own waker, and hands back a new one.
                 self.route.disarm();
                 // TLS hook (issue #7): the session takes the transport until the handshake settles.
-                self.tls.start(&shared.net, &shared.attrs.remote_address, self.transport.take());
+                self.tls.start(&shared.net, &shared.attrs.remote_address[..], self.transport.take());
             }
             IoCommand::Close => self.release(None),
             IoCommand::Reset => self.release(Some(())),
@@ -757,15 +772,14 @@ impl TransportSide {
     /// waits. A result that is already there waits for the driver too, so the socket reports
     /// "opening" when the constructor returns whatever happened.
     fn start_connecting(&mut self) {
-        let Some(fut) = &mut self.connecting else { return };
+        let Opening::Connecting(fut) = &mut self.opening else { return };
         if let Poll::Ready(result) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            self.connecting = Some(Box::pin(std::future::ready(result)));
+            self.opening = Opening::Connecting(Box::pin(std::future::ready(result)));
         }
     }
 
     fn release(&mut self, reset: Option<()>) {
-        self.resolving = None;
-        self.connecting = None;
+        self.opening = Opening::Idle;
         self.sending = None;
         self.shutdown_pending = false;
         self.read_interest = false;
@@ -787,30 +801,33 @@ impl TransportSide {
         read_cx: &mut Context<'_>,
         polls: Polls,
     ) -> Option<IoEvent> {
-        if let Some(fut) = &mut self.resolving {
-            if let Poll::Ready(result) = fut.as_mut().poll(cx) {
-                self.resolving = None;
-                return Some(match result {
-                    Ok(addrs) => IoEvent::Resolved { addrs },
-                    Err(cause) => IoEvent::ResolveFailed { cause },
-                });
+        match &mut self.opening {
+            Opening::Idle => {}
+            Opening::Resolving(fut) => {
+                if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                    self.opening = Opening::Idle;
+                    return Some(match result {
+                        Ok(addrs) => IoEvent::Resolved { addrs },
+                        Err(cause) => IoEvent::ResolveFailed { cause },
+                    });
+                }
             }
-        }
-        if let Some(fut) = &mut self.connecting {
-            if let Poll::Ready(result) = fut.as_mut().poll(cx) {
-                self.connecting = None;
-                return Some(match result {
-                    Ok(t) => match (t.local_addr(), t.peer_addr()) {
-                        (Ok(local), Ok(remote)) => {
-                            self.transport = Some(t);
-                            IoEvent::Connected { local, remote }
-                        }
-                        (Err(e), _) | (_, Err(e)) => {
-                            IoEvent::ConnectFailed { cause: crate::backend::cause_of(&e) }
-                        }
-                    },
-                    Err(cause) => IoEvent::ConnectFailed { cause },
-                });
+            Opening::Connecting(fut) => {
+                if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                    self.opening = Opening::Idle;
+                    return Some(match result {
+                        Ok(t) => match (t.local_addr(), t.peer_addr()) {
+                            (Ok(local), Ok(remote)) => {
+                                self.transport = Some(t);
+                                IoEvent::Connected { local, remote }
+                            }
+                            (Err(e), _) | (_, Err(e)) => {
+                                IoEvent::ConnectFailed { cause: crate::backend::cause_of(&e) }
+                            }
+                        },
+                        Err(cause) => IoEvent::ConnectFailed { cause },
+                    });
+                }
             }
         }
         // TLS hook (issue #7): a handshake in progress reports TlsDone/TlsFailed (or an I/O failure).
@@ -1231,5 +1248,23 @@ impl tokio::io::AsyncWrite for TcpIo {
         shared.app_command(AppCommand::WriterClose);
         let upto = lock(&shared.inner).app.writes.last_id();
         lock(&shared.inner).app.writes.poll_flushed(upto, cx).map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every TCP socket allocates its shared state once, behind an `Arc` (16 bytes of counts).
+    /// glibc serves requests up to 1,024 bytes from its per-thread cache in a few dozen
+    /// instructions; a larger one goes through the general allocator, which cost ~650
+    /// instructions per socket to allocate and more to free (issue #6, tcp-connect). A field
+    /// added here must be paid for by one made smaller or boxed.
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
+    #[test]
+    fn shared_state_fits_the_allocators_per_thread_cache() {
+        let arc_counts = 2 * std::mem::size_of::<usize>();
+        let request = std::mem::size_of::<TcpShared>() + arc_counts;
+        assert!(request <= 1024, "Arc<TcpShared> asks for {request} bytes");
     }
 }

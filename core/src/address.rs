@@ -128,28 +128,57 @@ pub fn parse_multicast_group(text: &str) -> Result<IpAddr, SocketError> {
 pub fn canonical(ip: IpAddr) -> String {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => dotted_quad(v4),
+            Some(v4) => dotted_quad(v4).as_str().to_owned(),
             None => v6.to_string(),
         },
-        IpAddr::V4(v4) => dotted_quad(v4),
+        IpAddr::V4(v4) => dotted_quad(v4).as_str().to_owned(),
+    }
+}
+
+/// [`canonical`] in a box of exactly its length (one allocation, no spare capacity).
+pub fn canonical_boxed(ip: IpAddr) -> Box<str> {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => dotted_quad(v4).as_str().into(),
+            None => v6.to_string().into_boxed_str(),
+        },
+        IpAddr::V4(v4) => dotted_quad(v4).as_str().into(),
+    }
+}
+
+/// IPv4 text, at most 15 bytes, on the stack.
+struct DottedQuad {
+    text: [u8; 15],
+    len: usize,
+}
+
+impl DottedQuad {
+    fn push(&mut self, digit: u8) {
+        self.text[self.len] = digit;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits and dots were pushed.
+        std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
     }
 }
 
 /// `v4.to_string()` without the formatting machinery: every accepted connection names its peer
 /// this way, and `Display` (padding support, seven writes) cost more than the rest of the text.
-fn dotted_quad(v4: Ipv4Addr) -> String {
-    let mut text = String::with_capacity(15);
+fn dotted_quad(v4: Ipv4Addr) -> DottedQuad {
+    let mut text = DottedQuad { text: [0; 15], len: 0 };
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            text.push('.');
+            text.push(b'.');
         }
         if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
+            text.push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
+            text.push(b'0' + octet / 10 % 10);
         }
-        text.push(char::from(b'0' + octet % 10));
+        text.push(b'0' + octet % 10);
     }
     text
 }
@@ -188,6 +217,7 @@ mod tests {
             let v4 = Ipv4Addr::from(octets);
             assert_eq!(canonical(IpAddr::V4(v4)), v4.to_string());
             assert_eq!(canonical(IpAddr::V6(v4.to_ipv6_mapped())), v4.to_string());
+            assert_eq!(&*canonical_boxed(IpAddr::V4(v4)), v4.to_string());
         }
         for octet in 0..=255u8 {
             let v4 = Ipv4Addr::new(octet, 255 - octet, octet / 3, octet % 10);

@@ -25,7 +25,9 @@ use crate::time::Instant;
 /// The sans-IO machine of one `TCPSocket`.
 #[derive(Debug)]
 pub struct TcpMachine {
-    spec: TcpSpec,
+    /// Boxed: read only at connect, on timers and for high-water marks, and 160 bytes inline
+    /// would keep the glue's per-socket allocation out of the allocator's fast size classes.
+    spec: Box<TcpSpec>,
     state: StateCell,
     opened: Promise,
     closed: Promise,
@@ -33,7 +35,7 @@ pub struct TcpMachine {
     phase: Phase,
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
-    alpn: Option<Vec<u8>>,
+    alpn: Option<Box<[u8]>>,
     readable: Readable,
     writable: Writable,
     connect_deadline: Option<Instant>,
@@ -130,7 +132,7 @@ impl TcpMachine {
 
     fn blank(spec: TcpSpec, state: ReadyState) -> Self {
         TcpMachine {
-            spec,
+            spec: Box::new(spec),
             state: StateCell::new(SocketKind::Tcp, state),
             opened: Promise::Pending,
             closed: Promise::Pending,
@@ -529,7 +531,7 @@ impl TcpMachine {
             }
             IoEvent::TlsDone { alpn } if self.phase == Phase::Handshaking => {
                 self.phase = Phase::Established;
-                self.alpn = Some(alpn.unwrap_or_default());
+                self.alpn = Some(alpn.unwrap_or_default().into_boxed_slice());
                 if self.state.get() == ReadyState::Opening {
                     self.establish(now);
                 } else {
