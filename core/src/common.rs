@@ -6,8 +6,12 @@ use crate::error::SocketError;
 use crate::io::{Event, Output};
 use crate::state::{ReadyState, Row, SocketKind};
 
-/// Outputs waiting for `poll_output`. Allocated on first use (an idle socket stays small); once it
-/// has grown to a socket's working size the data path never allocates again.
+/// Outputs waiting for `poll_output`. An idle socket keeps no room for them (it stays small); the
+/// room goes to a per-thread spare list when the queue empties and comes back from it at the next
+/// output, so a socket's outputs cost no allocation once a thread has handled a few sockets (a
+/// connection's machines emptied and refilled their queues five times: ~1,000 instructions of
+/// allocator work per connection, issue #6). The list holds capacity only, never an output:
+/// nothing a machine does depends on it.
 #[derive(Debug)]
 pub(crate) struct Outbox(VecDeque<Output>);
 
@@ -18,12 +22,20 @@ impl Outbox {
 
     #[inline]
     pub(crate) fn io(&mut self, cmd: crate::io::IoCommand) {
-        self.0.push_back(Output::Io(cmd));
+        self.push(Output::Io(cmd));
     }
 
     #[inline]
     pub(crate) fn event(&mut self, ev: Event) {
-        self.0.push_back(Output::Event(ev));
+        self.push(Output::Event(ev));
+    }
+
+    #[inline]
+    fn push(&mut self, out: Output) {
+        if self.0.capacity() == 0 {
+            self.0 = spare::take();
+        }
+        self.0.push_back(out);
     }
 
     #[inline]
@@ -34,8 +46,51 @@ impl Outbox {
     /// Gives the capacity back when nothing waits (an idle socket stays small).
     pub(crate) fn release_if_empty(&mut self) {
         if self.0.is_empty() && self.0.capacity() > 0 {
-            self.0 = VecDeque::new();
+            spare::give(std::mem::take(&mut self.0));
         }
+    }
+}
+
+impl Drop for Outbox {
+    /// A machine that goes (a closed socket) hands its room on too.
+    fn drop(&mut self) {
+        self.release_if_empty();
+    }
+}
+
+/// Empty output queues with room, per thread.
+mod spare {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use crate::io::Output;
+
+    /// Queues kept per thread: enough for the sockets one task handles at once.
+    pub(super) const KEPT: usize = 8;
+    /// A queue that grew past this (a burst) is not kept: its room would outlive the burst.
+    const MAX_ROOM: usize = 16;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<VecDeque<Output>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty queue, with room when the thread has one spare.
+    pub(super) fn take() -> VecDeque<Output> {
+        SPARE.try_with(|spare| spare.try_borrow_mut().ok()?.pop()).ok().flatten().unwrap_or_default()
+    }
+
+    /// Keeps an empty queue's room for the next one (dropped when the list is full).
+    pub(super) fn give(queue: VecDeque<Output>) {
+        if !queue.is_empty() || queue.capacity() > MAX_ROOM {
+            return;
+        }
+        let _ = SPARE.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut() {
+                if spare.len() < KEPT {
+                    spare.push(queue);
+                }
+            }
+        });
     }
 }
 
@@ -124,5 +179,56 @@ impl StateCell {
             out.event(Event::StateChanged { from, to });
         }
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable() -> Event {
+        Event::Readable
+    }
+
+    /// Each test runs on a thread of its own: the spare list starts empty here.
+    #[test]
+    fn an_emptied_outbox_hands_its_room_to_the_next_one() {
+        let mut first = Outbox::new();
+        first.event(readable());
+        let room = first.0.capacity();
+        assert!(room > 0);
+        assert!(first.pop().is_some());
+        first.release_if_empty();
+        assert_eq!(first.0.capacity(), 0, "an idle outbox keeps no room");
+        let mut second = Outbox::new();
+        second.event(readable());
+        assert_eq!(second.0.capacity(), room, "the room came from the spare list");
+        assert!(spare::take().capacity() == 0, "and left it");
+    }
+
+    #[test]
+    fn an_outbox_with_outputs_keeps_them_in_order() {
+        let mut out = Outbox::new();
+        out.io(crate::io::IoCommand::ShutdownWrite);
+        out.event(readable());
+        out.release_if_empty();
+        assert!(matches!(out.pop(), Some(Output::Io(crate::io::IoCommand::ShutdownWrite))));
+        assert!(matches!(out.pop(), Some(Output::Event(Event::Readable))));
+        assert!(out.pop().is_none());
+    }
+
+    #[test]
+    fn a_dropped_outbox_hands_its_room_on_and_the_list_stays_bounded() {
+        let outboxes: Vec<Outbox> = (0..spare::KEPT + 3)
+            .map(|_| {
+                let mut out = Outbox::new();
+                out.event(readable());
+                out.pop();
+                out
+            })
+            .collect();
+        drop(outboxes);
+        let kept = std::iter::from_fn(|| Some(spare::take()).filter(|q| q.capacity() > 0)).count();
+        assert_eq!(kept, spare::KEPT);
     }
 }
