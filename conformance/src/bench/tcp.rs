@@ -1,6 +1,7 @@
 //! Real TCP workloads: bulk, ping-pong, connect + accept + close. Each is written twice: through
 //! `tcpudp`'s public API as a user writes it, and through raw tokio doing the same protocol steps
-//! (TCP_NODELAY on, as our default `noDelay`; both ends wait for the peer's FIN on close).
+//! with the same socket options (TCP_NODELAY on, as our default `noDelay`; SO_REUSEADDR on the
+//! client, as our default `addressReuse`; both ends wait for the peer's FIN on close).
 //!
 //! Both sides run their two ends as two spawned tasks, so the multi-thread runtime can put them on
 //! different workers.
@@ -13,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tcpudp::{Policy, TcpOptions, TcpServerOptions, TcpServerSocket, TcpSocket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket as RawTcpSocket, TcpStream};
 
 use super::{warm, BenchResult, Sample, Sizes};
 
@@ -48,12 +49,19 @@ pub(crate) async fn raw_listener() -> BenchResult<(TcpListener, SocketAddr)> {
     Ok((listener, addr))
 }
 
-/// A raw connection: (client, accepted), TCP_NODELAY on both (our default `noDelay`).
+/// A raw connection: (client, accepted), with our defaults' socket options: SO_REUSEADDR on the
+/// client (`addressReuse`, default true, TCP-CTOR-11, which the real backend sets on every client
+/// socket) and TCP_NODELAY on both (`noDelay`).
 pub(crate) async fn raw_pair(
     listener: &TcpListener,
     addr: SocketAddr,
 ) -> BenchResult<(TcpStream, TcpStream)> {
-    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let connect = async {
+        let socket = if addr.is_ipv4() { RawTcpSocket::new_v4()? } else { RawTcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.connect(addr).await
+    };
+    let (client, accepted) = tokio::join!(connect, listener.accept());
     let (client, (accepted, _)) = (client?, accepted?);
     client.set_nodelay(true)?;
     accepted.set_nodelay(true)?;
