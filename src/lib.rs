@@ -24,6 +24,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod backend;
+mod drivers;
 mod faults;
 mod network;
 mod policy;

@@ -11,9 +11,13 @@ use tcpudp_core::permission::{PermissionRequest, PermissionState};
 use tcpudp_core::Cause;
 
 use crate::backend::{Backend, BackendKind, BoxFuture};
+use crate::drivers::Drivers;
 use crate::faults::{FaultBackend, Faults};
 use crate::policy::{Policy, TcpPermission, TcpServerPermission, UdpPermission};
 use crate::timers::Timers;
+
+/// At most this many driver tasks per network, however many workers the runtime has.
+const MAX_DRIVER_TASKS: usize = 64;
 
 /// A network to make sockets on: real sockets or a simulation, plus the permission policy.
 ///
@@ -33,10 +37,22 @@ struct NetworkInner {
     clock: Clock,
     /// Every socket's deadline, on one timer ([`Timers`]).
     timers: Arc<Timers>,
+    /// The tasks that drive the TCP sockets ([`Drivers`]): one per worker of the runtime, so
+    /// sockets' background work spreads over the workers as a task per socket's did.
+    drivers: Box<[Arc<Drivers>]>,
     next_id: AtomicU64,
     multicast_interface: Option<IpAddr>,
     /// TLS hook (issue #7): the library context's TLS settings (AMB-44).
     tls: crate::tls::NetTls,
+}
+
+impl Drop for NetworkInner {
+    /// No socket holds the network any more: its driver tasks end.
+    fn drop(&mut self) {
+        for drivers in &*self.drivers {
+            drivers.close();
+        }
+    }
 }
 
 impl Network {
@@ -57,6 +73,8 @@ impl Network {
         let faults = Faults::default();
         let epoch = tokio::time::Instant::now();
         let runtime = backend.runtime();
+        let workers = runtime.metrics().num_workers().clamp(1, MAX_DRIVER_TASKS);
+        let drivers = (0..workers).map(|_| Arc::new(Drivers::new(runtime.clone()))).collect();
         Network {
             inner: Arc::new(NetworkInner {
                 backend: Arc::new(FaultBackend::new(Box::new(backend), faults.clone())),
@@ -65,6 +83,7 @@ impl Network {
                 policy,
                 clock: Clock { epoch },
                 timers: Arc::new(Timers::new()),
+                drivers,
                 next_id: AtomicU64::new(1),
                 multicast_interface: interface,
                 tls: crate::tls::NetTls::new(epoch),
@@ -142,6 +161,12 @@ impl Network {
     /// This network's clock (a copy, for tasks that outlive no socket).
     pub(crate) fn clock(&self) -> Clock {
         self.inner.clock
+    }
+
+    /// The task that drives TCP socket `id` (sockets take the tasks in turn).
+    pub(crate) fn drivers(&self, id: u64) -> &Arc<Drivers> {
+        let drivers = &self.inner.drivers;
+        &drivers[(id % drivers.len() as u64) as usize]
     }
 
     /// The one timer every socket's deadline is on.

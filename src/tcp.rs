@@ -2,9 +2,10 @@
 //!
 //! A [`TcpSocket`] is a handle to shared state: the core's [`TcpMachine`] and the transport, behind
 //! one lock. Application calls run the machine and the transport inline (no task hop on the data
-//! path); a driver task per socket finishes what would block. The transport is polled with the
-//! driver's waker, except its read direction, which a [`ReadRoute`] wakes: the waiting reader if
-//! there is one, else the driver. Either way exactly one waker is registered per direction.
+//! path); the socket's driver, run by one of the network's driver tasks ([`crate::drivers`]),
+//! finishes what would block. The transport is polled with the driver's waker, except its read
+//! direction, which a [`ReadRoute`] wakes: the waiting reader if there is one, else the driver.
+//! Either way exactly one waker is registered per direction.
 
 use std::future::Future;
 use std::io;
@@ -21,7 +22,6 @@ use tcpudp_core::{
     SocketError, TcpMachine, WriteId,
 };
 use tokio::io::ReadBuf;
-use tracing::Instrument;
 
 use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
 use crate::network::Network;
@@ -239,7 +239,7 @@ impl TcpSocket {
             inner.process(&shared);
             inner.io.start_connecting();
         }
-        net.spawn(drive(shared.clone()));
+        net.drivers(id).start(shared.clone());
         TcpSocket { handle: Handle::new(shared) }
     }
 
@@ -441,7 +441,7 @@ pub struct TcpSocketDiag {
 impl Drop for Handle {
     fn drop(&mut self) {
         // GEN-12: the last handle gone runs close() in the background (bounded by the close
-        // timeout); the driver task keeps the shared state until the socket is closed. AcqRel:
+        // timeout); the driver's run queue keeps the shared state until the socket is closed. AcqRel:
         // whatever the other handles did happens before this close.
         if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.shared.close_on_drop();
@@ -768,7 +768,7 @@ impl TransportSide {
     /// Starts the connection the constructor asked for (TCP-CTOR-13): one poll sends the SYN
     /// now, not when the driver first runs, so a peer's `listen()` made next finds the connection
     /// already queued instead of polling an empty backlog and waiting for a wake-up. The poll's
-    /// waker is a no-op: the driver, spawned right after, polls again with its own before anyone
+    /// waker is a no-op: the driver, queued right after, polls again with its own before anyone
     /// waits. A result that is already there waits for the driver too, so the socket reports
     /// "opening" when the constructor returns whatever happened.
     fn start_connecting(&mut self) {
@@ -993,34 +993,36 @@ mod read_pool {
     }
 }
 
-/// The driver: polls the transport when the application is not doing so, and fires timers.
-async fn drive(shared: Arc<TcpShared>) {
-    std::future::poll_fn(|cx| {
-        let mut inner = lock(&shared.inner);
-        let new_waker = !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+/// The driver: polls the transport when the application is not doing so, and fires timers. The
+/// socket's driver task ([`crate::drivers`]) calls it with the socket's own waker.
+impl crate::drivers::Driven for TcpShared {
+    fn drive(&self, waker: &Waker) -> Poll<()> {
+        let _span = self.span.enter();
+        let mut inner = lock(&self.inner);
+        let new_waker = !inner.io.driver.as_ref().is_some_and(|w| w.will_wake(waker));
         if new_waker {
-            inner.io.driver = Some(cx.waker().clone());
-            inner.io.route.driver_changed(cx.waker());
+            inner.io.driver = Some(waker.clone());
+            inner.io.route.driver_changed(waker);
         }
         // Bounded: each Timeout clears at least the deadline it fired for. The clock is read only
         // when the timer task has reached a deadline, and once for this poll.
         let mut now = None;
         for _ in 0..4 {
             let Some(d) = inner.machine.poll_timeout() else { break };
-            if !shared.net.timers().may_be_due(d.at) {
+            if !self.net.timers().may_be_due(d.at) {
                 break;
             }
-            let at = *now.get_or_insert_with(|| shared.net.now());
+            let at = *now.get_or_insert_with(|| self.net.now());
             if d.at > at {
                 break;
             }
             let _ = inner.machine.handle(at, Input::Timeout);
         }
-        inner.run(&shared, Polls::All, &mut now);
+        inner.run(self, Polls::All, &mut now);
         let finished = inner.finished();
         let wanted = if finished { None } else { inner.machine.poll_timeout().map(|d| d.at) };
         if wanted != inner.io.armed || (new_waker && wanted.is_some()) {
-            shared.net.timers().set(&shared.net, shared.id, &mut inner.io.armed, wanted, cx.waker());
+            self.net.timers().set(&self.net, self.id, &mut inner.io.armed, wanted, waker);
         }
         if finished {
             inner.io.driver = None;
@@ -1029,9 +1031,7 @@ async fn drive(shared: Arc<TcpShared>) {
         }
         inner.machine.release_idle_buffers();
         Poll::Pending
-    })
-    .instrument(shared.span.clone()) // no allocation of its own (the inner future stays inline)
-    .await
+    }
 }
 
 /// The readable stream of a TCP socket (the lock on it while held).

@@ -1,0 +1,383 @@
+//! A few tasks per network drive its TCP sockets: read DESIGN §5 (the driver) first.
+//!
+//! A socket's driver polls its transport when the application is not doing so and fires its
+//! timers. Each used to be a tokio task of its own: per socket a task cell (allocated aligned, so
+//! past the allocator's per-thread cache), its scheduling, and the runtime's task bookkeeping on
+//! every wake-up, which a short connection paid twice (client and accepted end; issue #6,
+//! tcp-connect). Here a network's sockets share one task per worker of the runtime (they take
+//! the tasks in turn, so background work still spreads over the workers). A socket's driver
+//! waker puts the socket in its task's run queue (once, however often it is woken) and wakes the
+//! task, which drives the queued sockets in wake order, a bounded number per poll.
+//!
+//! Ownership is as before: the run queue's table holds each socket until its driver reports it
+//! finished, as its task's future did, and a socket's waker refers to the table only weakly, so a
+//! socket and its waker make no cycle. A task lives as long as its network: dropped by a runtime
+//! that shuts down, it gives up every socket it held (as the runtime dropping each driver task
+//! did), and it ends once the network is gone (no socket holds it then).
+//!
+//! Deterministic under simulation: sockets are driven in the order they were woken, and table
+//! slots are reused last freed first; nothing depends on a hash or the clock.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Poll, Wake, Waker};
+
+use crate::shared::lock;
+
+/// Sockets driven per poll of the task before it lets other tasks run.
+const BUDGET: usize = 32;
+
+/// A socket the network's task drives.
+pub(crate) trait Driven: Send + Sync + 'static {
+    /// Polls the socket's driver with `waker` (the socket's own, the same on every call):
+    /// `Ready` once the socket is finished and needs no more driving.
+    fn drive(&self, waker: &Waker) -> Poll<()>;
+}
+
+/// The run queue of one network's sockets.
+pub(crate) struct Drivers {
+    state: Mutex<State>,
+    /// Where the task runs (the network's runtime).
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Default)]
+struct State {
+    slots: Vec<Slot>,
+    /// Empty slots, the last freed first.
+    free: Vec<usize>,
+    /// Slots to drive, in wake order; each at most once (`Slot::queued`).
+    queue: VecDeque<usize>,
+    /// The task's waker while it waits for a socket to be woken.
+    task: Option<Waker>,
+    /// The task is spawned and has not ended.
+    running: bool,
+    /// The network is gone: the task ends.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    socket: Option<(Arc<dyn Driven>, Waker)>,
+    /// Bumped when the slot is emptied: a waker of the slot's earlier socket finds it stale.
+    generation: u64,
+    queued: bool,
+}
+
+/// A socket's driver waker: its slot, and the generation of the slot it was made for.
+struct SlotWaker {
+    drivers: Weak<Drivers>,
+    slot: usize,
+    generation: u64,
+}
+
+/// What the task does next after one look at the queue.
+enum Next {
+    Drive(Arc<dyn Driven>, Waker, usize, u64),
+    Wait,
+    End,
+}
+
+impl Drivers {
+    pub(crate) fn new(runtime: tokio::runtime::Handle) -> Drivers {
+        Drivers { state: Mutex::new(State::default()), runtime }
+    }
+
+    /// Takes `socket` into the table and queues its first drive (spawning the task when it does
+    /// not run).
+    pub(crate) fn start(self: &Arc<Self>, socket: Arc<dyn Driven>) {
+        let (spawn, task) = {
+            let mut state = lock(&self.state);
+            let slot = match state.free.pop() {
+                Some(slot) => slot,
+                None => {
+                    state.slots.push(Slot::default());
+                    state.slots.len() - 1
+                }
+            };
+            let generation = state.slots[slot].generation;
+            let waker = Waker::from(Arc::new(SlotWaker { drivers: Arc::downgrade(self), slot, generation }));
+            state.slots[slot].socket = Some((socket, waker));
+            state.slots[slot].queued = true;
+            state.queue.push_back(slot);
+            let spawn = !std::mem::replace(&mut state.running, true);
+            (spawn, state.task.take())
+        };
+        if spawn {
+            drop(self.runtime.spawn(run(TaskGuard(self.clone()))));
+        } else if let Some(task) = task {
+            task.wake();
+        }
+    }
+
+    /// The network is gone: the task ends when it next looks.
+    pub(crate) fn close(&self) {
+        let task = {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            state.task.take()
+        };
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+
+    /// Queues slot `slot`'s socket when the slot still holds the socket the waker was made for.
+    fn wake_slot(&self, slot: usize, generation: u64) {
+        let task = {
+            let mut state = lock(&self.state);
+            let Some(entry) = state.slots.get_mut(slot) else { return };
+            if entry.generation != generation || entry.queued || entry.socket.is_none() {
+                return;
+            }
+            entry.queued = true;
+            state.queue.push_back(slot);
+            state.task.take()
+        };
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+
+    /// The next socket to drive, or what the task does instead (`task` is registered to wait).
+    fn next(&self, task: &Waker) -> Next {
+        let mut state = lock(&self.state);
+        while let Some(slot) = state.queue.pop_front() {
+            let entry = &mut state.slots[slot];
+            entry.queued = false;
+            if let Some((socket, waker)) = &entry.socket {
+                return Next::Drive(socket.clone(), waker.clone(), slot, entry.generation);
+            }
+        }
+        if state.closed && state.slots.iter().all(|s| s.socket.is_none()) {
+            state.running = false;
+            return Next::End;
+        }
+        if !state.task.as_ref().is_some_and(|w| w.will_wake(task)) {
+            state.task = Some(task.clone());
+        }
+        Next::Wait
+    }
+
+    /// Slot `slot`'s socket is finished: the table lets it go.
+    fn finish(&self, slot: usize, generation: u64) -> Option<(Arc<dyn Driven>, Waker)> {
+        let mut state = lock(&self.state);
+        let entry = &mut state.slots[slot];
+        if entry.generation != generation {
+            return None;
+        }
+        entry.generation += 1;
+        entry.queued = false;
+        let socket = entry.socket.take();
+        state.free.push(slot);
+        socket
+    }
+
+    /// The task is gone (its runtime shut down, or it ended): the table lets every socket go.
+    fn abandon(&self) -> Vec<(Arc<dyn Driven>, Waker)> {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        state.running = false;
+        state.task = None;
+        state.queue.clear();
+        let mut sockets = Vec::new();
+        for (i, entry) in state.slots.iter_mut().enumerate() {
+            if let Some(socket) = entry.socket.take() {
+                entry.generation += 1;
+                entry.queued = false;
+                sockets.push(socket);
+                state.free.push(i);
+            }
+        }
+        sockets
+    }
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(drivers) = self.drivers.upgrade() {
+            drivers.wake_slot(self.slot, self.generation);
+        }
+    }
+}
+
+/// The task's hold on its run queue: dropped (the task ended, or its runtime dropped it), the
+/// queue gives up the sockets it holds, outside its lock (dropping one may close a transport).
+struct TaskGuard(Arc<Drivers>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        drop(self.0.abandon());
+    }
+}
+
+/// The network's driver task.
+async fn run(guard: TaskGuard) {
+    let drivers = &guard.0;
+    std::future::poll_fn(|cx| {
+        for _ in 0..BUDGET {
+            match drivers.next(cx.waker()) {
+                Next::Drive(socket, waker, slot, generation) => {
+                    if socket.drive(&waker).is_ready() {
+                        drop(drivers.finish(slot, generation));
+                    }
+                }
+                Next::Wait => return Poll::Pending,
+                Next::End => return Poll::Ready(()),
+            }
+        }
+        // Let other tasks run; the queue is still there at the next poll.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A socket that records its drives and finishes after `lifetime` of them.
+    struct Probe {
+        drives: AtomicUsize,
+        lifetime: usize,
+        waker: Mutex<Option<Waker>>,
+    }
+
+    impl Probe {
+        fn new(lifetime: usize) -> Arc<Probe> {
+            Arc::new(Probe { drives: AtomicUsize::new(0), lifetime, waker: Mutex::new(None) })
+        }
+
+        fn drives(&self) -> usize {
+            self.drives.load(Ordering::SeqCst)
+        }
+
+        fn wake(&self) {
+            lock(&self.waker).clone().expect("driven once").wake();
+        }
+    }
+
+    impl Driven for Probe {
+        fn drive(&self, waker: &Waker) -> Poll<()> {
+            *lock(&self.waker) = Some(waker.clone());
+            let n = self.drives.fetch_add(1, Ordering::SeqCst) + 1;
+            if n >= self.lifetime {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn drivers() -> Arc<Drivers> {
+        Arc::new(Drivers::new(tokio::runtime::Handle::current()))
+    }
+
+    #[tokio::test]
+    async fn a_woken_socket_is_driven_once_per_wake_burst_and_let_go_when_finished() {
+        let drivers = drivers();
+        let probe = Probe::new(3);
+        drivers.start(probe.clone());
+        settle().await;
+        assert_eq!(probe.drives(), 1, "the first drive follows start");
+        // Three wakes before the task runs queue the socket once.
+        probe.wake();
+        probe.wake();
+        probe.wake();
+        settle().await;
+        assert_eq!(probe.drives(), 2);
+        probe.wake();
+        settle().await;
+        assert_eq!(probe.drives(), 3, "finished at its third drive");
+        assert_eq!(Arc::strong_count(&probe), 1, "the table let it go");
+        // A waker of a finished socket wakes nothing, not even the slot's next socket.
+        let next = Probe::new(10);
+        drivers.start(next.clone());
+        settle().await;
+        assert_eq!(next.drives(), 1);
+        probe.wake();
+        settle().await;
+        assert_eq!(next.drives(), 1, "a stale waker finds its slot reused");
+        drivers.close();
+        settle().await;
+        assert_eq!(Arc::strong_count(&next), 2, "a live socket stays held after close");
+    }
+
+    #[test]
+    fn a_runtime_that_shuts_down_lets_every_socket_go() {
+        let probe = Probe::new(usize::MAX);
+        {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            rt.block_on(async {
+                let drivers = drivers();
+                drivers.start(probe.clone());
+                settle().await;
+            });
+            assert_eq!(probe.drives(), 1);
+            assert!(Arc::strong_count(&probe) > 1, "held while its task lives");
+        }
+        assert_eq!(Arc::strong_count(&probe), 1, "the dropped task let it go");
+        probe.wake(); // the queue is gone: nothing happens
+    }
+
+    #[tokio::test]
+    async fn the_task_ends_once_closed_and_empty_and_a_later_start_spawns_it_again() {
+        let drivers = drivers();
+        let first = Probe::new(1);
+        drivers.start(first.clone());
+        settle().await;
+        drivers.close();
+        settle().await;
+        assert!(!lock(&drivers.state).running, "ended");
+        let second = Probe::new(2);
+        drivers.start(second.clone());
+        settle().await;
+        assert_eq!(second.drives(), 1);
+        assert!(lock(&drivers.state).running);
+    }
+
+    #[tokio::test]
+    async fn a_long_queue_is_driven_in_wake_order_a_budget_at_a_time() {
+        let drivers = drivers();
+        lock(&drivers.state).running = true; // this test polls the task itself
+        let probes: Vec<_> = (0..BUDGET * 2 + 1).map(|_| Probe::new(usize::MAX)).collect();
+        for p in &probes {
+            drivers.start(p.clone());
+        }
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut task = std::pin::pin!(run(TaskGuard(drivers.clone())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        let driven: Vec<usize> = probes.iter().map(|p| p.drives()).collect();
+        assert_eq!(driven.iter().sum::<usize>(), BUDGET, "one budget per poll");
+        assert!(driven[..BUDGET].iter().all(|&d| d == 1), "in start order");
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "it woke itself to go on");
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        assert!(probes.iter().all(|p| p.drives() == 1));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2, "the last poll waits for a wake-up");
+    }
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
