@@ -52,6 +52,9 @@ struct State {
     task: Option<Waker>,
     /// The task is spawned and has not ended.
     running: bool,
+    /// Counts the tasks spawned: a task that ends gives up the table only if no later task
+    /// took it over meanwhile.
+    epoch: u64,
     /// The network is gone: the task ends.
     closed: bool,
 }
@@ -101,10 +104,13 @@ impl Drivers {
             state.slots[slot].queued = true;
             state.queue.push_back(slot);
             let spawn = !std::mem::replace(&mut state.running, true);
-            (spawn, state.task.take())
+            if spawn {
+                state.epoch += 1;
+            }
+            (spawn.then_some(state.epoch), state.task.take())
         };
-        if spawn {
-            drop(self.runtime.spawn(run(TaskGuard(self.clone()))));
+        if let Some(epoch) = spawn {
+            drop(self.runtime.spawn(run(TaskGuard { drivers: self.clone(), epoch })));
         } else if let Some(task) = task {
             task.wake();
         }
@@ -173,10 +179,14 @@ impl Drivers {
         socket
     }
 
-    /// The task is gone (its runtime shut down, or it ended): the table lets every socket go.
-    fn abandon(&self) -> Vec<(Arc<dyn Driven>, Waker)> {
+    /// Task `epoch` is gone (its runtime shut down, or it ended): the table lets every socket
+    /// go, unless a later task runs it.
+    fn abandon(&self, epoch: u64) -> Vec<(Arc<dyn Driven>, Waker)> {
         let mut state = lock(&self.state);
         let state = &mut *state;
+        if state.epoch != epoch {
+            return Vec::new();
+        }
         state.running = false;
         state.task = None;
         state.queue.clear();
@@ -207,17 +217,20 @@ impl Wake for SlotWaker {
 
 /// The task's hold on its run queue: dropped (the task ended, or its runtime dropped it), the
 /// queue gives up the sockets it holds, outside its lock (dropping one may close a transport).
-struct TaskGuard(Arc<Drivers>);
+struct TaskGuard {
+    drivers: Arc<Drivers>,
+    epoch: u64,
+}
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        drop(self.0.abandon());
+        drop(self.drivers.abandon(self.epoch));
     }
 }
 
 /// The network's driver task.
 async fn run(guard: TaskGuard) {
-    let drivers = &guard.0;
+    let drivers = &guard.drivers;
     std::future::poll_fn(|cx| {
         for _ in 0..BUDGET {
             match drivers.next(cx.waker()) {
@@ -351,6 +364,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_task_that_ends_leaves_the_table_to_a_later_one() {
+        let drivers = drivers();
+        let probe = Probe::new(usize::MAX);
+        drivers.start(probe.clone());
+        settle().await;
+        let first = lock(&drivers.state).epoch;
+        lock(&drivers.state).epoch += 1; // as if a later task had taken over
+        drop(TaskGuard { drivers: drivers.clone(), epoch: first });
+        assert_eq!(Arc::strong_count(&probe), 2, "still in the table");
+        drop(TaskGuard { drivers: drivers.clone(), epoch: first + 1 });
+        assert_eq!(Arc::strong_count(&probe), 1, "the current task's end lets it go");
+    }
+
+    #[tokio::test]
     async fn a_long_queue_is_driven_in_wake_order_a_budget_at_a_time() {
         let drivers = drivers();
         lock(&drivers.state).running = true; // this test polls the task itself
@@ -360,7 +387,7 @@ mod tests {
         }
         let woken = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(woken.clone());
-        let mut task = std::pin::pin!(run(TaskGuard(drivers.clone())));
+        let mut task = std::pin::pin!(run(TaskGuard { drivers: drivers.clone(), epoch: 0 }));
         let mut cx = std::task::Context::from_waker(&waker);
         assert!(task.as_mut().poll(&mut cx).is_pending());
         let driven: Vec<usize> = probes.iter().map(|p| p.drives()).collect();
