@@ -235,7 +235,10 @@ async fn run(guard: TaskGuard) {
         for _ in 0..BUDGET {
             match drivers.next(cx.waker()) {
                 Next::Drive(socket, waker, slot, generation) => {
-                    if socket.drive(&waker).is_ready() {
+                    // A driver that panics (a bug) ends for its socket alone, as its own task
+                    // would have: the table lets it go and the task drives the others on.
+                    let drive = std::panic::AssertUnwindSafe(|| socket.drive(&waker));
+                    if std::panic::catch_unwind(drive).map_or(true, |p| p.is_ready()) {
                         drop(drivers.finish(slot, generation));
                     }
                 }
@@ -345,6 +348,30 @@ mod tests {
         }
         assert_eq!(Arc::strong_count(&probe), 1, "the dropped task let it go");
         probe.wake(); // the queue is gone: nothing happens
+    }
+
+    /// A socket whose driver panics at its first drive.
+    struct Panics;
+
+    impl Driven for Panics {
+        fn drive(&self, _: &Waker) -> Poll<()> {
+            panic!("a driver bug (expected by this test)");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_panics_ends_for_its_socket_alone() {
+        let drivers = drivers();
+        let bad = Arc::new(Panics);
+        let good = Probe::new(usize::MAX);
+        drivers.start(bad.clone());
+        drivers.start(good.clone());
+        settle().await;
+        assert_eq!(Arc::strong_count(&bad), 1, "let go");
+        assert_eq!(good.drives(), 1, "driven after the panic");
+        good.wake();
+        settle().await;
+        assert_eq!(good.drives(), 2, "the task lives on");
     }
 
     #[tokio::test]
