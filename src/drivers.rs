@@ -101,13 +101,12 @@ impl Drivers {
             let generation = state.slots[slot].generation;
             let waker = Waker::from(Arc::new(SlotWaker { drivers: Arc::downgrade(self), slot, generation }));
             state.slots[slot].socket = Some((socket, waker));
-            state.slots[slot].queued = true;
-            state.queue.push_back(slot);
+            let task = state.enqueue(slot);
             let spawn = !std::mem::replace(&mut state.running, true);
             if spawn {
                 state.epoch += 1;
             }
-            (spawn.then_some(state.epoch), state.task.take())
+            (spawn.then_some(state.epoch), task)
         };
         if let Some(epoch) = spawn {
             drop(self.runtime.spawn(run(TaskGuard { drivers: self.clone(), epoch })));
@@ -136,9 +135,7 @@ impl Drivers {
             if entry.generation != generation || entry.queued || entry.socket.is_none() {
                 return;
             }
-            entry.queued = true;
-            state.queue.push_back(slot);
-            state.task.take()
+            state.enqueue(slot)
         };
         if let Some(task) = task {
             task.wake();
@@ -200,6 +197,15 @@ impl Drivers {
             }
         }
         sockets
+    }
+}
+
+impl State {
+    /// Queues `slot` for a drive; the task's waker, if it waits, to wake outside the lock.
+    fn enqueue(&mut self, slot: usize) -> Option<Waker> {
+        self.slots[slot].queued = true;
+        self.queue.push_back(slot);
+        self.task.take()
     }
 }
 

@@ -126,13 +126,7 @@ pub fn parse_multicast_group(text: &str) -> Result<IpAddr, SocketError> {
 /// Canonical text of an address learned from the OS (AMB-54): dotted quad, RFC 5952, and IPv4-mapped
 /// IPv6 shown as plain IPv4.
 pub fn canonical(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => dotted_quad(v4).as_str().to_owned(),
-            None => v6.to_string(),
-        },
-        IpAddr::V4(v4) => dotted_quad(v4).as_str().to_owned(),
-    }
+    canonical_boxed(ip).into_string() // the box's allocation becomes the string's
 }
 
 /// [`canonical`] in a box of exactly its length (one allocation, no spare capacity).
