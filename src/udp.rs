@@ -448,7 +448,10 @@ impl UdpShared {
         let cmd = AppCommand::SendDatagram { id: WriteId(id), data: datagram.data, dest };
         // The machine reads the time only if a transition needs it (a UDP one never does).
         let _ = inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut None), Input::App(cmd));
-        inner.process_with(self, Polls::Sends);
+        inner.send_at_once(self);
+        if inner.io.may_report(Polls::Sends) {
+            inner.process_with(self, Polls::Sends);
+        }
         id
     }
 
@@ -487,6 +490,12 @@ impl UdpShared {
         inner.reader = None;
         inner.io.route.reader_polling();
         let mut now = None;
+        // Datagrams first, when the machine has none queued: a read that found its queue empty
+        // would leave it a waiting reader, and read again once the pass below received (two reads
+        // and a wake-up event per datagram).
+        if inner.machine.queued_datagrams() == 0 && inner.io.read_interest && !inner.io.recv_registered() {
+            inner.process_with(self, Polls::All);
+        }
         for _ in 0..2 {
             inner.read_result = None;
             inner.readable_signal = false;
@@ -496,15 +505,11 @@ impl UdpShared {
                 inner.apply(self, out);
             }
             // A read need not look for datagrams while the transport waits registered and nothing
-            // woke it since: a receive here would find nothing. With a route, its wake-up comes
-            // here (or to the driver when no reader waits) and clears `armed`; without one, the
-            // driver is woken, receives, and wakes this reader.
-            let armed = match inner.io.route.get() {
-                Some(route) => route.armed(),
-                None => inner.io.recv_armed,
-            };
-            let polls = if armed { Polls::Sends } else { Polls::All };
-            inner.process_with(self, polls);
+            // woke it since, and a pass with nothing to do is skipped.
+            let polls = if inner.io.recv_registered() { Polls::Sends } else { Polls::All };
+            if polls == Polls::All || inner.io.may_report(polls) {
+                inner.process_with(self, polls);
+            }
             if let Some(result) = inner.read_result.take() {
                 return Poll::Ready(match result {
                     ReadResult::Message(m) => Ok(Some(UdpMessage { data: m.data, from: m.from })),
@@ -579,6 +584,28 @@ impl WriteSource for UdpShared {
 impl Inner {
     fn process(&mut self, shared: &UdpShared) {
         self.process_with(shared, Polls::All);
+    }
+
+    /// A write's outputs, applied in order, with the common one — a datagram to an address,
+    /// handed straight on by the machine — sent to the transport here and its report handed back
+    /// at once, instead of through [`Inner::process_with`]'s general pass (which costs a write
+    /// more than the machine does). A datagram the pass would hold back (a report not yet handed
+    /// in, a held opening, no driver yet, a send already waiting) is left to the pass.
+    fn send_at_once(&mut self, shared: &UdpShared) {
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                Output::Io(IoCommand::SendTo { id, dest: Destination::Addr(addr), data })
+                    if self.io.may_send_at_once() =>
+                {
+                    if let Some(report) = self.io.send_now(id, data, addr) {
+                        let _ = self
+                            .machine
+                            .handle_lazy(&mut lazy_now(&shared.net, &mut None), Input::Io(report));
+                    }
+                }
+                other => self.apply(shared, other),
+            }
+        }
     }
 
     fn process_with(&mut self, shared: &UdpShared, polls: Polls) {
@@ -704,6 +731,45 @@ impl UdpIo {
             || self.resolving_default.is_some()
             || self.sending.is_some()
             || (self.read_interest && polls == Polls::All && !self.recv_parked && self.transport.is_some())
+    }
+
+    /// Whether the transport's receive side waits registered and nothing woke it since: a
+    /// receive now would find nothing. With a route, its wake-up comes to the reader (or to the
+    /// driver when no reader waits) and clears it; without one, the driver is woken, receives,
+    /// and wakes the reader.
+    fn recv_registered(&self) -> bool {
+        match self.route.get() {
+            Some(route) => route.armed(),
+            None => self.recv_armed,
+        }
+    }
+
+    /// Whether a datagram may go to the transport now, ahead of the general pass: nothing the
+    /// pass would handle first (a queued report, a send waiting, a held opening) and a driver
+    /// to register with should the transport be full.
+    fn may_send_at_once(&self) -> bool {
+        self.driver.is_some()
+            && self.transport.is_some()
+            && self.sending.is_none()
+            && self.reports.is_empty()
+            && self.hold.is_none()
+    }
+
+    /// Sends `data` to `addr` now; the report, or `None` when the transport is full (the send
+    /// then waits in `sending`, registered with the driver, as the pass leaves one).
+    fn send_now(&mut self, id: WriteId, data: Bytes, addr: SocketAddr) -> Option<IoEvent> {
+        let (Some(driver), Some(transport)) = (&self.driver, &mut self.transport) else {
+            self.sending = Some(Sending { id, data, to: SendTarget::Addr(addr) });
+            return None;
+        };
+        match transport.poll_send_bytes(&mut Context::from_waker(driver), &data, addr) {
+            Poll::Ready(Ok(())) => Some(IoEvent::Sent { id }),
+            Poll::Ready(Err(e)) => Some(send_failed(id, &e)),
+            Poll::Pending => {
+                self.sending = Some(Sending { id, data, to: SendTarget::Addr(addr) });
+                None
+            }
+        }
     }
 
     /// One step: the receive side is polled with `read_cx` (the [`ReadRoute`]'s waker once there
