@@ -445,6 +445,12 @@ impl UdpShared {
             (address, port) => inner.machine.destination_for(address, port),
         }
         .and_then(|dest| self.permitted(dest, &mut inner.permitted));
+        if inner.io.may_step_at_once() {
+            if let Some(addr) = inner.machine.send_at_once(WriteId(id), datagram.data.len(), &dest) {
+                inner.send_now(self, WriteId(id), datagram.data, addr);
+                return id;
+            }
+        }
         let cmd = AppCommand::SendDatagram { id: WriteId(id), data: datagram.data, dest };
         // The machine reads the time only if a transition needs it (a UDP one never does).
         let _ = inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut None), Input::App(cmd));
@@ -490,11 +496,21 @@ impl UdpShared {
         inner.reader = None;
         inner.io.route.reader_polling();
         let mut now = None;
+        if let Some(message) = inner.receive_at_once(self) {
+            return Poll::Ready(Ok(Some(message)));
+        }
         // Datagrams first, when the machine has none queued: a read that found its queue empty
         // would leave it a waiting reader, and read again once the pass below received (two reads
         // and a wake-up event per datagram).
         if inner.machine.queued_datagrams() == 0 && inner.io.read_interest && !inner.io.recv_registered() {
             inner.process_with(self, Polls::All);
+        }
+        if let Some(message) = inner.machine.take_datagram() {
+            while let Some(out) = inner.machine.poll_output() {
+                inner.apply(self, out);
+            }
+            inner.after_read(self);
+            return Poll::Ready(Ok(Some(UdpMessage { data: message.data, from: message.from })));
         }
         for _ in 0..2 {
             inner.read_result = None;
@@ -504,12 +520,7 @@ impl UdpShared {
             while let Some(out) = inner.machine.poll_output() {
                 inner.apply(self, out);
             }
-            // A read need not look for datagrams while the transport waits registered and nothing
-            // woke it since, and a pass with nothing to do is skipped.
-            let polls = if inner.io.recv_registered() { Polls::Sends } else { Polls::All };
-            if polls == Polls::All || inner.io.may_report(polls) {
-                inner.process_with(self, polls);
-            }
+            inner.after_read(self);
             if let Some(result) = inner.read_result.take() {
                 return Poll::Ready(match result {
                     ReadResult::Message(m) => Ok(Some(UdpMessage { data: m.data, from: m.from })),
@@ -586,6 +597,56 @@ impl Inner {
         self.process_with(shared, Polls::All);
     }
 
+    /// The read shortcut: with nothing queued in the machine and the transport not known to be
+    /// empty, one receive, polled as the pass would, whose datagram goes straight to this reader
+    /// when the machine agrees ([`UdpMachine::deliver_at_once`]). Anything else the receive
+    /// brings (an error, a datagram the machine must queue or drop) is handed in as the pass
+    /// would, and the read goes on the usual way.
+    fn receive_at_once(&mut self, shared: &UdpShared) -> Option<UdpMessage> {
+        if self.machine.queued_datagrams() != 0
+            || !self.io.read_interest
+            || self.io.recv_registered()
+            || !self.io.may_step_at_once()
+        {
+            return None;
+        }
+        let read_waker = self.io.route.take_waker();
+        let driver = self.io.driver.take();
+        let report = match read_waker.as_ref().or(driver.as_ref()) {
+            Some(waker) => self.io.receive(&mut Context::from_waker(waker)),
+            None => None,
+        };
+        self.io.driver = driver;
+        self.io.route.put_waker(read_waker);
+        let report = match report? {
+            IoEvent::Datagram { .. } if shared.net.faults().conversion_fails() => IoEvent::ConversionFailed,
+            other => other,
+        };
+        match report {
+            IoEvent::Datagram { data, from, dropped_total }
+                if self.machine.deliver_at_once(dropped_total) =>
+            {
+                Some(UdpMessage { data, from })
+            }
+            other => {
+                let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, &mut None), Input::Io(other));
+                while let Some(out) = self.machine.poll_output() {
+                    self.apply(shared, out);
+                }
+                None
+            }
+        }
+    }
+
+    /// The pass after a read: it need not look for datagrams while the transport waits
+    /// registered and nothing woke it since, and a pass with nothing to do is skipped.
+    fn after_read(&mut self, shared: &UdpShared) {
+        let polls = if self.io.recv_registered() { Polls::Sends } else { Polls::All };
+        if polls == Polls::All || self.io.may_report(polls) {
+            self.process_with(shared, polls);
+        }
+    }
+
     /// A write's outputs, applied in order, with the common one — a datagram to an address,
     /// handed straight on by the machine — sent to the transport here and its report handed back
     /// at once, instead of through [`Inner::process_with`]'s general pass (which costs a write
@@ -595,7 +656,7 @@ impl Inner {
         while let Some(out) = self.machine.poll_output() {
             match out {
                 Output::Io(IoCommand::SendTo { id, dest: Destination::Addr(addr), data })
-                    if self.io.may_send_at_once() =>
+                    if self.io.may_step_at_once() =>
                 {
                     if let Some(report) = self.io.send_now(id, data, addr) {
                         let _ = self
@@ -605,6 +666,23 @@ impl Inner {
                 }
                 other => self.apply(shared, other),
             }
+        }
+    }
+
+    /// Sends a write the machine took with [`UdpMachine::send_at_once`] and settles it: at once
+    /// when the transport takes (or refuses) it, else later through the pass, which finds it in
+    /// `sending`.
+    fn send_now(&mut self, shared: &UdpShared, id: WriteId, data: Bytes, addr: SocketAddr) {
+        let Some(report) = self.io.send_now(id, data, addr) else { return };
+        let result = match report {
+            IoEvent::SendFailed { cause, .. } => Err(SocketError::network(cause)),
+            _ => Ok(()),
+        };
+        if self.machine.send_done(id) {
+            self.writes.settle(id.0, result);
+        }
+        while let Some(out) = self.machine.poll_output() {
+            self.apply(shared, out);
         }
     }
 
@@ -744,10 +822,10 @@ impl UdpIo {
         }
     }
 
-    /// Whether a datagram may go to the transport now, ahead of the general pass: nothing the
-    /// pass would handle first (a queued report, a send waiting, a held opening) and a driver
-    /// to register with should the transport be full.
-    fn may_send_at_once(&self) -> bool {
+    /// Whether a send or a receive may be done now, outside the general pass: nothing the pass
+    /// would handle first (a queued report, a send waiting, a held opening) and a driver to
+    /// register with should the transport have no room or no datagram.
+    fn may_step_at_once(&self) -> bool {
         self.driver.is_some()
             && self.transport.is_some()
             && self.sending.is_none()
@@ -813,54 +891,58 @@ impl UdpIo {
             }
         }
         if self.read_interest && polls == Polls::All && !self.recv_parked {
-            // The thread's scratch buffer is room a transport may receive into: the real backend
-            // receives into its slab and spills only a long datagram into the scratch, the
-            // simulator hands its `Bytes` over as they are, the trait's default copies out of it.
-            // (A fresh 64 KiB buffer per datagram made glibc grow and trim its heap, with page
-            // faults, every few datagrams: half the UDP throughput.)
-            // The route knows whether the receive side is left registered with its waker: after
-            // a pending poll, or a datagram the transport says it already waits past.
-            let route = self.route.get();
-            let registered = |answer: &std::io::Result<(Bytes, RecvMeta)>| {
-                answer.as_ref().is_ok_and(|(_, meta)| meta.registered)
-            };
-            let polled = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut scratch) => ReadRoute::poll_armed_unless(
-                    route,
-                    || {
-                        transport.poll_recv_bytes(
-                            read_cx,
-                            scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()),
-                        )
-                    },
-                    registered,
-                ),
-                // Not reachable (transports never call back into sockets), but never panic.
-                Err(_) => ReadRoute::poll_armed_unless(
-                    route,
-                    || transport.poll_recv_bytes(read_cx, &mut vec![0u8; DATAGRAM_ROOM]),
-                    registered,
-                ),
-            });
-            // Registered for the next datagram: pending, or a datagram the transport said so of.
-            self.recv_armed = match &polled {
-                Poll::Pending => true,
-                Poll::Ready(Ok((_, meta))) => meta.registered,
-                Poll::Ready(Err(_)) => false,
-            };
-            match polled {
-                Poll::Ready(Ok((data, meta))) => {
-                    self.received += 1;
-                    self.recv_parked = meta.registered;
-                    return Some(IoEvent::Datagram {
-                        data,
-                        from: meta.from,
-                        dropped_total: meta.dropped_total,
-                    });
-                }
-                Poll::Ready(Err(e)) => return Some(recv_failed(&e)),
-                Poll::Pending => {}
+            return self.receive(read_cx);
+        }
+        None
+    }
+
+    /// One receive, polled with `read_cx`: the datagram's report, or an error's; `None` when
+    /// nothing is there (the transport is then registered with `read_cx`'s waker).
+    fn receive(&mut self, read_cx: &mut Context<'_>) -> Option<IoEvent> {
+        let transport = self.transport.as_mut()?;
+        // The thread's scratch buffer is room a transport may receive into: the real backend
+        // receives into its slab and spills only a long datagram into the scratch, the
+        // simulator hands its `Bytes` over as they are, the trait's default copies out of it.
+        // (A fresh 64 KiB buffer per datagram made glibc grow and trim its heap, with page
+        // faults, every few datagrams: half the UDP throughput.)
+        // The route knows whether the receive side is left registered with its waker: after
+        // a pending poll, or a datagram the transport says it already waits past.
+        let route = self.route.get();
+        let registered = |answer: &std::io::Result<(Bytes, RecvMeta)>| {
+            answer.as_ref().is_ok_and(|(_, meta)| meta.registered)
+        };
+        let polled = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => ReadRoute::poll_armed_unless(
+                route,
+                || {
+                    transport.poll_recv_bytes(
+                        read_cx,
+                        scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()),
+                    )
+                },
+                registered,
+            ),
+            // Not reachable (transports never call back into sockets), but never panic.
+            Err(_) => ReadRoute::poll_armed_unless(
+                route,
+                || transport.poll_recv_bytes(read_cx, &mut vec![0u8; DATAGRAM_ROOM]),
+                registered,
+            ),
+        });
+        // Registered for the next datagram: pending, or a datagram the transport said so of.
+        self.recv_armed = match &polled {
+            Poll::Pending => true,
+            Poll::Ready(Ok((_, meta))) => meta.registered,
+            Poll::Ready(Err(_)) => false,
+        };
+        match polled {
+            Poll::Ready(Ok((data, meta))) => {
+                self.received += 1;
+                self.recv_parked = meta.registered;
+                return Some(IoEvent::Datagram { data, from: meta.from, dropped_total: meta.dropped_total });
             }
+            Poll::Ready(Err(e)) => return Some(recv_failed(&e)),
+            Poll::Pending => {}
         }
         None
     }

@@ -333,6 +333,92 @@ impl UdpMachine {
         choose_destination(&self.spec, remote_address, remote_port)
     }
 
+    // ---- the write shortcut ---------------------------------------------------------------
+
+    /// The data path's shortcut for the common write, quinn-style: a write the machine would hand
+    /// straight to the backend is taken in flight here, with no input or output, and its address
+    /// returned. That is when the socket is open, no write is queued or in flight, the writable
+    /// accepts writes, `id` is above the last one, and `dest` is an address the machine's checks
+    /// pass (family, size). The caller sends it at once and reports the outcome with
+    /// [`send_done`](Self::send_done), settling the write's promise itself; or, when the backend
+    /// cannot take it yet, later as `IoEvent::Sent`/`SendFailed` through
+    /// [`handle`](Self::handle) (which settles it with `WriteSettled`, as for any write).
+    ///
+    /// `None` changes nothing: the caller hands the write in as `AppCommand::SendDatagram`,
+    /// where it is queued, rejected or sent in the usual way.
+    pub fn send_at_once(
+        &mut self,
+        id: WriteId,
+        len: usize,
+        dest: &Result<Destination, SocketError>,
+    ) -> Option<SocketAddr> {
+        let Ok(Destination::Addr(addr)) = dest else { return None };
+        let idle = self.phase == Phase::Open
+            && self.writable.in_flight.is_none()
+            && self.writable.queue.is_empty()
+            && self.writable.error.is_none()
+            && !self.writable.closed;
+        if !idle
+            || self.writable.last_id.is_some_and(|last| id <= last)
+            || addr.is_ipv4() != self.is_ipv4()
+            || len > self.spec.max_datagram()
+        {
+            return None;
+        }
+        self.writable.last_id = Some(id);
+        self.writable.bytes = self.writable.bytes.saturating_add(len);
+        self.writable.in_flight = Some((id, len));
+        Some(*addr)
+    }
+
+    /// A write taken with [`send_at_once`](Self::send_at_once) was sent at once, or failed at
+    /// once (which fails that write only, A-28: the same bookkeeping): it settles without a
+    /// `WriteSettled` event, the caller settling its promise. `false` when `id` is not the write
+    /// in flight (nothing changes).
+    pub fn send_done(&mut self, id: WriteId) -> bool {
+        match self.writable.in_flight {
+            Some((current, size)) if current == id => {
+                let before = self.desired_size();
+                self.writable.in_flight = None;
+                self.writable.bytes = self.writable.bytes.saturating_sub(size);
+                self.pump();
+                if before <= 0 && self.desired_size() > 0 && self.writable.error.is_none() {
+                    self.out.event(Event::WritableReady);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    // ---- the read shortcut ----------------------------------------------------------------
+
+    /// The data path's shortcut for the common read: the next queued datagram, exactly as
+    /// `AppCommand::Read` would hand it out, with no input and no `Read` event. `None` when
+    /// none is queued: the caller reads through `AppCommand::Read`, which also reports the end of
+    /// the readable or waits for the next datagram.
+    pub fn take_datagram(&mut self) -> Option<UdpMessage> {
+        let msg = self.readable.queue.pop_front()?;
+        self.update_read_interest();
+        Some(msg)
+    }
+
+    /// The read shortcut's other half: whether a datagram the backend delivers now, while the
+    /// reader asks for one, may go straight to that reader instead of through the queue: the
+    /// socket is open, the readable has not ended and nothing is queued ahead of it (the reader
+    /// then no longer waits). Records the backend's drop counter either way, as
+    /// `IoEvent::Datagram` does. `false` changes nothing else: the caller hands the datagram in
+    /// as `IoEvent::Datagram`.
+    pub fn deliver_at_once(&mut self, dropped_total: u64) -> bool {
+        self.readable.dropped_backend = self.readable.dropped_backend.max(dropped_total);
+        let direct =
+            self.phase == Phase::Open && self.readable.end.is_none() && self.readable.queue.is_empty();
+        if direct {
+            self.readable.reader_waiting = false;
+        }
+        direct
+    }
+
     /// Mutation testing: make the state refuse one §9 row (the `mutants` command).
     #[cfg(feature = "mutations")]
     pub fn disable_row(&mut self, row: Option<Row>) {
@@ -1020,6 +1106,63 @@ mod tests {
         m
     }
 
+    /// The write shortcut takes a write only where the machine would hand it straight on, and
+    /// leaves the socket as a sent-and-settled write through inputs would.
+    // rule: UDP-WRITE-06, UDP-WRITE-07, UDP-WRITE-14, INV-11, UDP-OPEN-04
+    #[test]
+    fn send_at_once_takes_only_a_write_nothing_is_ahead_of() {
+        let to = Ok(Destination::Addr(addr(PEER)));
+        // Opening: writes wait for the open (UDP-OPEN-04), so not at once.
+        let mut m = socket_opening();
+        assert_eq!(m.send_at_once(WriteId(1), 4, &to), None);
+        let mut m = socket_open();
+        let hwm = m.desired_size();
+        assert_eq!(m.send_at_once(WriteId(1), 4, &to), Some(addr(PEER)));
+        assert!(drain(&mut m).is_empty(), "no output: the caller sends and settles");
+        assert_eq!((m.pending_writes(), m.queued_write_bytes()), (1, 4));
+        // One in flight: the next queues behind it (INV-11), through inputs.
+        assert_eq!(m.send_at_once(WriteId(2), 4, &to), None);
+        assert!(!m.send_done(WriteId(2)), "not the write in flight");
+        assert!(m.send_done(WriteId(1)));
+        assert!(drain(&mut m).is_empty());
+        assert_eq!((m.pending_writes(), m.desired_size()), (0, hwm));
+        // Ids must increase; a name, the other family or an oversized datagram go through inputs,
+        // whose checks reject them.
+        assert_eq!(m.send_at_once(WriteId(1), 4, &to), None);
+        let name = Ok(Destination::Name(HostName::parse("example.test").unwrap(), 9));
+        assert_eq!(m.send_at_once(WriteId(3), 4, &name), None);
+        assert_eq!(m.send_at_once(WriteId(3), 4, &Ok(Destination::Addr(addr("[::1]:9")))), None);
+        assert_eq!(m.send_at_once(WriteId(3), m.spec().max_datagram() + 1, &to), None);
+        assert_eq!(m.send_at_once(WriteId(3), 4, &Err(SocketError::security())), None);
+        assert_eq!(m.pending_writes(), 0);
+        // After writer close, and once closed, nothing is taken.
+        app(&mut m, AppCommand::WriterClose);
+        assert_eq!(m.send_at_once(WriteId(3), 4, &to), None);
+        let mut m = socket_closed();
+        assert_eq!(m.send_at_once(WriteId(9), 4, &to), None);
+    }
+
+    /// A write the shortcut took whose send waits completes through inputs, settled by
+    /// `WriteSettled`; a write larger than the high-water mark wakes `ready()` when it settles.
+    // rule: UDP-WRITE-06, INV-11
+    #[test]
+    fn send_at_once_then_later_report_settles_through_outputs() {
+        let to = Ok(Destination::Addr(addr(PEER)));
+        let mut m = socket_open();
+        assert!(m.send_at_once(WriteId(1), 4, &to).is_some());
+        // A second write queues behind the one the backend holds.
+        assert!(write_to(&mut m, 2, b"next", PEER).is_empty());
+        let outs = io(&mut m, IoEvent::Sent { id: WriteId(1) });
+        assert_eq!(settled(&outs), vec![(1, Ok(()))]);
+        assert!(outs.iter().any(|o| matches!(o, Output::Io(IoCommand::SendTo { id: WriteId(2), .. }))));
+        let mut m = socket_open();
+        let big = usize::try_from(m.desired_size()).unwrap();
+        assert!(m.send_at_once(WriteId(1), big, &to).is_some());
+        assert!(m.desired_size() <= 0);
+        assert!(m.send_done(WriteId(1)));
+        assert!(events(&drain(&mut m)).contains(&Event::WritableReady));
+    }
+
     /// A UDP socket arms no timers, so `handle_lazy` never reads the time: the library passes its
     /// clock lazily and pays no read per datagram.
     #[test]
@@ -1351,6 +1494,57 @@ mod tests {
         // The backend's counter only grows as seen: an older value does not lower it.
         datagram(&mut m, b"d", PEER, 2);
         assert_eq!(m.dropped_datagrams(), 6);
+    }
+
+    /// The read shortcut hands out what `Read` would, in order, and resumes reading as `Read`
+    /// does; with nothing queued it leaves the read to `Read`.
+    // rule: UDP-READ-01, UDP-READ-04, EXT-09, INV-19
+    #[test]
+    fn take_datagram_hands_out_the_queue_as_read_would() {
+        let mut m = socket_open();
+        assert_eq!(m.take_datagram(), None);
+        assert!(drain(&mut m).is_empty());
+        for i in 0..CAPACITY {
+            datagram(&mut m, if i == 0 { b"first" } else { b"d" }, PEER, 0);
+        }
+        assert!(!m.read_interest());
+        let first = m.take_datagram().unwrap();
+        assert_eq!(first, UdpMessage { data: Bytes::from_static(b"first"), from: addr(PEER) });
+        assert_eq!(ios(&drain(&mut m)), [IoCommand::ReadInterest(true)]);
+        while m.take_datagram().is_some() {}
+        assert!(drain(&mut m).is_empty());
+        // Empty: `Read` waits, and the next datagram is announced to it.
+        assert!(read(&mut m).is_empty());
+        assert_eq!(events(&datagram(&mut m, b"x", PEER, 0)), [Event::Readable]);
+        // Closed: nothing queued is handed out, `Read` reports done.
+        app(&mut m, AppCommand::Close);
+        assert_eq!(m.take_datagram(), None);
+        assert_eq!(read(&mut m), [Event::Read(ReadResult::Done)]);
+    }
+
+    /// A datagram goes straight to the asking reader only when nothing is queued ahead of it
+    /// and the readable is open; the drop counter is recorded either way.
+    // rule: UDP-READ-01, UDP-READ-04, INV-06, AMB-33
+    #[test]
+    fn deliver_at_once_only_with_nothing_ahead_and_the_readable_open() {
+        let mut m = socket_opening();
+        assert!(!m.deliver_at_once(0), "not open yet");
+        let mut m = socket_open();
+        // A reader that waited is satisfied by the datagram handed to it.
+        assert!(read(&mut m).is_empty());
+        assert!(m.deliver_at_once(4));
+        assert_eq!(m.dropped_datagrams(), 4);
+        assert!(drain(&mut m).is_empty());
+        assert!(events(&datagram(&mut m, b"queued", PEER, 0)).is_empty(), "no reader waits now");
+        // One queued: a new datagram must go behind it.
+        assert!(!m.deliver_at_once(2));
+        assert_eq!(m.dropped_datagrams(), 4, "the counter only grows");
+        assert_eq!(m.take_datagram().map(|d| d.data), Some(Bytes::from_static(b"queued")));
+        assert!(m.deliver_at_once(7));
+        assert_eq!(m.dropped_datagrams(), 7);
+        // Closed: the readable is done (INV-06).
+        app(&mut m, AppCommand::Close);
+        assert!(!m.deliver_at_once(0));
     }
 
     // rule: UDP-READ-ERR-01, ERR-06, GEN-14, INV-06, INV-11
