@@ -654,8 +654,14 @@ impl UdpTransport for FaultUdp {
     ) -> Poll<io::Result<(bytes::Bytes, RecvMeta)>> {
         self.recv_gate()?;
         let inner = &mut self.inner;
-        let polled = self.link.guard(cx, |cx| inner.poll_recv_bytes(cx, scratch));
-        polled.map_ok(|(data, meta)| (data, self.recv_registered(cx, meta)))
+        let mut polled = self.link.guard(cx, |cx| inner.poll_recv_bytes(cx, scratch));
+        // In place: the payload and its metadata are not moved once more per datagram.
+        if let Poll::Ready(Ok((_, meta))) = &mut polled {
+            if meta.registered {
+                *meta = self.recv_registered(cx, *meta);
+            }
+        }
+        polled
     }
 
     fn poll_send_to(&mut self, cx: &mut Context<'_>, data: &[u8], dest: SocketAddr) -> Poll<io::Result<()>> {
