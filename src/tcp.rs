@@ -481,6 +481,23 @@ impl TcpShared {
             Some(route) if route.armed() => Polls::Sends,
             _ => Polls::All,
         };
+        // Data the machine holds goes out without a `Read` input or event (the pass a read has
+        // runs all the same).
+        if let Some(chunk) = inner.machine.take_chunk() {
+            inner.process_with(self, first, &mut now);
+            return Poll::Ready(Ok(Some(chunk)));
+        }
+        // None held: the transport's read side first, so that one read serves instead of a read
+        // that waits, a `Readable` event and a second read.
+        let mut first = first;
+        if first == Polls::All {
+            inner.process_with(self, Polls::All, &mut now);
+            if let Some(chunk) = inner.machine.take_chunk() {
+                inner.process_with(self, Polls::Sends, &mut now);
+                return Poll::Ready(Ok(Some(chunk)));
+            }
+            first = Polls::Sends;
+        }
         // The second turn only collects what the first one received: that one polled the
         // transport's read side until it was pending (registered) or out of budget (the driver
         // woken), so polling it again would find nothing.
@@ -525,6 +542,10 @@ impl TcpShared {
     fn write_locked(&self, inner: &mut Inner, data: Bytes) -> u64 {
         let id = inner.app.writes.next_id();
         let mut now = None;
+        if inner.io.may_send_at_once() && inner.machine.send_at_once(WriteId(id), data.len()) {
+            inner.send_now(self, WriteId(id), data, &mut now);
+            return id;
+        }
         let write = Input::App(AppCommand::Write { id: WriteId(id), data });
         let _ = inner.machine.handle_lazy(&mut lazy_now(&self.net, &mut now), write);
         inner.process_with(self, Polls::Sends, &mut now);
@@ -614,6 +635,38 @@ impl Inner {
     /// Runs the machine's outputs and the transport until nothing more can happen without
     /// waiting. Transport polls use the driver's waker, reads the [`ReadRoute`]'s once there is
     /// one (DESIGN §5: one registered waker per direction).
+    /// Writes a chunk the machine took with [`TcpMachine::send_at_once`]: settled at once when
+    /// the transport takes all of it; else the rest waits in `sending` for the pass (registered
+    /// with the driver), or the failure is handed in as the pass would.
+    fn send_now(
+        &mut self,
+        shared: &TcpShared,
+        id: WriteId,
+        data: Bytes,
+        now: &mut Option<tcpudp_core::Instant>,
+    ) {
+        self.io.sending = Some((id, data));
+        let report = match (&self.io.driver, &mut self.io.transport) {
+            (Some(driver), Some(transport)) => {
+                poll_sending(&mut self.io.sending, transport, &mut Context::from_waker(driver))
+            }
+            _ => None,
+        };
+        match report {
+            Some(IoEvent::Wrote { id }) if self.machine.send_done(id) => {
+                self.app.writes.settle(id.0, Ok(()));
+                while let Some(out) = self.machine.poll_output() {
+                    self.apply(shared, out);
+                }
+            }
+            Some(report) => {
+                let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, now), Input::Io(report));
+                self.process_with(shared, Polls::Sends, now);
+            }
+            None => {}
+        }
+    }
+
     fn process(&mut self, shared: &TcpShared) {
         self.process_with(shared, Polls::All, &mut None);
     }
@@ -736,6 +789,17 @@ impl Inner {
 }
 
 impl TransportSide {
+    /// Whether a write may go to the transport now, outside the pass: nothing the pass would do
+    /// first (a connection or resolution in progress, a write or FIN waiting, a TLS handshake
+    /// holding the transport) and a driver to register with should the transport have no room.
+    fn may_send_at_once(&self) -> bool {
+        self.driver.is_some()
+            && self.transport.is_some()
+            && self.sending.is_none()
+            && !self.shutdown_pending
+            && matches!(self.opening, Opening::Idle)
+    }
+
     fn apply(&mut self, shared: &TcpShared, cmd: IoCommand) {
         match cmd {
             IoCommand::Resolve { name } => self.opening = Opening::Resolving(shared.net.resolve(&name)),
@@ -837,27 +901,9 @@ impl TransportSide {
             return Some(event);
         }
         let transport = self.transport.as_mut()?;
-        if let Some((id, data)) = &mut self.sending {
-            loop {
-                match transport.poll_write(cx, data) {
-                    Poll::Ready(Ok(0)) => {
-                        self.sending = None;
-                        return Some(IoEvent::Failed { cause: Cause::Reset });
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        let _ = data.split_to(n);
-                        if data.is_empty() {
-                            let id = *id;
-                            self.sending = None;
-                            return Some(IoEvent::Wrote { id });
-                        }
-                    }
-                    Poll::Ready(Err(e)) => {
-                        self.sending = None;
-                        return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
-                    }
-                    Poll::Pending => break,
-                }
+        if self.sending.is_some() {
+            if let Some(report) = poll_sending(&mut self.sending, transport, cx) {
+                return Some(report);
             }
         } else if self.shutdown_pending {
             match transport.poll_shutdown(cx) {
@@ -931,6 +977,37 @@ impl TransportSide {
 /// grows again, per read (the cost showed in every workload: per connection, per ping-pong
 /// message, per bulk chunk after each pause). A buffer whose chunks the application still holds
 /// is not reused in place: `reserve` then allocates a fresh one.
+/// Writes what `sending` holds: the report once it is all written or the write failed (either
+/// empties `sending`), `None` while the transport has no room (registered with `cx`).
+fn poll_sending(
+    sending: &mut Option<(WriteId, Bytes)>,
+    transport: &mut Box<dyn TcpTransport>,
+    cx: &mut Context<'_>,
+) -> Option<IoEvent> {
+    let (id, data) = sending.as_mut()?;
+    loop {
+        match transport.poll_write(cx, data) {
+            Poll::Ready(Ok(0)) => {
+                *sending = None;
+                return Some(IoEvent::Failed { cause: Cause::Reset });
+            }
+            Poll::Ready(Ok(n)) => {
+                let _ = data.split_to(n);
+                if data.is_empty() {
+                    let id = *id;
+                    *sending = None;
+                    return Some(IoEvent::Wrote { id });
+                }
+            }
+            Poll::Ready(Err(e)) => {
+                *sending = None;
+                return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
+            }
+            Poll::Pending => return None,
+        }
+    }
+}
+
 mod read_pool {
     use std::cell::RefCell;
 

@@ -282,6 +282,69 @@ impl TcpMachine {
         self.state.disable(row);
     }
 
+    // ---- the write shortcut ---------------------------------------------------------------
+
+    /// The data path's shortcut for the common write, quinn-style: a non-empty write the machine
+    /// would hand straight to the backend is taken in flight here, with no input or output. That
+    /// is when the connection is established (no TLS upgrade in progress), no write is queued or
+    /// in flight, the writable accepts writes and `id` is above the last one. The caller writes it
+    /// at once and reports it written with [`send_done`](Self::send_done), settling the write's
+    /// promise itself; anything else (a partial write that must wait, a failure) it reports as
+    /// usual through [`handle`](Self::handle) (`Wrote` settles with `WriteSettled`).
+    ///
+    /// `false` changes nothing: the caller hands the write in as `AppCommand::Write`.
+    pub fn send_at_once(&mut self, id: WriteId, len: usize) -> bool {
+        let idle = self.phase == Phase::Established
+            && len > 0
+            && self.writable.in_flight.is_none()
+            && self.writable.queue.is_empty()
+            && self.writable.discard.is_none()
+            && self.writable.refuse.is_none();
+        if !idle || self.writable.last_id.is_some_and(|last| id <= last) {
+            return false;
+        }
+        self.writable.last_id = Some(id);
+        self.writable.bytes += len;
+        self.writable.in_flight = Some((id, len));
+        true
+    }
+
+    /// A write taken with [`send_at_once`](Self::send_at_once) was written whole at once: it
+    /// settles without a `WriteSettled` event (the caller settles its promise). `false` when
+    /// `id` is not the write in flight (nothing changes).
+    pub fn send_done(&mut self, id: WriteId) -> bool {
+        match self.writable.in_flight {
+            Some((in_flight, len)) if in_flight == id => {
+                self.writable.in_flight = None;
+                let was_full = self.desired_size() <= 0;
+                self.writable.bytes -= len;
+                if was_full && self.desired_size() > 0 {
+                    self.out.event(Event::WritableReady);
+                }
+                self.pump();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    // ---- the read shortcut ----------------------------------------------------------------
+
+    /// The data path's shortcut for the common read, quinn-style: the next received chunk,
+    /// exactly as `AppCommand::Read` would hand it out while the readable has not ended, with no
+    /// input and no `Read` event. `None` when the readable ended or nothing is queued: the caller
+    /// reads through `AppCommand::Read`, which reports the end (done, an error, the peer's FIN
+    /// with its auto-close) or waits for data.
+    pub fn take_chunk(&mut self) -> Option<Bytes> {
+        if self.readable.end.is_some() {
+            return None;
+        }
+        let chunk = self.readable.queue.pop_front()?;
+        self.readable.bytes -= chunk.len();
+        self.update_read_interest();
+        Some(chunk)
+    }
+
     // ---- application commands -------------------------------------------------------------
 
     fn handle_app(&mut self, now: &mut dyn FnMut() -> Instant, cmd: AppCommand) -> Result<(), SocketError> {
@@ -1173,6 +1236,71 @@ mod tests {
         assert_eq!(read(&mut m), Some(ReadResult::Chunk(Bytes::from_static(b"0123456789"))));
         assert!(m.read_interest(), "below the mark again: reading resumes");
         assert_eq!(read(&mut m), Some(ReadResult::Chunk(Bytes::from_static(b"abcdefgh"))));
+    }
+
+    /// The write shortcut takes a write only where the machine would hand it straight on, and
+    /// leaves the socket as a write sent through inputs would.
+    // rule: TCP-WRITE-01, TCP-OPEN-04, INV-11, TCP-WRITE-07
+    #[test]
+    fn test_open_send_at_once_takes_only_a_write_nothing_is_ahead_of() {
+        let mut m = socket_opening();
+        assert!(!m.send_at_once(WriteId(1), 3), "queued until connected (TCP-OPEN-04)");
+        let mut m = socket_open();
+        let hwm = m.desired_size();
+        assert!(!m.send_at_once(WriteId(1), 0), "an empty write goes through inputs (TCP-WRITE-07)");
+        assert!(m.send_at_once(WriteId(1), 3));
+        assert!(drain(&mut m).is_empty());
+        assert_eq!(m.desired_size(), hwm - 3);
+        assert!(!m.send_at_once(WriteId(2), 3), "one in flight: the next queues (INV-11)");
+        // A write queued behind it goes out when it is done.
+        let outs = write(&mut m, 2, b"two");
+        assert!(sends(&outs).is_empty());
+        assert!(!m.send_done(WriteId(2)));
+        assert!(m.send_done(WriteId(1)));
+        let outs = drain(&mut m);
+        assert_eq!(sends(&outs).len(), 1);
+        assert!(settled(&outs).is_empty(), "the caller settled write 1 itself");
+        let outs = io(&mut m, IoEvent::Wrote { id: WriteId(2) });
+        assert_eq!(settled(&outs), vec![(2, Ok(()))]);
+        assert!(!m.send_at_once(WriteId(2), 3), "ids must increase");
+        // After half-close nothing is taken.
+        app(&mut m, AppCommand::HalfClose);
+        assert!(!m.send_at_once(WriteId(3), 3));
+        let mut m = socket_closed();
+        assert!(!m.send_at_once(WriteId(9), 3));
+        // A write as large as the mark wakes `ready()` once written.
+        let mut m = socket_open();
+        let big = usize::try_from(m.desired_size()).unwrap();
+        assert!(m.send_at_once(WriteId(1), big));
+        assert!(m.send_done(WriteId(1)));
+        assert!(drain(&mut m).contains(&Output::Event(Event::WritableReady)));
+    }
+
+    /// The read shortcut hands out chunks as `Read` would, resumes reading as `Read` does, and
+    /// leaves the end of the readable (the peer's FIN and its auto-close) to `Read`.
+    // rule: TCP-READ-01, TCP-READ-FLOW-01, TCP-READ-CLOSE-02, AMB-20, INV-06
+    #[test]
+    fn test_open_take_chunk_hands_out_the_queue_and_leaves_the_end_to_read() {
+        let mut m = socket_open();
+        assert_eq!(m.take_chunk(), None);
+        io(&mut m, IoEvent::Received(Bytes::from_static(b"0123456789")));
+        io(&mut m, IoEvent::Received(Bytes::from_static(b"abcdefgh")));
+        assert!(!m.read_interest());
+        assert_eq!(m.take_chunk(), Some(Bytes::from_static(b"0123456789")));
+        assert!(has_io(&drain(&mut m), &IoCommand::ReadInterest(true)));
+        io(&mut m, IoEvent::PeerFin);
+        assert_eq!(m.take_chunk(), Some(Bytes::from_static(b"abcdefgh")), "data before the FIN");
+        assert!(drain(&mut m).is_empty());
+        assert_eq!(m.take_chunk(), None);
+        assert_eq!(m.ready_state(), ReadyState::Open, "the FIN's auto-close waits for Read");
+        let outs = app(&mut m, AppCommand::Read);
+        assert!(outs.contains(&Output::Event(Event::Read(ReadResult::Done))));
+        assert_eq!(states(&outs), vec![ReadyState::Closing]);
+        // An errored readable reports its error first, whatever is queued.
+        let mut m = socket_open();
+        io(&mut m, IoEvent::Received(Bytes::from_static(b"unread")));
+        io(&mut m, IoEvent::Failed { cause: Cause::Reset });
+        assert_eq!(m.take_chunk(), None);
     }
 
     // rule: TCP-READ-CLOSE-02, AMB-20, TCP-WRITE-06
