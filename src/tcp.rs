@@ -632,9 +632,6 @@ impl WriteSource for TcpShared {
 }
 
 impl Inner {
-    /// Runs the machine's outputs and the transport until nothing more can happen without
-    /// waiting. Transport polls use the driver's waker, reads the [`ReadRoute`]'s once there is
-    /// one (DESIGN §5: one registered waker per direction).
     /// Writes a chunk the machine took with [`TcpMachine::send_at_once`]: settled at once when
     /// the transport takes all of it; else the rest waits in `sending` for the pass (registered
     /// with the driver), or the failure is handed in as the pass would.
@@ -667,6 +664,9 @@ impl Inner {
         }
     }
 
+    /// Runs the machine's outputs and the transport until nothing more can happen without
+    /// waiting. Transport polls use the driver's waker, reads the [`ReadRoute`]'s once there is
+    /// one (DESIGN §5: one registered waker per direction).
     fn process(&mut self, shared: &TcpShared) {
         self.process_with(shared, Polls::All, &mut None);
     }
@@ -970,13 +970,6 @@ impl TransportSide {
     }
 }
 
-/// Read buffers between reads: a few per thread, shared by every socket polled there.
-///
-/// A socket waiting for data holds no buffer (DESIGN §5); taking a warm one here instead of
-/// allocating 64 KiB per read avoids a malloc, and the page faults of a heap that glibc trims and
-/// grows again, per read (the cost showed in every workload: per connection, per ping-pong
-/// message, per bulk chunk after each pause). A buffer whose chunks the application still holds
-/// is not reused in place: `reserve` then allocates a fresh one.
 /// Writes what `sending` holds: the report once it is all written or the write failed (either
 /// empties `sending`), `None` while the transport has no room (registered with `cx`).
 fn poll_sending(
@@ -1008,6 +1001,13 @@ fn poll_sending(
     }
 }
 
+/// Read buffers between reads: a few per thread, shared by every socket polled there.
+///
+/// A socket waiting for data holds no buffer (DESIGN §5); taking a warm one here instead of
+/// allocating 64 KiB per read avoids a malloc, and the page faults of a heap that glibc trims and
+/// grows again, per read (the cost showed in every workload: per connection, per ping-pong
+/// message, per bulk chunk after each pause). A buffer whose chunks the application still holds
+/// is not reused in place: `reserve` then allocates a fresh one.
 mod read_pool {
     use std::cell::RefCell;
 
