@@ -116,6 +116,10 @@ struct TransportSide {
     sending: Option<(WriteId, Bytes)>,
     shutdown_pending: bool,
     read_interest: bool,
+    /// The read side was left registered with the driver's waker (no route) and the driver has
+    /// not run since: its wake-up brings the driver, so a pass from the application side need not
+    /// poll the read side again (it would find nothing). Cleared by every drive.
+    read_armed: bool,
     read_buf: BytesMut,
     released: bool,
     driver: Option<Waker>,
@@ -808,7 +812,10 @@ impl TransportSide {
             }
             IoCommand::Send { id, data } => self.sending = Some((id, data)),
             IoCommand::ShutdownWrite => self.shutdown_pending = true,
-            IoCommand::ReadInterest(on) => self.read_interest = on,
+            IoCommand::ReadInterest(on) => {
+                self.read_interest = on;
+                self.read_armed = false;
+            }
             IoCommand::SetKeepAlive(keep_alive) => {
                 self.tls.set_keep_alive(keep_alive); // TLS hook: a handshake may hold the transport.
                 if let Some(t) = &mut self.transport {
@@ -898,6 +905,8 @@ impl TransportSide {
         // Transport errors below go through `tls::io_cause`, which also reads the TLS layer's
         // causes (`Cause::Tls`, `Cause::Truncated`).
         if let Some(event) = self.tls.poll(cx, &mut self.transport) {
+            // The transport may be a TLS session now, with reads of its own buffered.
+            self.read_armed = false;
             return Some(event);
         }
         let transport = self.transport.as_mut()?;
@@ -920,10 +929,14 @@ impl TransportSide {
         }
         if self.read_interest && polls == Polls::All {
             // The route knows whether the read side is left registered with its waker (`read_cx`
-            // is the route's waker whenever there is a route).
+            // is the route's waker whenever there is a route); without one, `read_armed` does.
             let route = self.route.get();
+            if route.is_none() && self.read_armed {
+                return None;
+            }
             match ReadRoute::poll_armed(route, || transport.poll_read_ready(read_cx)) {
                 Poll::Pending => {
+                    self.read_armed = route.is_none();
                     // Nothing to read: an idle socket keeps no read buffer of its own (DESIGN §5:
                     // ≤ 2 KiB per idle socket), the thread's pool takes it for any socket's read.
                     read_pool::give(std::mem::take(&mut self.read_buf));
@@ -963,7 +976,10 @@ impl TransportSide {
                     read_pool::give(std::mem::take(&mut self.read_buf));
                     return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
                 }
-                Poll::Pending => read_pool::give(std::mem::take(&mut self.read_buf)),
+                Poll::Pending => {
+                    self.read_armed = route.is_none();
+                    read_pool::give(std::mem::take(&mut self.read_buf));
+                }
             }
         }
         None
@@ -1095,6 +1111,8 @@ impl crate::drivers::Driven for TcpShared {
             }
             let _ = inner.machine.handle(at, Input::Timeout);
         }
+        // Woken, maybe by the read side: this pass polls it.
+        inner.io.read_armed = false;
         inner.run(self, Polls::All, &mut now);
         let finished = inner.finished();
         let wanted = if finished { None } else { inner.machine.poll_timeout().map(|d| d.at) };
