@@ -48,7 +48,7 @@ pub struct TcpMachine {
 enum Phase {
     /// Waiting for the resolver.
     Resolving,
-    /// Trying `candidates[next - 1]`; the rest follow in resolver order (AMB-60).
+    /// Trying one address; `candidates[next..]` follow in resolver order (AMB-60).
     Connecting { candidates: Vec<IpAddr>, next: usize },
     /// TCP is up; the TLS handshake runs (EXT-05), or `start_tls()` upgrades an open socket (EXT-07).
     Handshaking,
@@ -108,7 +108,8 @@ impl TcpMachine {
                 m.phase = Phase::Resolving;
                 m.out.io(IoCommand::Resolve { name });
             }
-            Remote::Ip(ip) => m.try_candidates(vec![ip], Cause::Unreachable),
+            // One candidate and none after it (no allocation for the list).
+            Remote::Ip(ip) => m.connect_to(ip, Vec::new(), 0),
         }
         m
     }
@@ -654,6 +655,11 @@ impl TcpMachine {
             self.fail_opening(SocketError::network(last));
             return;
         };
+        self.connect_to(ip, candidates, next + 1);
+    }
+
+    /// Connects to `ip`; `candidates[next..]` are the ones to try after it.
+    fn connect_to(&mut self, ip: IpAddr, candidates: Vec<IpAddr>, next: usize) {
         let local = match (self.spec.local_address, self.spec.local_port) {
             (None, None) => None,
             (addr, port) => {
@@ -665,7 +671,7 @@ impl TcpMachine {
                 Some(SocketAddr::new(addr.unwrap_or(unspecified), port.unwrap_or(0)))
             }
         };
-        self.phase = Phase::Connecting { candidates, next: next + 1 };
+        self.phase = Phase::Connecting { candidates, next };
         self.out.io(IoCommand::Connect {
             remote: SocketAddr::new(ip, self.spec.remote_port),
             local,
