@@ -57,17 +57,27 @@ struct State {
     epoch: u64,
     /// The network is gone: the task ends.
     closed: bool,
+    /// Wakers of finished sockets, for new ones: a short connection then allocates no waker.
+    /// One is reused only once no clone of it is left (the runtime's I/O driver may hold one
+    /// until its next turn), so no wake of a finished socket reaches a new one through it.
+    spare_wakers: Vec<Arc<SlotWaker>>,
 }
+
+/// Spare wakers a run queue keeps at most.
+const SPARE_WAKERS: usize = 8;
 
 #[derive(Default)]
 struct Slot {
     socket: Option<(Arc<dyn Driven>, Waker)>,
+    /// The allocation behind the socket's waker, which goes to `State::spare_wakers` with it.
+    waker_alloc: Option<Arc<SlotWaker>>,
     /// Bumped when the slot is emptied: a waker of the slot's earlier socket finds it stale.
     generation: u64,
     queued: bool,
 }
 
 /// A socket's driver waker: its slot, and the generation of the slot it was made for.
+#[derive(Debug)]
 struct SlotWaker {
     drivers: Weak<Drivers>,
     slot: usize,
@@ -99,8 +109,12 @@ impl Drivers {
                 }
             };
             let generation = state.slots[slot].generation;
-            let waker = Waker::from(Arc::new(SlotWaker { drivers: Arc::downgrade(self), slot, generation }));
-            state.slots[slot].socket = Some((socket, waker));
+            let waker = state
+                .spare_waker(slot, generation)
+                .unwrap_or_else(|| Arc::new(SlotWaker { drivers: Arc::downgrade(self), slot, generation }));
+            let entry = &mut state.slots[slot];
+            entry.socket = Some((socket, Waker::from(waker.clone())));
+            entry.waker_alloc = Some(waker);
             let task = state.enqueue(slot);
             let spawn = !std::mem::replace(&mut state.running, true);
             if spawn {
@@ -172,7 +186,11 @@ impl Drivers {
         entry.generation += 1;
         entry.queued = false;
         let socket = entry.socket.take();
+        let waker = entry.waker_alloc.take();
         state.free.push(slot);
+        if state.spare_wakers.len() < SPARE_WAKERS {
+            state.spare_wakers.extend(waker);
+        }
         socket
     }
 
@@ -201,6 +219,16 @@ impl Drivers {
 }
 
 impl State {
+    /// A spare waker no one else holds, made over for `slot` at `generation`.
+    fn spare_waker(&mut self, slot: usize, generation: u64) -> Option<Arc<SlotWaker>> {
+        let at = self.spare_wakers.iter_mut().position(|w| Arc::get_mut(w).is_some())?;
+        let mut waker = self.spare_wakers.swap_remove(at);
+        let made = Arc::get_mut(&mut waker)?;
+        made.slot = slot;
+        made.generation = generation;
+        Some(waker)
+    }
+
     /// Queues `slot` for a drive; the task's waker, if it waits, to wake outside the lock.
     fn enqueue(&mut self, slot: usize) -> Option<Waker> {
         self.slots[slot].queued = true;
@@ -337,6 +365,43 @@ mod tests {
         drivers.close();
         settle().await;
         assert_eq!(Arc::strong_count(&next), 2, "a live socket stays held after close");
+    }
+
+    /// A short connection allocates no driver waker: a new socket takes a finished one's, unless
+    /// a clone of it is still held somewhere (then a stale wake could reach the new socket
+    /// through it, and a fresh one is made).
+    #[tokio::test]
+    async fn a_finished_sockets_waker_is_reused_only_once_no_clone_is_left() {
+        let drivers = drivers();
+        let alloc = |d: &Drivers, slot: usize| {
+            lock(&d.state).slots[slot].waker_alloc.as_ref().map(|w| Arc::as_ptr(w) as usize)
+        };
+        let first = Probe::new(1);
+        drivers.start(first.clone());
+        settle().await;
+        assert_eq!(first.drives(), 1);
+        assert_eq!(alloc(&drivers, 0), None);
+        let made = lock(&drivers.state).spare_wakers.first().map(|w| Arc::as_ptr(w) as usize);
+        assert!(made.is_some(), "kept once its socket finished");
+        *lock(&first.waker) = None;
+        let second = Probe::new(1);
+        drivers.start(second.clone());
+        assert_eq!(alloc(&drivers, 0), made, "no clone left: reused");
+        settle().await;
+        assert_eq!(second.drives(), 1);
+        // `second` keeps its waker: the third socket must not share it.
+        let third = Probe::new(10);
+        drivers.start(third.clone());
+        assert!(alloc(&drivers, 0).is_some());
+        assert_ne!(alloc(&drivers, 0), made, "a clone is held: a fresh waker");
+        settle().await;
+        assert_eq!(third.drives(), 1);
+        second.wake();
+        settle().await;
+        assert_eq!(third.drives(), 1, "the old waker stays stale");
+        third.wake();
+        settle().await;
+        assert_eq!(third.drives(), 2);
     }
 
     #[test]
