@@ -63,7 +63,13 @@ struct Armed {
     links: Vec<Option<Arc<Link>>>,
     /// Empty slots of `links`, the last freed first.
     free_links: Vec<usize>,
+    /// Links of gone transports, kept for the next ones (a short connection then allocates no
+    /// link); reused only once nothing else holds them.
+    spare_links: Vec<Arc<Link>>,
 }
+
+/// Spare links a network keeps at most.
+const SPARE_LINKS: usize = 8;
 
 /// Per-transport fault state: a dropped link fails every later operation.
 struct Link {
@@ -74,6 +80,13 @@ struct Link {
 }
 
 impl Link {
+    /// A spare link, made new for `slot` (only its owner holds it).
+    fn reset(&mut self, slot: usize) {
+        self.slot = slot;
+        *self.dropped.get_mut() = false;
+        *self.waker.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     /// Fails once the link is dropped. Takes no lock: the waker is only stored when the operation
     /// has to wait ([`Link::pending`]).
     fn check(&self) -> io::Result<()> {
@@ -286,7 +299,12 @@ impl Faults {
     fn new_link(&self) -> Arc<Link> {
         let mut armed = lock(&self.inner.armed);
         let slot = armed.free_links.pop().unwrap_or(armed.links.len());
-        let link = Arc::new(Link { slot, dropped: AtomicBool::new(false), waker: Mutex::new(None) });
+        let mut spare = armed.spare_links.pop();
+        let reused = spare.as_mut().and_then(Arc::get_mut).map(|link| link.reset(slot)).is_some();
+        let link = match spare {
+            Some(link) if reused => link,
+            _ => Arc::new(Link { slot, dropped: AtomicBool::new(false), waker: Mutex::new(None) }),
+        };
         if slot == armed.links.len() {
             armed.links.push(Some(link.clone()));
         } else {
@@ -302,8 +320,11 @@ impl Faults {
         {
             let mut armed = lock(&self.inner.armed);
             if let Some(entry) = armed.links.get_mut(link.slot) {
-                *entry = None;
+                let gone = entry.take();
                 armed.free_links.push(link.slot);
+                if armed.spare_links.len() < SPARE_LINKS {
+                    armed.spare_links.extend(gone);
+                }
             }
         }
         self.inner.open_sockets.fetch_sub(1, Ordering::SeqCst);
@@ -731,5 +752,31 @@ mod tests {
         faults.drop_link();
         assert!(live.iter().all(|l| l.dropped.load(Ordering::SeqCst)));
         assert!(!gone.dropped.load(Ordering::SeqCst), "a released link is no longer reached");
+    }
+
+    /// A short connection allocates no link: a released one is reused once nothing holds it, as
+    /// new (a dropped link's state does not carry over), and never while something still does.
+    // rule: GEN-14
+    #[test]
+    fn a_released_link_is_reused_as_new_only_once_nothing_holds_it() {
+        let faults = Faults::default();
+        let link = faults.new_link();
+        faults.drop_link();
+        assert!(link.dropped.load(Ordering::SeqCst));
+        let first = std::sync::Arc::as_ptr(&link);
+        faults.release_link(&link);
+        drop(link);
+        let next = faults.new_link();
+        assert_eq!(std::sync::Arc::as_ptr(&next), first, "reused");
+        assert!(!next.dropped.load(Ordering::SeqCst), "made new");
+        let held = next.clone();
+        faults.release_link(&next);
+        drop(next);
+        let other = faults.new_link();
+        assert_ne!(std::sync::Arc::as_ptr(&other), std::sync::Arc::as_ptr(&held), "still held: not reused");
+        faults.drop_link();
+        assert!(other.dropped.load(Ordering::SeqCst));
+        assert!(!held.dropped.load(Ordering::SeqCst), "a released link is no longer reached");
+        assert_eq!(faults.open_sockets(), 1);
     }
 }
