@@ -127,7 +127,7 @@ struct TransportSide {
     route: SocketRoute,
     /// The deadline the driver has on the network's timer ([`crate::timers`]); an idle socket
     /// without deadlines has none (DESIGN §5).
-    armed: Option<tcpudp_core::Instant>,
+    armed: crate::timers::Armed,
     /// Options the last `diag()` read while the transport was open (diag() after close).
     diag: Option<Box<TcpDiag>>,
     /// TLS hook (issue #7): the handshake in progress, ALPN and `start_tls()` state.
@@ -684,7 +684,7 @@ impl Inner {
         // A driver not polled yet has no waker to give; its first poll arms the deadline.
         let wanted = self.machine.poll_timeout().map(|d| d.at);
         let io = &mut self.io;
-        if wanted != io.armed {
+        if wanted != io.armed.at() {
             if let Some(w) = &io.driver {
                 shared.net.timers().set(&shared.net, shared.id, &mut io.armed, wanted, w);
             }
@@ -1116,7 +1116,7 @@ impl crate::drivers::Driven for TcpShared {
         inner.run(self, Polls::All, &mut now);
         let finished = inner.finished();
         let wanted = if finished { None } else { inner.machine.poll_timeout().map(|d| d.at) };
-        if wanted != inner.io.armed || (new_waker && wanted.is_some()) {
+        if wanted != inner.io.armed.at() || (new_waker && wanted.is_some()) {
             self.net.timers().set(&self.net, self.id, &mut inner.io.armed, wanted, waker);
         }
         if finished {

@@ -19,6 +19,11 @@
 //! longer has any deadline should not pay. The linger keeps a stream of short connections from
 //! re-spawning the task or re-arming its timer for each one.
 //!
+//! Most deadlines go again before the task next looks (a connect or a close that completes): a new
+//! one goes to a slab first, O(1) to add and to take out, and only those still there when the task
+//! looks move into the ordered map (per connection, the map's inserts and removals cost more than
+//! the rest of the timer work, issue #6).
+//!
 //! Deterministic under simulation: entries are ordered by (deadline, socket id), never by hash.
 
 use std::collections::BTreeMap;
@@ -46,10 +51,33 @@ pub(crate) struct Timers {
     reached: AtomicU64,
 }
 
+/// Where a socket's deadline is on the timer: what the socket keeps, and gives back to
+/// [`Timers::set`] to move it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Armed {
+    /// The deadline (`None`: the socket has none on the timer).
+    at: Option<Instant>,
+    /// Its slot in `State::recent`, valid while the task has not moved it to the map.
+    slot: usize,
+}
+
+impl Armed {
+    /// The deadline the socket has on the timer.
+    pub(crate) fn at(&self) -> Option<Instant> {
+        self.at
+    }
+}
+
 #[derive(Default)]
 struct State {
-    /// (deadline, socket id) → the waker of that socket's driver.
+    /// (deadline, socket id) → the waker of that socket's driver: the deadlines the task has seen.
     entries: BTreeMap<(Instant, u64), Waker>,
+    /// Deadlines set since the task last looked (`None`: a free slot).
+    recent: Vec<Option<Recent>>,
+    /// Free slots of `recent`, the last freed first.
+    recent_free: Vec<usize>,
+    /// Deadlines in `recent`.
+    recent_live: usize,
     /// The deadline the timer task sleeps until (`None`: it does not sleep, or does not run).
     armed: Option<Instant>,
     /// `armed` is the end of the task's linger, not a socket's deadline.
@@ -57,6 +85,13 @@ struct State {
     /// The timer task's waker while it runs.
     task: Option<Waker>,
     running: bool,
+}
+
+/// A deadline set since the timer task last looked.
+struct Recent {
+    at: Instant,
+    id: u64,
+    waker: Waker,
 }
 
 /// What [`Timers::set`] must do once the state is updated.
@@ -98,12 +133,12 @@ impl Timers {
         self: &Arc<Self>,
         net: &Network,
         id: u64,
-        armed: &mut Option<Instant>,
+        armed: &mut Armed,
         new: Option<Instant>,
         waker: &Waker,
     ) {
-        let old = std::mem::replace(armed, new);
-        let action = lock(&self.state).set(id, old, new, waker);
+        let (action, now_armed) = lock(&self.state).set(id, *armed, new, waker);
+        *armed = now_armed;
         match action {
             SetAction::Nothing => {}
             // Its first poll sleeps until the earliest deadline.
@@ -114,31 +149,71 @@ impl Timers {
 }
 
 impl State {
-    fn set(&mut self, id: u64, old: Option<Instant>, new: Option<Instant>, waker: &Waker) -> SetAction {
-        if let Some(old) = old {
-            self.entries.remove(&(old, id));
+    fn set(&mut self, id: u64, old: Armed, new: Option<Instant>, waker: &Waker) -> (SetAction, Armed) {
+        if let Some(at) = old.at {
+            self.remove(id, at, old.slot);
         }
         let Some(at) = new else {
             // The last deadline went while the task sleeps until a stale one: it moves to its
             // linger instead (unless it has not been polled yet: its first poll does that).
-            if self.entries.is_empty() && self.armed.is_some() && !self.lingering {
+            if self.is_empty() && self.armed.is_some() && !self.lingering {
                 if let Some(task) = &self.task {
-                    return SetAction::Wake(task.clone());
+                    return (SetAction::Wake(task.clone()), Armed::default());
                 }
             }
-            return SetAction::Nothing;
+            return (SetAction::Nothing, Armed::default());
         };
-        self.entries.insert((at, id), waker.clone());
+        let armed = Armed { at: Some(at), slot: self.add_recent(Recent { at, id, waker: waker.clone() }) };
         // Only a deadline earlier than the one the task sleeps until needs the task to act.
         if self.armed.is_some_and(|armed| armed <= at) {
-            return SetAction::Nothing;
+            return (SetAction::Nothing, armed);
         }
         if !self.running {
             self.running = true;
-            return SetAction::Spawn;
+            return (SetAction::Spawn, armed);
         }
         // Running but not polled yet: its first poll sees this entry.
-        self.task.clone().map_or(SetAction::Nothing, SetAction::Wake)
+        (self.task.clone().map_or(SetAction::Nothing, SetAction::Wake), armed)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.recent_live == 0
+    }
+
+    fn add_recent(&mut self, entry: Recent) -> usize {
+        self.recent_live += 1;
+        match self.recent_free.pop() {
+            Some(slot) => {
+                self.recent[slot] = Some(entry);
+                slot
+            }
+            None => {
+                self.recent.push(Some(entry));
+                self.recent.len() - 1
+            }
+        }
+    }
+
+    /// Takes socket `id`'s deadline `at` out: from `slot` of `recent` if it is still there, else
+    /// from the map.
+    fn remove(&mut self, id: u64, at: Instant, slot: usize) {
+        let recent = self.recent.get_mut(slot);
+        if let Some(entry) = recent.filter(|e| e.as_ref().is_some_and(|e| e.id == id && e.at == at)) {
+            *entry = None;
+            self.recent_free.push(slot);
+            self.recent_live -= 1;
+        } else {
+            self.entries.remove(&(at, id));
+        }
+    }
+
+    /// The task looks: the recent deadlines move into the map.
+    fn settle_recent(&mut self) {
+        for entry in self.recent.drain(..).flatten() {
+            self.entries.insert((entry.at, entry.id), entry.waker);
+        }
+        self.recent_free.clear();
+        self.recent_live = 0;
     }
 
     /// One look by the timer task (polled with `task`) at `now`.
@@ -146,6 +221,7 @@ impl State {
         if !self.task.as_ref().is_some_and(|w| w.will_wake(task)) {
             self.task = Some(task.clone());
         }
+        self.settle_recent();
         if self.entries.is_empty() {
             if self.lingering && self.armed.is_some_and(|end| end <= now) {
                 self.armed = None;
@@ -209,7 +285,24 @@ mod tests {
 
     use tcpudp_core::Instant;
 
-    use super::{SetAction, State, Step, LINGER};
+    use super::{Armed, SetAction, State, Step, LINGER};
+
+    impl State {
+        /// `set` as a driver calls it, for socket `id` whose deadline here is `old`.
+        fn set_at(
+            &mut self,
+            id: u64,
+            old: Option<Instant>,
+            new: Option<Instant>,
+            waker: &Waker,
+        ) -> SetAction {
+            self.set(id, Armed { at: old, slot: self.slot_of(id) }, new, waker).0
+        }
+
+        fn slot_of(&self, id: u64) -> usize {
+            self.recent.iter().position(|e| e.as_ref().is_some_and(|e| e.id == id)).unwrap_or(usize::MAX)
+        }
+    }
 
     #[derive(Default)]
     struct Count(AtomicUsize);
@@ -238,7 +331,7 @@ mod tests {
     /// A task sleeping until 10 s for socket 1's deadline, already polled once.
     fn sleeping(task: &Waker, driver: &Waker) -> State {
         let mut state = State::default();
-        assert!(matches!(state.set(1, None, Some(at(10_000)), driver), SetAction::Spawn));
+        assert!(matches!(state.set_at(1, None, Some(at(10_000)), driver), SetAction::Spawn));
         assert_eq!(next(state.step(at(0), task)), Some(at(10_000)));
         state
     }
@@ -250,13 +343,13 @@ mod tests {
         // The deadline goes long before it comes: the task is woken so its timer leaves tokio's
         // wheel now, not at 10 s.
         assert!(
-            matches!(state.set(1, Some(at(10_000)), None, &driver), SetAction::Wake(w) if w.will_wake(&task))
+            matches!(state.set_at(1, Some(at(10_000)), None, &driver), SetAction::Wake(w) if w.will_wake(&task))
         );
         let linger_end = at(1_000) + LINGER;
         assert_eq!(next(state.step(at(1_000), &task)), Some(linger_end));
         // Deadlines that come and go within the linger cost the task nothing.
-        assert!(matches!(state.set(2, None, Some(at(20_000)), &driver), SetAction::Nothing));
-        assert!(matches!(state.set(2, Some(at(20_000)), None, &driver), SetAction::Nothing));
+        assert!(matches!(state.set_at(2, None, Some(at(20_000)), &driver), SetAction::Nothing));
+        assert!(matches!(state.set_at(2, Some(at(20_000)), None, &driver), SetAction::Nothing));
         assert_eq!(
             next(state.step(Instant::from_micros(linger_end.as_micros() - 1), &task)),
             Some(linger_end)
@@ -264,18 +357,18 @@ mod tests {
         assert!(matches!(state.step(linger_end, &task), Step::End));
         assert!(!state.running && state.armed.is_none() && state.task.is_none());
         // The next deadline starts a new task.
-        assert!(matches!(state.set(3, None, Some(at(30_000)), &driver), SetAction::Spawn));
+        assert!(matches!(state.set_at(3, None, Some(at(30_000)), &driver), SetAction::Spawn));
     }
 
     #[test]
     fn a_deadline_set_during_the_linger_keeps_the_task_for_it() {
         let (task, driver) = (waker(), waker());
         let mut state = sleeping(&task, &driver);
-        let _ = state.set(1, Some(at(10_000)), None, &driver);
+        let _ = state.set_at(1, Some(at(10_000)), None, &driver);
         let linger_end = at(1_000) + LINGER;
         assert_eq!(next(state.step(at(1_000), &task)), Some(linger_end));
         // Later than the linger's end: the task sees it when the linger ends.
-        assert!(matches!(state.set(2, None, Some(at(20_000)), &driver), SetAction::Nothing));
+        assert!(matches!(state.set_at(2, None, Some(at(20_000)), &driver), SetAction::Nothing));
         assert_eq!(next(state.step(linger_end, &task)), Some(at(20_000)));
         assert!(!state.lingering);
         match state.step(at(20_000), &task) {
@@ -286,10 +379,10 @@ mod tests {
             Step::End => panic!("ended with a deadline due"),
         }
         // Earlier than the linger's end: the task must act at once.
-        let _ = state.set(2, Some(at(20_000)), None, &driver);
+        let _ = state.set_at(2, Some(at(20_000)), None, &driver);
         assert_eq!(next(state.step(at(21_000), &task)), Some(at(21_000) + LINGER));
         let early = at(21_000) + LINGER / 2;
-        assert!(matches!(state.set(3, None, Some(early), &driver), SetAction::Wake(_)));
+        assert!(matches!(state.set_at(3, None, Some(early), &driver), SetAction::Wake(_)));
         assert_eq!(next(state.step(at(21_010), &task)), Some(early));
     }
 
@@ -297,10 +390,37 @@ mod tests {
     fn a_deadline_gone_before_the_task_first_runs_needs_no_wake() {
         let driver = waker();
         let mut state = State::default();
-        assert!(matches!(state.set(1, None, Some(at(10_000)), &driver), SetAction::Spawn));
-        assert!(matches!(state.set(1, Some(at(10_000)), None, &driver), SetAction::Nothing));
+        assert!(matches!(state.set_at(1, None, Some(at(10_000)), &driver), SetAction::Spawn));
+        assert!(matches!(state.set_at(1, Some(at(10_000)), None, &driver), SetAction::Nothing));
         // Its first poll finds nothing and lingers.
         let task = waker();
         assert_eq!(next(state.step(at(5), &task)), Some(at(5) + LINGER));
+    }
+
+    /// A deadline set and gone between two looks of the task never reaches the ordered map; one
+    /// still set when the task looks moves there and is taken out of it later, and a socket's
+    /// old slot, reused by another socket meanwhile, does not take the other's deadline out.
+    #[test]
+    fn deadlines_gone_before_the_task_looks_never_reach_the_map() {
+        let (task, driver) = (waker(), waker());
+        let mut state = sleeping(&task, &driver);
+        assert!(state.entries.len() == 1 && state.recent_live == 0, "the first look moved it");
+        let (_, short) = state.set(2, Armed::default(), Some(at(20_000)), &driver);
+        assert_eq!((state.entries.len(), state.recent_live), (1, 1));
+        let (_, gone) = state.set(2, short, None, &driver);
+        assert_eq!(gone, Armed::default());
+        assert_eq!((state.entries.len(), state.recent_live), (1, 0), "never in the map");
+        let (_, kept) = state.set(3, Armed::default(), Some(at(30_000)), &driver);
+        assert_eq!(next(state.step(at(1), &task)), Some(at(10_000)));
+        assert_eq!((state.entries.len(), state.recent_live), (2, 0), "moved at the look");
+        // Socket 4 takes the slot socket 3 had: moving 3's deadline must leave 4's alone.
+        let (_, other) = state.set(4, Armed::default(), Some(at(40_000)), &driver);
+        assert_eq!(other.slot, kept.slot);
+        let (_, _) = state.set(3, kept, None, &driver);
+        assert_eq!((state.entries.len(), state.recent_live), (1, 1));
+        assert!(state.entries.keys().all(|&(_, id)| id == 1));
+        let _ = state.set(4, other, None, &driver);
+        let _ = state.set(1, Armed { at: Some(at(10_000)), slot: usize::MAX }, None, &driver);
+        assert!(state.is_empty());
     }
 }
