@@ -134,6 +134,18 @@ struct TransportSide {
     tls: crate::tls::TlsSlot,
 }
 
+/// What [`Inner::receive_now`] did.
+enum Receive {
+    /// A chunk for the reader.
+    Chunk(Bytes),
+    /// The read side found nothing and waits registered.
+    Waiting,
+    /// What the read found went to the machine.
+    Fed,
+    /// Not done (the read goes the usual way).
+    Declined,
+}
+
 /// What a socket still opening waits for.
 #[derive(Default)]
 enum Opening {
@@ -492,8 +504,16 @@ impl TcpShared {
             return Poll::Ready(Ok(Some(chunk)));
         }
         // None held: the transport's read side first, so that one read serves instead of a read
-        // that waits, a `Readable` event and a second read.
+        // that waits, a `Readable` event and a second read; a chunk it gets goes straight to the
+        // reader when the machine allows (no input, no output).
         let mut first = first;
+        if first == Polls::All {
+            match inner.receive_now(self, &mut now) {
+                Receive::Chunk(chunk) => return Poll::Ready(Ok(Some(chunk))),
+                Receive::Waiting => first = Polls::Sends,
+                Receive::Fed | Receive::Declined => {}
+            }
+        }
         if first == Polls::All {
             inner.process_with(self, Polls::All, &mut now);
             if let Some(chunk) = inner.machine.take_chunk() {
@@ -666,6 +686,39 @@ impl Inner {
             }
             None => {}
         }
+    }
+
+    /// One read of the transport's read side for a reader with nothing queued, outside a pass
+    /// (the read side only, as the pass would poll it): a chunk the machine lets go straight to
+    /// the reader ([`TcpMachine::deliver_at_once`]) comes back; anything else the read found
+    /// goes to the machine as the pass would hand it in.
+    fn receive_now(&mut self, shared: &TcpShared, now: &mut Option<tcpudp_core::Instant>) -> Receive {
+        let io = &mut self.io;
+        let ready = io.read_interest
+            && io.transport.is_some()
+            && io.driver.is_some()
+            && matches!(io.opening, Opening::Idle)
+            && self.machine.may_deliver_at_once();
+        if !ready {
+            return Receive::Declined;
+        }
+        // As in a pass: the route's waker for the read side once there is a route.
+        let driver = io.driver.take();
+        let read_waker = io.route.take_waker();
+        let event = read_waker
+            .as_ref()
+            .or(driver.as_ref())
+            .and_then(|waker| io.poll_receive(&mut Context::from_waker(waker)));
+        io.driver = driver;
+        io.route.put_waker(read_waker);
+        let event = match event {
+            None => return Receive::Waiting,
+            Some(IoEvent::Received(_)) if shared.net.faults().conversion_fails() => IoEvent::ConversionFailed,
+            Some(IoEvent::Received(chunk)) if self.machine.deliver_at_once() => return Receive::Chunk(chunk),
+            Some(event) => event,
+        };
+        let _ = self.machine.handle_lazy(&mut lazy_now(&shared.net, now), Input::Io(event));
+        Receive::Fed
     }
 
     /// Runs the machine's outputs and the transport until nothing more can happen without
@@ -928,58 +981,66 @@ impl TransportSide {
             }
         }
         if self.read_interest && polls == Polls::All {
-            // The route knows whether the read side is left registered with its waker (`read_cx`
-            // is the route's waker whenever there is a route); without one, `read_armed` does.
-            let route = self.route.get();
-            if route.is_none() && self.read_armed {
+            return self.poll_receive(read_cx);
+        }
+        None
+    }
+
+    /// Polls the read side once (with reading on): what it found, `None` when nothing came (left
+    /// registered with `read_cx`, or not polled: registered with the driver's waker already).
+    fn poll_receive(&mut self, read_cx: &mut Context<'_>) -> Option<IoEvent> {
+        let transport = self.transport.as_mut()?;
+        // The route knows whether the read side is left registered with its waker (`read_cx`
+        // is the route's waker whenever there is a route); without one, `read_armed` does.
+        let route = self.route.get();
+        if route.is_none() && self.read_armed {
+            return None;
+        }
+        match ReadRoute::poll_armed(route, || transport.poll_read_ready(read_cx)) {
+            Poll::Pending => {
+                self.read_armed = route.is_none();
+                // Nothing to read: an idle socket keeps no read buffer of its own (DESIGN §5:
+                // ≤ 2 KiB per idle socket), the thread's pool takes it for any socket's read.
+                read_pool::give(std::mem::take(&mut self.read_buf));
                 return None;
             }
-            match ReadRoute::poll_armed(route, || transport.poll_read_ready(read_cx)) {
-                Poll::Pending => {
-                    self.read_armed = route.is_none();
-                    // Nothing to read: an idle socket keeps no read buffer of its own (DESIGN §5:
-                    // ≤ 2 KiB per idle socket), the thread's pool takes it for any socket's read.
-                    read_pool::give(std::mem::take(&mut self.read_buf));
-                    return None;
-                }
-                Poll::Ready(Err(e)) => {
-                    self.read_interest = false;
-                    read_pool::give(std::mem::take(&mut self.read_buf));
-                    return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
-                }
-                Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => {
+                self.read_interest = false;
+                read_pool::give(std::mem::take(&mut self.read_buf));
+                return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
             }
-            read_pool::make_room(&mut self.read_buf);
-            let spare = self.read_buf.spare_capacity_mut();
-            let mut buf = ReadBuf::uninit(spare);
-            match ReadRoute::poll_armed(route, || transport.poll_read(read_cx, &mut buf)) {
-                Poll::Ready(Ok(())) => {
-                    let n = buf.filled().len();
-                    if n == 0 {
-                        self.read_interest = false;
-                        read_pool::give(std::mem::take(&mut self.read_buf));
-                        return Some(IoEvent::PeerFin);
-                    }
-                    // SAFETY: `ReadBuf::filled` guarantees the first `n` bytes of the spare
-                    // capacity were initialised by the read.
-                    unsafe { self.read_buf.set_len(n) };
-                    // A fresh `Bytes` that no one will write to again (GEN-08).
-                    let chunk = self.read_buf.split().freeze();
-                    if self.read_buf.capacity() == 0 {
-                        // Full: the pool may get the whole allocation back once the chunk goes.
-                        read_pool::give_filled(std::mem::take(&mut self.read_buf));
-                    }
-                    return Some(IoEvent::Received(chunk));
-                }
-                Poll::Ready(Err(e)) => {
+            Poll::Ready(Ok(())) => {}
+        }
+        read_pool::make_room(&mut self.read_buf);
+        let spare = self.read_buf.spare_capacity_mut();
+        let mut buf = ReadBuf::uninit(spare);
+        match ReadRoute::poll_armed(route, || transport.poll_read(read_cx, &mut buf)) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                if n == 0 {
                     self.read_interest = false;
                     read_pool::give(std::mem::take(&mut self.read_buf));
-                    return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
+                    return Some(IoEvent::PeerFin);
                 }
-                Poll::Pending => {
-                    self.read_armed = route.is_none();
-                    read_pool::give(std::mem::take(&mut self.read_buf));
+                // SAFETY: `ReadBuf::filled` guarantees the first `n` bytes of the spare
+                // capacity were initialised by the read.
+                unsafe { self.read_buf.set_len(n) };
+                // A fresh `Bytes` that no one will write to again (GEN-08).
+                let chunk = self.read_buf.split().freeze();
+                if self.read_buf.capacity() == 0 {
+                    // Full: the pool may get the whole allocation back once the chunk goes.
+                    read_pool::give_filled(std::mem::take(&mut self.read_buf));
                 }
+                return Some(IoEvent::Received(chunk));
+            }
+            Poll::Ready(Err(e)) => {
+                self.read_interest = false;
+                read_pool::give(std::mem::take(&mut self.read_buf));
+                return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
+            }
+            Poll::Pending => {
+                self.read_armed = route.is_none();
+                read_pool::give(std::mem::take(&mut self.read_buf));
             }
         }
         None

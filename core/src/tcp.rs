@@ -346,6 +346,32 @@ impl TcpMachine {
         Some(chunk)
     }
 
+    /// Whether a chunk received now may go straight to the reader asking for it, with no input
+    /// ([`deliver_at_once`](Self::deliver_at_once)): the stream is open to data, nothing is
+    /// queued and reading is on. Ask before reading the transport.
+    pub fn may_deliver_at_once(&self) -> bool {
+        self.phase == Phase::Established
+            && self.readable.queue.is_empty()
+            && self.readable.end.is_none()
+            && !self.readable.peer_fin
+            && self.readable.interest
+    }
+
+    /// The receive shortcut: the caller, a reader with nothing queued, read a (non-empty) chunk
+    /// from the transport and hands it to itself. Received and taken at once, the chunk would
+    /// leave the queue empty and reading on, as they are: only the reader's earlier wait ends
+    /// (its `Readable` is not needed: the reader is here). `false` when
+    /// [`may_deliver_at_once`](Self::may_deliver_at_once) is not true (nothing changes): the
+    /// caller hands the chunk in as `IoEvent::Received`. An end of stream or a failure the read
+    /// found always goes in through [`handle`](Self::handle).
+    pub fn deliver_at_once(&mut self) -> bool {
+        if !self.may_deliver_at_once() {
+            return false;
+        }
+        self.readable.reader_waiting = false;
+        true
+    }
+
     // ---- application commands -------------------------------------------------------------
 
     fn handle_app(&mut self, now: &mut dyn FnMut() -> Instant, cmd: AppCommand) -> Result<(), SocketError> {
@@ -1307,6 +1333,42 @@ mod tests {
         io(&mut m, IoEvent::Received(Bytes::from_static(b"unread")));
         io(&mut m, IoEvent::Failed { cause: Cause::Reset });
         assert_eq!(m.take_chunk(), None);
+    }
+
+    /// The receive shortcut applies exactly where a chunk received and taken at once would leave
+    /// the machine as it was: open, nothing queued, reading on. It ends a reader's wait as the
+    /// `Readable` would, and declines after the FIN, after an error, while data is queued, while
+    /// reading is off, and before the socket is open.
+    // rule: TCP-READ-01, TCP-READ-FLOW-01, INV-06
+    #[test]
+    fn test_open_deliver_at_once_only_where_receive_then_take_changes_nothing() {
+        let mut m = socket_open();
+        assert!(m.may_deliver_at_once());
+        // A reader that waited: the shortcut ends its wait, and a chunk received later finds no
+        // one waiting (no `Readable` for a reader that was already answered).
+        assert!(app(&mut m, AppCommand::Read).is_empty());
+        assert!(m.deliver_at_once());
+        assert!(drain(&mut m).is_empty(), "no input, no output");
+        let outs = io(&mut m, IoEvent::Received(Bytes::from_static(b"later")));
+        assert!(!outs.contains(&Output::Event(Event::Readable)));
+        // Queued data: declined (it must come first).
+        assert!(!m.may_deliver_at_once() && !m.deliver_at_once());
+        assert_eq!(m.take_chunk(), Some(Bytes::from_static(b"later")));
+        drain(&mut m);
+        assert!(m.deliver_at_once());
+        // Reading off (the queue at its mark) is declined too.
+        let mut full = socket_open();
+        let mark = full.spec.readable_high_water_mark;
+        io(&mut full, IoEvent::Received(Bytes::from(vec![0u8; mark])));
+        assert!(!full.read_interest() && !full.may_deliver_at_once());
+        // After the FIN, after a failure, before opening: declined.
+        io(&mut m, IoEvent::PeerFin);
+        assert!(!m.deliver_at_once());
+        let mut failed = socket_open();
+        io(&mut failed, IoEvent::Failed { cause: Cause::Reset });
+        assert!(!failed.deliver_at_once());
+        let mut opening = socket_opening();
+        assert!(!opening.deliver_at_once());
     }
 
     // rule: TCP-READ-CLOSE-02, AMB-20, TCP-WRITE-06
