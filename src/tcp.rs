@@ -510,6 +510,8 @@ impl TcpShared {
         if first == Polls::All {
             match inner.receive_now(self, &mut now) {
                 Receive::Chunk(chunk) => return Poll::Ready(Ok(Some(chunk))),
+                // Nothing came: the reader waits as a `Read` would have it wait.
+                Receive::Waiting if inner.machine.wait_at_once() => return inner.reader_waits(cx.waker()),
                 Receive::Waiting => first = Polls::Sends,
                 Receive::Fed | Receive::Declined => {}
             }
@@ -538,11 +540,7 @@ impl TcpShared {
                 break;
             }
         }
-        inner.app.reader = Some(cx.waker().clone());
-        // Later read wake-ups come straight here (once the driver runs: the route falls back to it).
-        let io = &mut inner.io;
-        io.route.reader_waits(cx.waker(), io.driver.as_ref(), io.released);
-        Poll::Pending
+        inner.reader_waits(cx.waker())
     }
 
     /// A reader that may have been handed a read wake-up went away.
@@ -686,6 +684,15 @@ impl Inner {
             }
             None => {}
         }
+    }
+
+    /// The reader waits with `waker`.
+    fn reader_waits<T>(&mut self, waker: &Waker) -> Poll<T> {
+        self.app.reader = Some(waker.clone());
+        // Later read wake-ups come straight here (once the driver runs: the route falls back to it).
+        let io = &mut self.io;
+        io.route.reader_waits(waker, io.driver.as_ref(), io.released);
+        Poll::Pending
     }
 
     /// One read of the transport's read side for a reader with nothing queued, outside a pass

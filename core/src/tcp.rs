@@ -372,6 +372,19 @@ impl TcpMachine {
         true
     }
 
+    /// The wait shortcut: the caller, a reader with nothing queued, found the transport's read
+    /// side empty, and waits. Exactly what `AppCommand::Read` does then (it only notes the
+    /// reader waiting, for a `Readable` when data comes), with no input. `false` when
+    /// [`may_deliver_at_once`](Self::may_deliver_at_once) is not true (nothing changes): the
+    /// caller reads through `AppCommand::Read`.
+    pub fn wait_at_once(&mut self) -> bool {
+        if !self.may_deliver_at_once() {
+            return false;
+        }
+        self.readable.reader_waiting = true;
+        true
+    }
+
     // ---- application commands -------------------------------------------------------------
 
     fn handle_app(&mut self, now: &mut dyn FnMut() -> Instant, cmd: AppCommand) -> Result<(), SocketError> {
@@ -1369,6 +1382,26 @@ mod tests {
         assert!(!failed.deliver_at_once());
         let mut opening = socket_opening();
         assert!(!opening.deliver_at_once());
+    }
+
+    /// The wait shortcut leaves the machine as a `Read` that finds nothing does: the next chunk
+    /// received wakes the reader with `Readable`. It declines wherever `Read` would answer at once
+    /// (queued data, the FIN, an error).
+    // rule: TCP-READ-01, INV-06
+    #[test]
+    fn test_open_wait_at_once_waits_as_read_does() {
+        let mut m = socket_open();
+        assert!(m.wait_at_once());
+        assert!(drain(&mut m).is_empty());
+        let outs = io(&mut m, IoEvent::Received(Bytes::from_static(b"data")));
+        assert!(outs.contains(&Output::Event(Event::Readable)), "the waiting reader is woken");
+        assert!(!m.wait_at_once(), "data queued: Read hands it out");
+        assert_eq!(m.take_chunk(), Some(Bytes::from_static(b"data")));
+        io(&mut m, IoEvent::PeerFin);
+        assert!(!m.wait_at_once(), "the FIN: Read reports the end");
+        let mut failed = socket_open();
+        io(&mut failed, IoEvent::Failed { cause: Cause::Reset });
+        assert!(!failed.wait_at_once());
     }
 
     // rule: TCP-READ-CLOSE-02, AMB-20, TCP-WRITE-06
