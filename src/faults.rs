@@ -296,6 +296,11 @@ impl Faults {
         self.inner.created_sockets.load(Ordering::SeqCst)
     }
 
+    /// A connected transport behind the fault hooks (its link made now).
+    pub(crate) fn wrap_tcp(&self, transport: Box<dyn TcpTransport>) -> Box<dyn TcpTransport> {
+        Box::new(FaultTcp::new(transport, self.clone()))
+    }
+
     fn new_link(&self) -> Arc<Link> {
         let mut armed = lock(&self.inner.armed);
         let slot = armed.free_links.pop().unwrap_or(armed.links.len());
@@ -388,6 +393,37 @@ impl FaultBackend {
     }
 }
 
+impl FaultBackend {
+    /// [`Backend::connect`] with the armed connect faults, giving the transport without its fault
+    /// wrapper ([`Faults::wrap_tcp`] adds it once the connection is there). With nothing armed,
+    /// the backend's own future is handed on as it is: no box of ours around it per connection.
+    pub(crate) fn connect_bare(
+        &self,
+        remote: SocketAddr,
+        local: Option<SocketAddr>,
+        config: SocketConfig,
+    ) -> BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>> {
+        let ticket = self.faults.hold_ticket();
+        let (hang, fail) = self.faults.take_connect_faults();
+        if ticket.is_none() && !hang && fail.is_none() {
+            return self.inner.connect(remote, local, config);
+        }
+        let connect = (!hang && fail.is_none()).then(|| self.inner.connect(remote, local, config));
+        Box::pin(async move {
+            if let Some(ticket) = ticket {
+                std::future::poll_fn(|cx| ticket.poll_released(cx)).await;
+            }
+            if let Some(cause) = fail {
+                return Err(cause);
+            }
+            let Some(connect) = connect else {
+                return std::future::pending().await; // hang_connect: only the connect timeout ends it.
+            };
+            connect.await
+        })
+    }
+}
+
 impl Backend for FaultBackend {
     fn kind(&self) -> BackendKind {
         self.inner.kind()
@@ -451,23 +487,9 @@ impl Backend for FaultBackend {
         local: Option<SocketAddr>,
         config: SocketConfig,
     ) -> BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>> {
-        let ticket = self.faults.hold_ticket();
-        let (hang, fail) = self.faults.take_connect_faults();
         let faults = self.faults.clone();
-        let connect = (!hang && fail.is_none()).then(|| self.inner.connect(remote, local, config));
-        Box::pin(async move {
-            if let Some(ticket) = ticket {
-                std::future::poll_fn(|cx| ticket.poll_released(cx)).await;
-            }
-            if let Some(cause) = fail {
-                return Err(cause);
-            }
-            let Some(connect) = connect else {
-                return std::future::pending().await; // hang_connect: only the connect timeout ends it.
-            };
-            let transport = connect.await?;
-            Ok(Box::new(FaultTcp::new(transport, faults)) as Box<dyn TcpTransport>)
-        })
+        let connect = self.connect_bare(remote, local, config);
+        Box::pin(async move { Ok(faults.wrap_tcp(connect.await?)) })
     }
 
     fn listen(

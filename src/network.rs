@@ -29,7 +29,8 @@ pub struct Network {
 }
 
 struct NetworkInner {
-    backend: Arc<dyn Backend>,
+    /// Concrete: the glue calls the fault layer's own connect ([`FaultBackend::connect_bare`]).
+    backend: Arc<FaultBackend>,
     /// Where socket drivers run ([`Backend::runtime`]).
     runtime: tokio::runtime::Handle,
     faults: Faults,
@@ -142,8 +143,8 @@ impl Network {
         &self.inner.tls
     }
 
-    pub(crate) fn backend(&self) -> &dyn Backend {
-        &*self.inner.backend
+    pub(crate) fn backend(&self) -> &FaultBackend {
+        &self.inner.backend
     }
 
     /// Runs a socket driver (or another background step) on the backend's runtime. Detached:

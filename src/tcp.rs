@@ -152,7 +152,10 @@ enum Opening {
     #[default]
     Idle,
     Resolving(BoxFuture<'static, Result<Vec<std::net::IpAddr>, Cause>>),
-    Connecting(BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>>),
+    /// The connection. While the flag is true its transport comes without the fault hooks, which
+    /// the network's faults add once it is there (a flag, not the faults: the shared state stays
+    /// within the allocator's per-thread cache, see its size test).
+    Connecting(BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>>, bool),
 }
 
 /// The application side: results and waiters.
@@ -253,7 +256,7 @@ impl TcpSocket {
         {
             let mut inner = lock(&shared.inner);
             inner.process(&shared);
-            inner.io.start_connecting();
+            inner.io.start_connecting(net.faults());
         }
         net.drivers(id).start(shared.clone());
         TcpSocket { handle: Handle::new(shared) }
@@ -780,7 +783,9 @@ impl Inner {
             let Some(waker) = waker else { break };
             let mut cx = Context::from_waker(waker);
             let mut read_cx = Context::from_waker(read_waker.unwrap_or(waker));
-            let Some(mut event) = self.io.poll_once(&mut cx, &mut read_cx, polls) else { break };
+            let Some(mut event) = self.io.poll_once(&mut cx, &mut read_cx, polls, shared.net.faults()) else {
+                break;
+            };
             if matches!(event, IoEvent::Received(_)) && shared.net.faults().conversion_fails() {
                 event = IoEvent::ConversionFailed;
             }
@@ -868,7 +873,8 @@ impl TransportSide {
         match cmd {
             IoCommand::Resolve { name } => self.opening = Opening::Resolving(shared.net.resolve(&name)),
             IoCommand::Connect { remote, local, config } => {
-                self.opening = Opening::Connecting(shared.net.backend().connect(remote, local, config));
+                let connect = shared.net.backend().connect_bare(remote, local, config);
+                self.opening = Opening::Connecting(connect, true);
             }
             IoCommand::Send { id, data } => self.sending = Some((id, data)),
             IoCommand::ShutdownWrite => self.shutdown_pending = true,
@@ -902,10 +908,13 @@ impl TransportSide {
     /// waker is a no-op: the driver, queued right after, polls again with its own before anyone
     /// waits. A result that is already there waits for the driver too, so the socket reports
     /// "opening" when the constructor returns whatever happened.
-    fn start_connecting(&mut self) {
-        let Opening::Connecting(fut) = &mut self.opening else { return };
+    fn start_connecting(&mut self, faults: &crate::faults::Faults) {
+        let Opening::Connecting(fut, bare) = &mut self.opening else { return };
         if let Poll::Ready(result) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            self.opening = Opening::Connecting(Box::pin(std::future::ready(result)));
+            // The transport exists now: it is behind the fault hooks (and counted) from now on.
+            let result = result.map(|t| faults.wrap_tcp(t));
+            *bare = false;
+            *fut = Box::pin(std::future::ready(result));
         }
     }
 
@@ -931,6 +940,7 @@ impl TransportSide {
         cx: &mut Context<'_>,
         read_cx: &mut Context<'_>,
         polls: Polls,
+        faults: &crate::faults::Faults,
     ) -> Option<IoEvent> {
         match &mut self.opening {
             Opening::Idle => {}
@@ -943,8 +953,9 @@ impl TransportSide {
                     });
                 }
             }
-            Opening::Connecting(fut) => {
+            Opening::Connecting(fut, bare) => {
                 if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                    let result = result.map(|t| if *bare { faults.wrap_tcp(t) } else { t });
                     self.opening = Opening::Idle;
                     return Some(match result {
                         Ok(t) => match (t.local_addr(), t.peer_addr()) {

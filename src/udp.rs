@@ -26,7 +26,7 @@ use tcpudp_core::{
     ReadyState, SocketError, UdpMachine, WriteId,
 };
 
-use crate::backend::{cause_of, BoxFuture, RecvMeta, UdpBind, UdpDiag, UdpTransport};
+use crate::backend::{cause_of, Backend, BoxFuture, RecvMeta, UdpBind, UdpDiag, UdpTransport};
 use crate::network::Network;
 use crate::shared::{
     hold_released, lazy_now, lock, stream_item, take_step, FlushFuture, Polls, PromiseSource, PromiseWaiters,
