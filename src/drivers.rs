@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Poll, Wake, Waker};
 
-use crate::shared::lock;
+use crate::shared::{lock, Spares};
 
 /// Sockets driven per poll of the task before it lets other tasks run.
 const BUDGET: usize = 32;
@@ -60,11 +60,8 @@ struct State {
     /// Wakers of finished sockets, for new ones: a short connection then allocates no waker.
     /// One is reused only once no clone of it is left (the runtime's I/O driver may hold one
     /// until its next turn), so no wake of a finished socket reaches a new one through it.
-    spare_wakers: Vec<Arc<SlotWaker>>,
+    spare_wakers: Spares<SlotWaker, 8>,
 }
-
-/// Spare wakers a run queue keeps at most.
-const SPARE_WAKERS: usize = 8;
 
 #[derive(Default)]
 struct Slot {
@@ -109,8 +106,10 @@ impl Drivers {
                 }
             };
             let generation = state.slots[slot].generation;
+            let made_over = |w: &mut SlotWaker| (w.slot, w.generation) = (slot, generation);
             let waker = state
-                .spare_waker(slot, generation)
+                .spare_wakers
+                .take(made_over)
                 .unwrap_or_else(|| Arc::new(SlotWaker { drivers: Arc::downgrade(self), slot, generation }));
             let entry = &mut state.slots[slot];
             entry.socket = Some((socket, Waker::from(waker.clone())));
@@ -188,8 +187,8 @@ impl Drivers {
         let socket = entry.socket.take();
         let waker = entry.waker_alloc.take();
         state.free.push(slot);
-        if state.spare_wakers.len() < SPARE_WAKERS {
-            state.spare_wakers.extend(waker);
+        if let Some(waker) = waker {
+            state.spare_wakers.keep(waker);
         }
         socket
     }
@@ -219,16 +218,6 @@ impl Drivers {
 }
 
 impl State {
-    /// A spare waker no one else holds, made over for `slot` at `generation`.
-    fn spare_waker(&mut self, slot: usize, generation: u64) -> Option<Arc<SlotWaker>> {
-        let at = self.spare_wakers.iter_mut().position(|w| Arc::get_mut(w).is_some())?;
-        let mut waker = self.spare_wakers.swap_remove(at);
-        let made = Arc::get_mut(&mut waker)?;
-        made.slot = slot;
-        made.generation = generation;
-        Some(waker)
-    }
-
     /// Queues `slot` for a drive; the task's waker, if it waits, to wake outside the lock.
     fn enqueue(&mut self, slot: usize) -> Option<Waker> {
         self.slots[slot].queued = true;

@@ -21,7 +21,7 @@ use crate::backend::{
     Backend, BackendKind, BoxFuture, ListenerTransport, RecvMeta, TcpDiag, TcpTransport, UdpBind, UdpDiag,
     UdpTransport,
 };
-use crate::shared::lock;
+use crate::shared::{lock, Spares};
 
 /// The fault controls of one network. Cheap to clone; all clones control the same faults.
 #[derive(Clone, Default)]
@@ -65,11 +65,8 @@ struct Armed {
     free_links: Vec<usize>,
     /// Links of gone transports, kept for the next ones (a short connection then allocates no
     /// link); reused only once nothing else holds them.
-    spare_links: Vec<Arc<Link>>,
+    spare_links: Spares<Link, 8>,
 }
-
-/// Spare links a network keeps at most.
-const SPARE_LINKS: usize = 8;
 
 /// Per-transport fault state: a dropped link fails every later operation.
 struct Link {
@@ -304,12 +301,9 @@ impl Faults {
     fn new_link(&self) -> Arc<Link> {
         let mut armed = lock(&self.inner.armed);
         let slot = armed.free_links.pop().unwrap_or(armed.links.len());
-        let mut spare = armed.spare_links.pop();
-        let reused = spare.as_mut().and_then(Arc::get_mut).map(|link| link.reset(slot)).is_some();
-        let link = match spare {
-            Some(link) if reused => link,
-            _ => Arc::new(Link { slot, dropped: AtomicBool::new(false), waker: Mutex::new(None) }),
-        };
+        let link = armed.spare_links.take(|link| link.reset(slot)).unwrap_or_else(|| {
+            Arc::new(Link { slot, dropped: AtomicBool::new(false), waker: Mutex::new(None) })
+        });
         if slot == armed.links.len() {
             armed.links.push(Some(link.clone()));
         } else {
@@ -327,8 +321,8 @@ impl Faults {
             if let Some(entry) = armed.links.get_mut(link.slot) {
                 let gone = entry.take();
                 armed.free_links.push(link.slot);
-                if armed.spare_links.len() < SPARE_LINKS {
-                    armed.spare_links.extend(gone);
+                if let Some(gone) = gone {
+                    armed.spare_links.keep(gone);
                 }
             }
         }

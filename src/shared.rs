@@ -343,6 +343,43 @@ impl StateLog {
     }
 }
 
+/// Shared allocations of gone objects (a finished socket's driver waker, a gone transport's fault
+/// link), kept for new ones so that a short connection allocates none. One is handed out again
+/// only once nothing else holds it (`Arc::get_mut`): a clone still held elsewhere can then never
+/// reach the new owner. At most `MAX` are kept.
+pub(crate) struct Spares<T, const MAX: usize> {
+    kept: Vec<Arc<T>>,
+}
+
+impl<T, const MAX: usize> Default for Spares<T, MAX> {
+    fn default() -> Self {
+        Spares { kept: Vec::new() }
+    }
+}
+
+impl<T, const MAX: usize> Spares<T, MAX> {
+    /// Keeps `spare` for later (dropped when `MAX` are kept).
+    pub(crate) fn keep(&mut self, spare: Arc<T>) {
+        if self.kept.len() < MAX {
+            self.kept.push(spare);
+        }
+    }
+
+    /// A kept allocation nothing else holds, made over by `make_over` for its new owner.
+    pub(crate) fn take(&mut self, make_over: impl FnOnce(&mut T)) -> Option<Arc<T>> {
+        let at = self.kept.iter_mut().position(|spare| Arc::get_mut(spare).is_some())?;
+        let mut spare = self.kept.swap_remove(at);
+        make_over(Arc::get_mut(&mut spare)?);
+        Some(spare)
+    }
+
+    /// The first one kept (tests look at it).
+    #[cfg(test)]
+    pub(crate) fn first(&self) -> Option<&Arc<T>> {
+        self.kept.first()
+    }
+}
+
 /// A socket whose write promises can be polled (TCP and UDP share the futures below).
 pub(crate) trait WriteSource: Send + Sync + 'static {
     fn poll_write(&self, id: u64, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>>;
