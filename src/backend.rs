@@ -254,6 +254,9 @@ pub struct UdpDiag {
     pub receive_buffer_size: Option<usize>,
     /// Datagrams received by this socket (from the transport).
     pub received: u64,
+    /// Receive system calls this socket made, counting those that found nothing (the real
+    /// backend; `None` on the simulated one, which makes none).
+    pub receive_calls: Option<u64>,
 }
 
 /// Maps an OS error to the core's [`Cause`].

@@ -90,6 +90,7 @@ fn open(handle: &Handle, bind: UdpBind) -> io::Result<RealUdp> {
         membership,
         joined: Vec::new(),
         received: 0,
+        receive_calls: 0,
         drops: DropCounter::default(),
         #[cfg(unix)]
         slab: None,
@@ -138,6 +139,8 @@ pub(crate) struct RealUdp {
     /// (UDP-MCAST-05).
     joined: Vec<IpAddr>,
     received: u64,
+    /// Receive system calls made (`recvmmsg` on Linux), for `diag`.
+    receive_calls: u64,
     drops: DropCounter,
     /// Where datagrams are received while they keep coming; `None` once a receive found nothing.
     #[cfg(unix)]
@@ -209,7 +212,11 @@ impl UdpTransport for RealUdp {
             // SAFETY: recv_datagram only writes into these bytes and reports how many it
             // initialised; nothing de-initialises them.
             let unfilled = unsafe { buf.unfilled_mut() };
-            match self.socket.try_io(Interest::READABLE, || os::recv_datagram(fd, unfilled)) {
+            let calls = &mut self.receive_calls;
+            match self.socket.try_io(Interest::READABLE, || {
+                *calls += 1;
+                os::recv_datagram(fd, unfilled)
+            }) {
                 Ok(datagram) => {
                     // SAFETY: the kernel wrote `len` payload bytes at the start of the unfilled part.
                     unsafe { buf.assume_init(datagram.len) };
@@ -259,13 +266,36 @@ impl UdpTransport for RealUdp {
                     let slab = self.slab.get_or_insert_with(slab::take);
                     let batch = &mut self.batch;
                     let _ = scratch; // the batch spills into the thread's own room (see `slab`)
-                    self.socket.try_io(Interest::READABLE, || slab::receive_batch(slab, fd, batch))
+                    let calls = &mut self.receive_calls;
+                    let mut drained = None;
+                    let received = self.socket.try_io(Interest::READABLE, || {
+                        *calls += 1;
+                        let first = slab::receive_batch(slab, fd, batch)?;
+                        if batch.len() + 1 < os::BATCH {
+                            // A short batch ended at an empty queue: the EAGAIN the next receive
+                            // would get is known now, so tokio clears the readiness this call
+                            // consumed (not a newer one: it checks the event's tick) and the
+                            // socket waits for the next edge without that second system call
+                            // (tokio does the same for a short stream read, tokio#5866).
+                            drained = Some(first);
+                            return Err(io::ErrorKind::WouldBlock.into());
+                        }
+                        Ok(first)
+                    });
+                    match drained {
+                        Some(first) => Ok(first),
+                        None => received,
+                    }
                 }
             };
             #[cfg(not(any(target_os = "linux", target_os = "android")))]
             let received = {
                 let slab = self.slab.get_or_insert_with(slab::take);
-                self.socket.try_io(Interest::READABLE, || slab::receive(slab, scratch, fd))
+                let calls = &mut self.receive_calls;
+                self.socket.try_io(Interest::READABLE, || {
+                    *calls += 1;
+                    slab::receive(slab, scratch, fd)
+                })
             };
             match received {
                 Ok((data, datagram)) => {
@@ -283,10 +313,6 @@ impl UdpTransport for RealUdp {
                     // back to the thread (see `slab`).
                     if let Some(slab) = self.slab.take() {
                         slab::give_back(slab);
-                    }
-                    #[cfg(any(target_os = "linux", target_os = "android"))]
-                    {
-                        self.batch = Vec::new();
                     }
                     std::task::ready!(self.socket.poll_recv_ready(cx))?;
                 }
@@ -377,6 +403,7 @@ impl UdpTransport for RealUdp {
             send_buffer_size: socket.send_buffer_size().ok(),
             receive_buffer_size: socket.recv_buffer_size().ok(),
             received: self.received,
+            receive_calls: Some(self.receive_calls),
         }
     }
 }

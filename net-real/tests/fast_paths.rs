@@ -233,3 +233,42 @@ async fn udp_waiting_reader_is_woken_by_the_transport_and_a_dropped_one_hands_ov
     let got = guard("read two", readable.read()).await.expect("read").expect("a datagram");
     assert_eq!(&got.data[..], b"two");
 }
+
+/// A batched receive that comes back short ended at an empty queue, so the socket goes back to
+/// waiting for the next edge without the system call that would only report EAGAIN: lock-step
+/// datagrams cost one receive call each, not two. A burst is still taken whole, and nothing is
+/// missed after the readiness was cleared that way (each lock-step read below would hang).
+// rule: UDP-READ-01
+#[tokio::test]
+async fn udp_short_batch_clears_readiness_without_an_empty_receive() {
+    const TRIPS: u64 = 50;
+    let net = tcpudp_net_real::network(Policy::allow_all()).expect("network");
+    let rx = loopback_udp(&net);
+    guard("rx opened", rx.opened()).await.expect("rx opened");
+    let to = ("127.0.0.1", rx.local_port().expect("rx port"));
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("tx");
+    let mut readable = rx.readable().expect("readable");
+    for i in 0..TRIPS {
+        // The reader waits before each datagram is sent, as a receiver that keeps up does.
+        let mut read = std::pin::pin!(readable.read());
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "nothing was sent yet");
+        tx.send_to(&i.to_be_bytes(), to).expect("send");
+        let got = guard("lock-step read", read).await.expect("read").expect("a datagram");
+        assert_eq!(&got.data[..], &i.to_be_bytes());
+    }
+    let calls = rx.diag().options.receive_calls.expect("the real backend counts its receive calls");
+    // One per datagram, and a few for the first read's registration; a receive that finds the
+    // queue empty before each datagram would make it 2 × TRIPS.
+    assert!((TRIPS..TRIPS + 5).contains(&calls), "{calls} receive calls for {TRIPS} datagrams");
+
+    // A burst: queued datagrams all arrive, in order.
+    for i in 0..10u8 {
+        tx.send_to(&[i; 3], to).expect("send");
+    }
+    for i in 0..10u8 {
+        let got = guard("burst read", readable.read()).await.expect("read").expect("a datagram");
+        assert_eq!(&got.data[..], &[i; 3]);
+    }
+    assert_eq!(rx.diag().options.received, TRIPS + 10);
+}

@@ -856,6 +856,7 @@ impl UdpTransport for SimUdp {
             send_buffer_size: self.bind.config.send_buffer_size,
             receive_buffer_size: self.bind.config.receive_buffer_size,
             received: self.received,
+            receive_calls: None,
         }
     }
 }
