@@ -418,6 +418,18 @@ impl FaultBackend {
     }
 }
 
+impl FaultBackend {
+    /// [`Backend::bind_udp`] behind the fault hooks, by its own type: the UDP glue keeps it
+    /// unboxed, so each send and receive makes one dynamic call (the backend's), not two.
+    pub(crate) fn bind_udp_hooked(&self, bind: UdpBind) -> Result<FaultUdp, Cause> {
+        if let Some(cause) = lock(&self.faults.inner.armed).fail_bind.take() {
+            return Err(cause);
+        }
+        let inner = self.inner.bind_udp(bind)?;
+        Ok(FaultUdp { link: self.faults.new_link(), inner, faults: self.faults.clone() })
+    }
+}
+
 impl Backend for FaultBackend {
     fn kind(&self) -> BackendKind {
         self.inner.kind()
@@ -500,11 +512,7 @@ impl Backend for FaultBackend {
     }
 
     fn bind_udp(&self, bind: UdpBind) -> Result<Box<dyn UdpTransport>, Cause> {
-        if let Some(cause) = lock(&self.faults.inner.armed).fail_bind.take() {
-            return Err(cause);
-        }
-        let inner = self.inner.bind_udp(bind)?;
-        Ok(Box::new(FaultUdp { link: self.faults.new_link(), inner, faults: self.faults.clone() }))
+        Ok(Box::new(self.bind_udp_hooked(bind)?))
     }
 
     fn tls_supported(&self) -> bool {
@@ -633,7 +641,8 @@ impl ListenerTransport for FaultListener {
     }
 }
 
-struct FaultUdp {
+/// A UDP transport behind the fault hooks.
+pub(crate) struct FaultUdp {
     link: Arc<Link>,
     inner: Box<dyn UdpTransport>,
     faults: Faults,

@@ -26,7 +26,8 @@ use tcpudp_core::{
     ReadyState, SocketError, UdpMachine, WriteId,
 };
 
-use crate::backend::{cause_of, Backend, BoxFuture, RecvMeta, UdpBind, UdpDiag, UdpTransport};
+use crate::backend::{cause_of, BoxFuture, RecvMeta, UdpBind, UdpDiag, UdpTransport};
+use crate::faults::FaultUdp;
 use crate::network::Network;
 use crate::shared::{
     hold_released, lazy_now, lock, stream_item, take_step, FlushFuture, Polls, PromiseSource, PromiseWaiters,
@@ -136,7 +137,7 @@ struct Inner {
 
 #[derive(Default)]
 struct UdpIo {
-    transport: Option<Box<dyn UdpTransport>>,
+    transport: Option<FaultUdp>,
     hold: Option<crate::faults::HoldTicket>,
     reports: VecDeque<IoEvent>,
     resolving_default: Option<BoxFuture<'static, Result<Vec<IpAddr>, Cause>>>,
@@ -199,7 +200,7 @@ impl UdpSocket {
         let default_destination = machine.destination_for(None, None);
         let mut io = UdpIo { hold: net.faults().hold_ticket(), ..UdpIo::default() };
         // DESIGN §3.8: the bind happens now; its outcome is the machine's first input.
-        match net.backend().bind_udp(bind) {
+        match net.backend().bind_udp_hooked(bind) {
             Ok(transport) => match transport.local_addr() {
                 Ok(local) => {
                     io.diag = transport.diag();
@@ -867,7 +868,7 @@ impl UdpIo {
         if let Some(sending) = &mut self.sending {
             let id = sending.id;
             if let SendTarget::Resolving(port, fut) = &mut sending.to {
-                match poll_resolving_target(transport.as_ref(), *port, fut, cx) {
+                match poll_resolving_target(&*transport, *port, fut, cx) {
                     Poll::Ready(Ok(addr)) => sending.to = SendTarget::Addr(addr),
                     Poll::Ready(Err(cause)) => {
                         self.sending = None;
