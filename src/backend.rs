@@ -107,14 +107,6 @@ pub trait TcpTransport: Send + 'static {
     /// Reads into `buf`; nothing filled means the peer's FIN (end of stream).
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>>;
 
-    /// Whether a read may find something (data, FIN or an error), registering `cx` when not; so
-    /// a socket with nothing to read takes no read buffer. `Ready` when the transport cannot
-    /// tell (the default): then `poll_read` decides.
-    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let _ = cx;
-        Poll::Ready(Ok(()))
-    }
-
     /// Writes some of `data`.
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>>;
 

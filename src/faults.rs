@@ -559,11 +559,6 @@ impl TcpTransport for FaultTcp {
         self.link.guard(cx, |cx| inner.poll_read(cx, buf))
     }
 
-    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let inner = self.inner.as_mut().ok_or_else(reset_error)?;
-        self.link.guard(cx, |cx| inner.poll_read_ready(cx))
-    }
-
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         self.link.check()?;
         if self.faults.take_send_failure() {

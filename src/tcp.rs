@@ -1014,21 +1014,10 @@ impl TransportSide {
         if route.is_none() && self.read_armed {
             return None;
         }
-        match ReadRoute::poll_armed(route, || transport.poll_read_ready(read_cx)) {
-            Poll::Pending => {
-                self.read_armed = route.is_none();
-                // Nothing to read: an idle socket keeps no read buffer of its own (DESIGN §5:
-                // ≤ 2 KiB per idle socket), the thread's pool takes it for any socket's read.
-                read_pool::give(std::mem::take(&mut self.read_buf));
-                return None;
-            }
-            Poll::Ready(Err(e)) => {
-                self.read_interest = false;
-                read_pool::give(std::mem::take(&mut self.read_buf));
-                return Some(IoEvent::Failed { cause: crate::tls::io_cause(&e) });
-            }
-            Poll::Ready(Ok(())) => {}
-        }
+        // Read at once, without asking the transport first whether a read may find something: a
+        // pass polls the read side after a wake-up, which usually brought data, and a second
+        // readiness check per read cost as much as the read's own (issue #6, tcp-pingpong). A
+        // read that finds nothing gives the buffer back to the thread's pool below.
         read_pool::make_room(&mut self.read_buf);
         let spare = self.read_buf.spare_capacity_mut();
         let mut buf = ReadBuf::uninit(spare);
@@ -1058,6 +1047,8 @@ impl TransportSide {
             }
             Poll::Pending => {
                 self.read_armed = route.is_none();
+                // Nothing to read: an idle socket keeps no read buffer of its own (DESIGN §5:
+                // ≤ 2 KiB per idle socket), the thread's pool takes it for any socket's read.
                 read_pool::give(std::mem::take(&mut self.read_buf));
             }
         }

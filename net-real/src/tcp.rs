@@ -95,10 +95,6 @@ impl TcpTransport for RealTcp {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 
-    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.stream.poll_read_ready(cx)
-    }
-
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, data)
     }
