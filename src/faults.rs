@@ -688,14 +688,10 @@ impl UdpTransport for FaultUdp {
         polled.map_ok(|meta| self.recv_registered(cx, meta))
     }
 
-    fn poll_recv_bytes(
-        &mut self,
-        cx: &mut Context<'_>,
-        scratch: &mut [u8],
-    ) -> Poll<io::Result<(bytes::Bytes, RecvMeta)>> {
+    fn poll_recv_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(bytes::Bytes, RecvMeta)>> {
         self.recv_gate()?;
         let inner = &mut self.inner;
-        let mut polled = self.link.guard(cx, |cx| inner.poll_recv_bytes(cx, scratch));
+        let mut polled = self.link.guard(cx, |cx| inner.poll_recv_bytes(cx));
         // In place: the payload and its metadata are not moved once more per datagram.
         if let Poll::Ready(Ok((_, meta))) = &mut polled {
             if meta.registered {

@@ -26,22 +26,13 @@ use tcpudp_core::{
     ReadyState, SocketError, UdpMachine, WriteId,
 };
 
-use crate::backend::{cause_of, BoxFuture, RecvMeta, UdpBind, UdpDiag, UdpTransport};
+use crate::backend::{cause_of, BoxFuture, UdpBind, UdpDiag, UdpTransport};
 use crate::faults::FaultUdp;
 use crate::network::Network;
 use crate::shared::{
     hold_released, lazy_now, lock, stream_item, take_step, FlushFuture, Polls, PromiseSource, PromiseWaiters,
     ReadRoute, ReadyFuture, SocketPromise, SocketRoute, StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
-
-/// Room for the largest datagram.
-const DATAGRAM_ROOM: usize = 65_536;
-
-thread_local! {
-    /// Where this thread's sockets receive datagrams before the payload is copied out at its exact
-    /// size. One 64 KiB buffer per thread, none per socket.
-    static SCRATCH: std::cell::RefCell<Option<Box<[u8]>>> = const { std::cell::RefCell::new(None) };
-}
 
 /// A datagram to send: the spec's `UDPMessage` as a write takes it. Missing destination fields
 /// fall back, each on its own, to the socket's `remoteAddress`/`remotePort` (UDP-WRITE-05).
@@ -901,35 +892,14 @@ impl UdpIo {
     /// nothing is there (the transport is then registered with `read_cx`'s waker).
     fn receive(&mut self, read_cx: &mut Context<'_>) -> Option<IoEvent> {
         let transport = self.transport.as_mut()?;
-        // The thread's scratch buffer is room a transport may receive into: the real backend
-        // receives into its slab and spills only a long datagram into the scratch, the
-        // simulator hands its `Bytes` over as they are, the trait's default copies out of it.
-        // (A fresh 64 KiB buffer per datagram made glibc grow and trim its heap, with page
-        // faults, every few datagrams: half the UDP throughput.)
         // The route knows whether the receive side is left registered with its waker: after
         // a pending poll, or a datagram the transport says it already waits past.
         let route = self.route.get();
-        let registered = |answer: &std::io::Result<(Bytes, RecvMeta)>| {
-            answer.as_ref().is_ok_and(|(_, meta)| meta.registered)
-        };
-        let polled = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut scratch) => ReadRoute::poll_armed_unless(
-                route,
-                || {
-                    transport.poll_recv_bytes(
-                        read_cx,
-                        scratch.get_or_insert_with(|| vec![0u8; DATAGRAM_ROOM].into_boxed_slice()),
-                    )
-                },
-                registered,
-            ),
-            // Not reachable (transports never call back into sockets), but never panic.
-            Err(_) => ReadRoute::poll_armed_unless(
-                route,
-                || transport.poll_recv_bytes(read_cx, &mut vec![0u8; DATAGRAM_ROOM]),
-                registered,
-            ),
-        });
+        let polled = ReadRoute::poll_armed_unless(
+            route,
+            || transport.poll_recv_bytes(read_cx),
+            |answer| answer.as_ref().is_ok_and(|(_, meta)| meta.registered),
+        );
         // Registered for the next datagram: pending, or a datagram the transport said so of.
         self.recv_armed = match &polled {
             Poll::Pending => true,

@@ -244,11 +244,7 @@ impl UdpTransport for RealUdp {
     /// queued datagrams and the next polls hand them out in order; elsewhere each datagram is
     /// received straight into the slab.
     #[cfg(unix)]
-    fn poll_recv_bytes(
-        &mut self,
-        cx: &mut Context<'_>,
-        scratch: &mut [u8],
-    ) -> Poll<io::Result<(Bytes, RecvMeta)>> {
+    fn poll_recv_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Bytes, RecvMeta)>> {
         use std::os::fd::AsRawFd;
         use tokio::io::Interest;
 
@@ -265,7 +261,6 @@ impl UdpTransport for RealUdp {
                     // on EAGAIN); register for the next edge only when that finds nothing.
                     let slab = self.slab.get_or_insert_with(slab::take);
                     let batch = &mut self.batch;
-                    let _ = scratch; // the batch spills into the thread's own room (see `slab`)
                     let calls = &mut self.receive_calls;
                     let mut drained = None;
                     let received = self.socket.try_io(Interest::READABLE, || {
@@ -294,7 +289,7 @@ impl UdpTransport for RealUdp {
                 let calls = &mut self.receive_calls;
                 self.socket.try_io(Interest::READABLE, || {
                     *calls += 1;
-                    slab::receive(slab, scratch, fd)
+                    tcpudp::backend::with_scratch(|scratch| slab::receive(slab, scratch, fd))
                 })
             };
             match received {
@@ -707,24 +702,23 @@ mod tests {
         let mut rx = open(&Handle::current(), bind).unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = rx.local_addr().unwrap();
-        let mut scratch = vec![0u8; 65_536];
         tx.send_to(b"one", to).unwrap();
         tx.send_to(b"two", to).unwrap();
-        let (first, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, &mut scratch)).await.unwrap();
+        let (first, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx)).await.unwrap();
         assert_eq!(&first[..], b"one");
         // Receiving: the socket keeps its slab, the second payload cut right after the first.
         assert!(rx.slab.is_some());
-        let (second, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, &mut scratch)).await.unwrap();
+        let (second, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx)).await.unwrap();
         assert_eq!(second.as_ptr() as usize, first.as_ptr() as usize + 3);
         // Nothing more: the slab goes to the thread's spare, and the next receive takes it again.
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(rx.poll_recv_bytes(&mut cx, &mut scratch).is_pending());
+        assert!(rx.poll_recv_bytes(&mut cx).is_pending());
         assert!(rx.slab.is_none());
         let spare = slab::take();
         assert!(spare.capacity() > 0);
         slab::give_back(spare);
         tx.send_to(b"three", to).unwrap();
-        let (third, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, &mut scratch)).await.unwrap();
+        let (third, _) = std::future::poll_fn(|cx| rx.poll_recv_bytes(cx)).await.unwrap();
         assert_eq!(&third[..], b"three");
         assert_eq!(third.as_ptr() as usize, second.as_ptr() as usize + 3);
     }

@@ -45,6 +45,9 @@ const MIN_RECEIVE_BUFFER: usize = 2_304;
 
 /// Datagrams one pump poll moves before yielding.
 const PUMP_BUDGET: usize = 256;
+/// The most payload a receive hands over (a longer datagram is truncated to it, as a receive
+/// into a buffer of this size would be): the API's room for one datagram.
+const RECV_ROOM: usize = 65_536;
 
 /// The UDP part of the shared state.
 #[derive(Default)]
@@ -776,14 +779,9 @@ impl UdpTransport for SimUdp {
     }
 
     /// As `poll_recv_from`, handing the datagram's `Bytes` over without a copy.
-    fn poll_recv_bytes(
-        &mut self,
-        cx: &mut Context<'_>,
-        scratch: &mut [u8],
-    ) -> Poll<io::Result<(Bytes, RecvMeta)>> {
-        let room = scratch.len();
+    fn poll_recv_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Bytes, RecvMeta)>> {
         self.poll_next_arrival(cx).map_ok(|(data, meta)| {
-            let len = data.len().min(room);
+            let len = data.len().min(RECV_ROOM);
             // A slice of a fresh `Bytes` allocates its shared header: only when truncating.
             let data = if len < data.len() { data.slice(..len) } else { data };
             (data, RecvMeta { len, ..meta })

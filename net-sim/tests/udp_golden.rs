@@ -219,8 +219,7 @@ fn test_a_receive_says_when_it_already_waits_for_the_next_datagram() {
         let wakes = std::sync::Arc::new(WakeCount(std::sync::atomic::AtomicUsize::new(0)));
         let waker = std::task::Waker::from(wakes.clone());
         let mut cx = std::task::Context::from_waker(&waker);
-        let mut scratch = vec![0u8; 65_536];
-        let mut recv = |rx: &mut dyn UdpTransport| match rx.poll_recv_bytes(&mut cx, &mut scratch) {
+        let mut recv = |rx: &mut dyn UdpTransport| match rx.poll_recv_bytes(&mut cx) {
             Poll::Ready(Ok((data, meta))) => Some((data, meta.registered)),
             Poll::Ready(Err(e)) => panic!("receive failed: {e}"),
             Poll::Pending => None,
