@@ -538,13 +538,17 @@ mod slab {
             });
             // SAFETY: the iovecs are disjoint regions of `bufs`, borrowed mutably for the call.
             unsafe { os::recv_datagrams(fd, &mut iovs, datagrams)? };
+            // Room for the whole batch first, while no payload of it holds the slab: the slab is
+            // then reclaimed in place whenever the earlier payloads are gone, instead of being
+            // replaced (a fresh allocation, cold in the cache) when it fills up mid-batch.
+            let total: usize = datagrams.iter().map(|d| d.len).sum();
+            if slab.capacity() < total && !slab.try_reclaim(SLAB.max(total)) {
+                *slab = BytesMut::with_capacity(SLAB.max(total));
+            }
             let mut first = None;
             for (i, datagram) in datagrams.drain(..).enumerate() {
                 let payload = &bufs[i * DATAGRAM_ROOM..][..datagram.len];
-                if slab.capacity() < payload.len() && !slab.try_reclaim(SLAB.max(payload.len())) {
-                    *slab = BytesMut::with_capacity(SLAB.max(payload.len()));
-                }
-                slab.extend_from_slice(payload);
+                slab.extend_from_slice(payload); // fits: room for the batch was made above
                 let data = slab.split().freeze();
                 match first {
                     None => first = Some((data, datagram)),
@@ -598,6 +602,36 @@ mod tests {
         assert_eq!(got[1].as_ptr() as usize, base + 1200);
         assert_eq!(got[3].as_ptr() as usize, base + 1201);
         assert!(slab.capacity() <= slab::SLAB - 2401);
+    }
+
+    /// A batch gets its room before any of its payloads is cut, so a slab whose earlier payloads
+    /// are all gone is reclaimed in place even when the batch would fill it halfway through: the
+    /// socket keeps receiving into one allocation.
+    // rule: UDP-READ-01
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn test_batched_receive_reuses_its_slab_when_a_batch_would_fill_it() {
+        use std::os::fd::AsRawFd;
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut slab = bytes::BytesMut::new();
+        let mut later = Vec::new();
+        let mut base = None;
+        // Two 10,000-byte datagrams per batch: the second batch does not fit what the first left.
+        for round in 0..6u8 {
+            for i in 0..2u8 {
+                tx.send_to(&[round ^ i; 10_000], rx.local_addr().unwrap()).unwrap();
+            }
+            let (first, _) = slab::receive_batch(&mut slab, rx.as_raw_fd(), &mut later).unwrap();
+            let (second, _) = later.pop().expect("both datagrams in one batch");
+            assert_eq!((first[0], second[0], first.len(), second.len()), (round, round ^ 1, 10_000, 10_000));
+            let start = *base.get_or_insert(first.as_ptr() as usize);
+            for payload in [&first, &second] {
+                let at = payload.as_ptr() as usize;
+                assert!((start..start + slab::SLAB).contains(&at), "round {round}: a new slab was made");
+            }
+        }
     }
 
     // rule: UDP-READ-01
