@@ -416,9 +416,7 @@ impl FaultBackend {
             connect.await
         })
     }
-}
 
-impl FaultBackend {
     /// [`Backend::bind_udp`] behind the fault hooks, by its own type: the UDP glue keeps it
     /// unboxed, so each send and receive makes one dynamic call (the backend's), not two.
     pub(crate) fn bind_udp_hooked(&self, bind: UdpBind) -> Result<FaultUdp, Cause> {

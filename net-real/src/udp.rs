@@ -604,6 +604,14 @@ mod tests {
         assert!(slab.capacity() <= slab::SLAB - 2401);
     }
 
+    /// A non-blocking loopback receiver (as the batched receive needs) and a sender.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn nonblocking_receiver_and_sender() -> (std::net::UdpSocket, std::net::UdpSocket) {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        (rx, std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+    }
+
     /// A batch gets its room before any of its payloads is cut, so a slab whose earlier payloads
     /// are all gone is reclaimed in place even when the batch would fill it halfway through: the
     /// socket keeps receiving into one allocation.
@@ -612,9 +620,7 @@ mod tests {
     #[test]
     fn test_batched_receive_reuses_its_slab_when_a_batch_would_fill_it() {
         use std::os::fd::AsRawFd;
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_nonblocking(true).unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (rx, tx) = nonblocking_receiver_and_sender();
         let mut slab = bytes::BytesMut::new();
         let mut later = Vec::new();
         let mut base = None;
@@ -639,9 +645,7 @@ mod tests {
     #[test]
     fn test_batched_receive_hands_out_every_datagram_whole_and_in_order() {
         use std::os::fd::AsRawFd;
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_nonblocking(true).unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (rx, tx) = nonblocking_receiver_and_sender();
         // More than one batch, with every size class: empty, small, one past a slab's room, the
         // largest IPv4 datagram.
         let sizes = [1200, 0, 65_507, 1, 40_000, 1200, 33_000, 7, 65_507, 2];

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use tcpudp::{
-    Datagram, Policy, TcpOptions, TcpServerOptions, TcpServerSocket, TcpSocket, UdpOptions, UdpSocket,
+    Datagram, Policy, TcpOptions, TcpServerOptions, TcpServerSocket, TcpSocket, UdpOptions, UdpReadable,
+    UdpSocket,
 };
 use tcpudp_core::permission::PermissionRequest;
 use tcpudp_core::{ErrorName, ReadyState};
@@ -25,6 +26,15 @@ async fn guard<T>(what: &str, fut: impl Future<Output = T>) -> T {
 fn loopback_udp(net: &tcpudp::Network) -> UdpSocket {
     let options = UdpOptions { local_address: Some("127.0.0.1".into()), ..UdpOptions::default() };
     UdpSocket::new(net, options).expect("udp socket")
+}
+
+/// An opened loopback socket, its readable, and where a plain sender reaches it.
+async fn open_receiver(net: &tcpudp::Network) -> (UdpSocket, UdpReadable, (&'static str, u16)) {
+    let rx = loopback_udp(net);
+    guard("rx opened", rx.opened()).await.expect("rx opened");
+    let to = ("127.0.0.1", rx.local_port().expect("rx port"));
+    let readable = rx.readable().expect("readable");
+    (rx, readable, to)
 }
 
 // rule: UDP-WRITE-04
@@ -201,11 +211,8 @@ async fn udp_waiting_reader_is_woken_by_the_transport_and_a_dropped_one_hands_ov
     use std::task::{Context, Waker};
 
     let net = tcpudp_net_real::network(Policy::allow_all()).expect("network");
-    let rx = loopback_udp(&net);
-    guard("rx opened", rx.opened()).await.expect("rx opened");
-    let to = ("127.0.0.1", rx.local_port().expect("rx port"));
+    let (rx, mut readable, to) = open_receiver(&net).await;
     let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("tx");
-    let mut readable = rx.readable().expect("readable");
 
     // The first datagram takes the usual path (the driver's registration stands until the
     // receive side is polled with the reader's route); after it the route is registered.
@@ -243,11 +250,8 @@ async fn udp_waiting_reader_is_woken_by_the_transport_and_a_dropped_one_hands_ov
 async fn udp_short_batch_clears_readiness_without_an_empty_receive() {
     const TRIPS: u64 = 50;
     let net = tcpudp_net_real::network(Policy::allow_all()).expect("network");
-    let rx = loopback_udp(&net);
-    guard("rx opened", rx.opened()).await.expect("rx opened");
-    let to = ("127.0.0.1", rx.local_port().expect("rx port"));
+    let (rx, mut readable, to) = open_receiver(&net).await;
     let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("tx");
-    let mut readable = rx.readable().expect("readable");
     for i in 0..TRIPS {
         // The reader waits before each datagram is sent, as a receiver that keeps up does.
         let mut read = std::pin::pin!(readable.read());
