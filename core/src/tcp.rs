@@ -779,9 +779,11 @@ impl TcpMachine {
             return;
         }
         self.readable.peer_fin = true;
-        self.update_read_interest();
         self.wake_reader();
         self.check_closing_complete();
+        // After the close check: a FIN that completes closing releases the transport, and a
+        // released one needs no "stop reading" first (two outputs fewer per connection).
+        self.update_read_interest();
     }
 
     fn wrote(&mut self, id: WriteId) {
@@ -1267,6 +1269,26 @@ mod tests {
         let mut m = TcpMachine::new(T0, s);
         io(&mut m, IoEvent::ResolveFailed { cause: Cause::HostNotFound });
         assert_eq!(m.closed().unwrap().as_ref().unwrap_err().cause(), Some(Cause::HostNotFound));
+    }
+
+    /// The peer's FIN stops reading while the socket stays open (half-closed by the peer), but a
+    /// FIN that completes closing releases the transport with no "stop reading" before it.
+    // rule: TCP-READ-FLOW-01, STATE-01
+    #[test]
+    fn test_peer_fin_stops_reading_unless_it_completes_closing() {
+        let mut m = socket_open();
+        let outs = io(&mut m, IoEvent::PeerFin);
+        assert_eq!(m.ready_state(), ReadyState::Open);
+        assert!(has_io(&outs, &IoCommand::ReadInterest(false)));
+        assert!(!m.read_interest());
+
+        let mut m = socket_closing();
+        io(&mut m, IoEvent::WriteShutdown);
+        let outs = io(&mut m, IoEvent::PeerFin);
+        assert_eq!(m.ready_state(), ReadyState::Closed);
+        assert!(has_io(&outs, &IoCommand::Close));
+        assert!(!has_io(&outs, &IoCommand::ReadInterest(false)), "released: no interest change first");
+        assert!(!m.read_interest());
     }
 
     // rule: TCP-READ-01, GEN-08, TCP-READ-FLOW-01, TCP-READ-PULL-01, INV-19
