@@ -385,13 +385,11 @@ impl FaultBackend {
     pub(crate) fn new(inner: Box<dyn Backend>, faults: Faults) -> Self {
         FaultBackend { inner, faults }
     }
-}
 
-impl FaultBackend {
     /// [`Backend::connect`] with the armed connect faults, giving the transport without its fault
     /// wrapper ([`Faults::wrap_tcp`] adds it once the connection is there). With nothing armed,
     /// the backend's own future is handed on as it is: no box of ours around it per connection.
-    pub(crate) fn connect_bare(
+    pub(crate) fn connect(
         &self,
         remote: SocketAddr,
         local: Option<SocketAddr>,
@@ -419,36 +417,30 @@ impl FaultBackend {
 
     /// [`Backend::bind_udp`] behind the fault hooks, by its own type: the UDP glue keeps it
     /// unboxed, so each send and receive makes one dynamic call (the backend's), not two.
-    pub(crate) fn bind_udp_hooked(&self, bind: UdpBind) -> Result<FaultUdp, Cause> {
+    pub(crate) fn bind_udp(&self, bind: UdpBind) -> Result<FaultUdp, Cause> {
         if let Some(cause) = lock(&self.faults.inner.armed).fail_bind.take() {
             return Err(cause);
         }
         let inner = self.inner.bind_udp(bind)?;
         Ok(FaultUdp { link: self.faults.new_link(), inner, faults: self.faults.clone() })
     }
-}
 
-impl Backend for FaultBackend {
-    fn kind(&self) -> BackendKind {
+    pub(crate) fn kind(&self) -> BackendKind {
         self.inner.kind()
     }
 
-    fn runtime(&self) -> tokio::runtime::Handle {
-        self.inner.runtime()
-    }
-
-    fn probe_local(&self, ip: IpAddr) -> Result<(), Cause> {
+    pub(crate) fn probe_local(&self, ip: IpAddr) -> Result<(), Cause> {
         self.inner.probe_local(ip)
     }
 
-    fn route(&self, remote: IpAddr) -> Option<IpAddr> {
+    pub(crate) fn route(&self, remote: IpAddr) -> Option<IpAddr> {
         if lock(&self.faults.inner.armed).no_route.contains(&remote) {
             return None;
         }
         self.inner.route(remote)
     }
 
-    fn resolve(&self, name: &HostName) -> BoxFuture<'static, Result<Vec<IpAddr>, Cause>> {
+    pub(crate) fn resolve(&self, name: &HostName) -> BoxFuture<'static, Result<Vec<IpAddr>, Cause>> {
         let key = name.as_str().to_ascii_lowercase();
         let ticket = self.faults.hold_ticket();
         let (scripted, faults) = {
@@ -485,18 +477,7 @@ impl Backend for FaultBackend {
         })
     }
 
-    fn connect(
-        &self,
-        remote: SocketAddr,
-        local: Option<SocketAddr>,
-        config: SocketConfig,
-    ) -> BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>> {
-        let faults = self.faults.clone();
-        let connect = self.connect_bare(remote, local, config);
-        Box::pin(async move { Ok(faults.wrap_tcp(connect.await?)) })
-    }
-
-    fn listen(
+    pub(crate) fn listen(
         &self,
         local: SocketAddr,
         address_reuse: bool,
@@ -507,14 +488,6 @@ impl Backend for FaultBackend {
         }
         let inner = self.inner.listen(local, address_reuse, backlog)?;
         Ok(Box::new(FaultListener { link: self.faults.new_link(), inner, faults: self.faults.clone() }))
-    }
-
-    fn bind_udp(&self, bind: UdpBind) -> Result<Box<dyn UdpTransport>, Cause> {
-        Ok(Box::new(self.bind_udp_hooked(bind)?))
-    }
-
-    fn tls_supported(&self) -> bool {
-        self.inner.tls_supported()
     }
 }
 

@@ -29,7 +29,7 @@ pub struct Network {
 }
 
 struct NetworkInner {
-    /// Concrete: the glue calls the fault layer's own connect ([`FaultBackend::connect_bare`]).
+    /// The backend behind the fault hooks (the glue calls the fault layer, never the backend).
     backend: Arc<FaultBackend>,
     /// Where socket drivers run ([`Backend::runtime`]).
     runtime: tokio::runtime::Handle,

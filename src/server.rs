@@ -17,7 +17,7 @@ use tcpudp_core::{
     SocketError, TcpServerMachine,
 };
 
-use crate::backend::{cause_of, Backend, ListenerTransport, TcpTransport};
+use crate::backend::{cause_of, ListenerTransport, TcpTransport};
 use crate::network::Network;
 use crate::shared::{
     hold_released, lazy_now, lock, take_step, PromiseSource, PromiseWaiters, SocketPromise, StateLog, Which,

@@ -152,10 +152,12 @@ enum Opening {
     #[default]
     Idle,
     Resolving(BoxFuture<'static, Result<Vec<std::net::IpAddr>, Cause>>),
-    /// The connection. While the flag is true its transport comes without the fault hooks, which
-    /// the network's faults add once it is there (a flag, not the faults: the shared state stays
-    /// within the allocator's per-thread cache, see its size test).
-    Connecting(BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>>, bool),
+    /// The connection; its transport comes without the fault hooks, which the network's faults
+    /// add once it is there.
+    Connecting(BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>>),
+    /// The connection the constructor's first poll completed, behind the fault hooks already; the
+    /// driver reports it.
+    Connected(Result<Box<dyn TcpTransport>, Cause>),
 }
 
 /// The application side: results and waiters.
@@ -873,8 +875,8 @@ impl TransportSide {
         match cmd {
             IoCommand::Resolve { name } => self.opening = Opening::Resolving(shared.net.resolve(&name)),
             IoCommand::Connect { remote, local, config } => {
-                let connect = shared.net.backend().connect_bare(remote, local, config);
-                self.opening = Opening::Connecting(connect, true);
+                let connect = shared.net.backend().connect(remote, local, config);
+                self.opening = Opening::Connecting(connect);
             }
             IoCommand::Send { id, data } => self.sending = Some((id, data)),
             IoCommand::ShutdownWrite => self.shutdown_pending = true,
@@ -909,12 +911,10 @@ impl TransportSide {
     /// waits. A result that is already there waits for the driver too, so the socket reports
     /// "opening" when the constructor returns whatever happened.
     fn start_connecting(&mut self, faults: &crate::faults::Faults) {
-        let Opening::Connecting(fut, bare) = &mut self.opening else { return };
+        let Opening::Connecting(fut) = &mut self.opening else { return };
         if let Poll::Ready(result) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             // The transport exists now: it is behind the fault hooks (and counted) from now on.
-            let result = result.map(|t| faults.wrap_tcp(t));
-            *bare = false;
-            *fut = Box::pin(std::future::ready(result));
+            self.opening = Opening::Connected(result.map(|t| faults.wrap_tcp(t)));
         }
     }
 
@@ -931,6 +931,21 @@ impl TransportSide {
         }
         self.tls.release(reset.is_some()); // TLS hook: a handshake in progress ends too.
         self.released = true;
+    }
+
+    /// The connection is there (or failed): its report, the transport kept.
+    fn connected(&mut self, result: Result<Box<dyn TcpTransport>, Cause>) -> IoEvent {
+        self.opening = Opening::Idle;
+        match result {
+            Ok(t) => match (t.local_addr(), t.peer_addr()) {
+                (Ok(local), Ok(remote)) => {
+                    self.transport = Some(t);
+                    IoEvent::Connected { local, remote }
+                }
+                (Err(e), _) | (_, Err(e)) => IoEvent::ConnectFailed { cause: crate::backend::cause_of(&e) },
+            },
+            Err(cause) => IoEvent::ConnectFailed { cause },
+        }
     }
 
     /// One step of I/O: the first report a pending operation has, if any. The read direction is
@@ -953,22 +968,14 @@ impl TransportSide {
                     });
                 }
             }
-            Opening::Connecting(fut, bare) => {
+            Opening::Connecting(fut) => {
                 if let Poll::Ready(result) = fut.as_mut().poll(cx) {
-                    let result = result.map(|t| if *bare { faults.wrap_tcp(t) } else { t });
-                    self.opening = Opening::Idle;
-                    return Some(match result {
-                        Ok(t) => match (t.local_addr(), t.peer_addr()) {
-                            (Ok(local), Ok(remote)) => {
-                                self.transport = Some(t);
-                                IoEvent::Connected { local, remote }
-                            }
-                            (Err(e), _) | (_, Err(e)) => {
-                                IoEvent::ConnectFailed { cause: crate::backend::cause_of(&e) }
-                            }
-                        },
-                        Err(cause) => IoEvent::ConnectFailed { cause },
-                    });
+                    return Some(self.connected(result.map(|t| faults.wrap_tcp(t))));
+                }
+            }
+            Opening::Connected(_) => {
+                if let Opening::Connected(result) = std::mem::take(&mut self.opening) {
+                    return Some(self.connected(result));
                 }
             }
         }

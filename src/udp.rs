@@ -191,7 +191,7 @@ impl UdpSocket {
         let default_destination = machine.destination_for(None, None);
         let mut io = UdpIo { hold: net.faults().hold_ticket(), ..UdpIo::default() };
         // DESIGN §3.8: the bind happens now; its outcome is the machine's first input.
-        match net.backend().bind_udp_hooked(bind) {
+        match net.backend().bind_udp(bind) {
             Ok(transport) => match transport.local_addr() {
                 Ok(local) => {
                     io.diag = transport.diag();
