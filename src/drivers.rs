@@ -95,8 +95,17 @@ impl Drivers {
 
     /// Takes `socket` into the table and queues its first drive (spawning the task when it does
     /// not run).
+    #[cfg(test)]
     pub(crate) fn start(self: &Arc<Self>, socket: Arc<dyn Driven>) {
-        let (spawn, task) = {
+        self.register(socket).wake();
+    }
+
+    /// Takes `socket` into the table (spawning the task when it does not run) and gives its
+    /// driver waker, without a drive queued: the caller makes the socket's first pass with that
+    /// waker itself, and wakes it should the socket need a drive (issue #6: a drive queued only
+    /// to register the new socket's wakers with its transport cost a task wake-up and a pass).
+    pub(crate) fn register(self: &Arc<Self>, socket: Arc<dyn Driven>) -> Waker {
+        let (spawn, waker) = {
             let mut state = lock(&self.state);
             let slot = match state.free.pop() {
                 Some(slot) => slot,
@@ -112,20 +121,19 @@ impl Drivers {
                 .take(made_over)
                 .unwrap_or_else(|| Arc::new(SlotWaker { drivers: Arc::downgrade(self), slot, generation }));
             let entry = &mut state.slots[slot];
-            entry.socket = Some((socket, Waker::from(waker.clone())));
+            let socket_waker = Waker::from(waker.clone());
+            entry.socket = Some((socket, socket_waker.clone()));
             entry.waker_alloc = Some(waker);
-            let task = state.enqueue(slot);
             let spawn = !std::mem::replace(&mut state.running, true);
             if spawn {
                 state.epoch += 1;
             }
-            (spawn.then_some(state.epoch), task)
+            (spawn.then_some(state.epoch), socket_waker)
         };
         if let Some(epoch) = spawn {
             drop(self.runtime.spawn(run(TaskGuard { drivers: self.clone(), epoch })));
-        } else if let Some(task) = task {
-            task.wake();
         }
+        waker
     }
 
     /// The network is gone: the task ends when it next looks.
@@ -354,6 +362,24 @@ mod tests {
         drivers.close();
         settle().await;
         assert_eq!(Arc::strong_count(&next), 2, "a live socket stays held after close");
+    }
+
+    /// A registered socket makes its first pass itself: the table drives it only once its waker
+    /// wakes, and the waker it gave is the one every drive passes.
+    #[tokio::test]
+    async fn a_registered_socket_is_driven_only_once_woken() {
+        let drivers = drivers();
+        let probe = Probe::new(2);
+        let waker = drivers.register(probe.clone());
+        settle().await;
+        assert_eq!(probe.drives(), 0, "register queues no drive");
+        waker.wake_by_ref();
+        settle().await;
+        assert_eq!(probe.drives(), 1);
+        assert!(lock(&probe.waker).as_ref().is_some_and(|w| w.will_wake(&waker)));
+        waker.wake();
+        settle().await;
+        assert_eq!(Arc::strong_count(&probe), 1, "finished at its second drive, and let go");
     }
 
     /// A short connection allocates no driver waker: a new socket takes a finished one's, unless

@@ -255,12 +255,17 @@ impl TcpSocket {
             inner: Mutex::new(Inner { machine, io, app }),
             span,
         });
-        {
+        let driver = net.drivers(id).register(shared.clone());
+        let needs_drive = {
             let mut inner = lock(&shared.inner);
+            // The machine's first outputs (the connection to make, an accepted socket's read
+            // interest), with no transport polled yet.
             inner.process(&shared);
-            inner.io.start_connecting(net.faults());
+            inner.first_pass(&shared, &driver)
+        };
+        if needs_drive {
+            driver.wake();
         }
-        net.drivers(id).start(shared.clone());
         TcpSocket { handle: Handle::new(shared) }
     }
 
@@ -854,6 +859,38 @@ impl Inner {
         }
     }
 
+    /// The new socket's first pass with its driver's waker, made by its constructor instead of
+    /// by a queued drive (which cost a task wake-up and a pass per socket, issue #6): it arms the
+    /// socket's deadline, and starts the connection (TCP-CTOR-13: the SYN goes now, so a peer's
+    /// `listen()` made next finds the connection already queued) or registers an accepted
+    /// socket's read side. A connection that is already there waits for the driver (`true`: wake
+    /// it), so the constructor returns a socket still "opening" whatever happened; so does a
+    /// resolution, which the driver starts, and a socket finished at once, which only a drive
+    /// lets go of.
+    fn first_pass(&mut self, shared: &TcpShared, driver: &Waker) -> bool {
+        let io = &mut self.io;
+        io.driver = Some(driver.clone());
+        io.route.driver_changed(driver);
+        let needs_drive = match &mut io.opening {
+            Opening::Connecting(fut) => match fut.as_mut().poll(&mut Context::from_waker(driver)) {
+                Poll::Ready(result) => {
+                    // The transport exists now: it is behind the fault hooks (and counted) from now on.
+                    io.opening = Opening::Connected(result.map(|t| shared.net.faults().wrap_tcp(t)));
+                    true
+                }
+                Poll::Pending => false,
+            },
+            Opening::Connected(_) | Opening::Resolving(_) => true,
+            Opening::Idle => {
+                self.process(shared);
+                return self.finished();
+            }
+        };
+        let wanted = self.machine.poll_timeout().map(|d| d.at);
+        shared.net.timers().set(&shared.net, shared.id, &mut self.io.armed, wanted, driver);
+        needs_drive
+    }
+
     fn finished(&self) -> bool {
         self.machine.ready_state() == ReadyState::Closed && self.io.released
     }
@@ -901,20 +938,6 @@ impl TransportSide {
             IoCommand::Close => self.release(None),
             IoCommand::Reset => self.release(Some(())),
             _ => {}
-        }
-    }
-
-    /// Starts the connection the constructor asked for (TCP-CTOR-13): one poll sends the SYN
-    /// now, not when the driver first runs, so a peer's `listen()` made next finds the connection
-    /// already queued instead of polling an empty backlog and waiting for a wake-up. The poll's
-    /// waker is a no-op: the driver, queued right after, polls again with its own before anyone
-    /// waits. A result that is already there waits for the driver too, so the socket reports
-    /// "opening" when the constructor returns whatever happened.
-    fn start_connecting(&mut self, faults: &crate::faults::Faults) {
-        let Opening::Connecting(fut) = &mut self.opening else { return };
-        if let Poll::Ready(result) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            // The transport exists now: it is behind the fault hooks (and counted) from now on.
-            self.opening = Opening::Connected(result.map(|t| faults.wrap_tcp(t)));
         }
     }
 
