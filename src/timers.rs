@@ -9,15 +9,21 @@
 //! Why: a tokio timer per socket cost an allocation, a timer-wheel insert and remove, and, when it
 //! was the runtime's earliest timer, a write to the I/O driver's eventfd, for every connection,
 //! although most deadlines never fire (a close completes long before its timeout). Here a new
-//! deadline later than the one the task sleeps until costs a map insert and nothing else; the task
-//! sleeps on, wakes at the stale deadline if nothing earlier came, and sleeps again until the
+//! deadline later than the one the task sleeps until costs a slab insert and nothing else; the
+//! task sleeps on, wakes at the stale deadline if nothing earlier came, and sleeps again until the
 //! earliest deadline still registered.
 //!
-//! When the last deadline goes, the task lingers briefly ([`LINGER`]) and then ends, rather than
-//! sleeping on until a stale deadline: a timer in tokio's wheel makes every park of the runtime
-//! dearer (a clock read and a timed wait), which an open connection that sends messages and no
-//! longer has any deadline should not pay. The linger keeps a stream of short connections from
-//! re-spawning the task or re-arming its timer for each one.
+//! The task looks at least every [`LOOK`] while deadlines are registered. So a deadline further
+//! off than that never needs a wake-up, even when it is earlier than every other: a stream of
+//! short connections, whose close timeout (60 s) comes before the connect timeout (127 s) the task
+//! last saw, would otherwise wake it twice per connection (issue #6, tcp-connect).
+//!
+//! When the last deadline goes, the task lingers briefly ([`LINGER`]) from its next look on and
+//! then ends, rather than sleeping on until a stale deadline: a timer in tokio's wheel makes every
+//! park of the runtime dearer (a clock read and a timed wait), which an open connection that sends
+//! messages and no longer has any deadline should not pay for longer than `LOOK` and the linger.
+//! The linger keeps a stream of short connections from re-spawning the task or re-arming its timer
+//! for each one; going without a wake-up, the last deadline costs no task poll either.
 //!
 //! Most deadlines go again before the task next looks (a connect or a close that completes): a new
 //! one goes to a slab first, O(1) to add and to take out, and only those still there when the task
@@ -42,6 +48,11 @@ use crate::shared::lock;
 
 /// How long the timer task lives on once no deadline is registered.
 const LINGER: Duration = Duration::from_millis(100);
+
+/// The longest the timer task sleeps between two looks while deadlines are registered: a new
+/// deadline further off than this from the task's last look needs no wake-up, however early it is
+/// among the others.
+const LOOK: Duration = Duration::from_secs(1);
 
 /// The deadlines of one network's sockets.
 pub(crate) struct Timers {
@@ -153,16 +164,9 @@ impl State {
         if let Some(at) = old.at {
             self.remove(id, at, old.slot);
         }
-        let Some(at) = new else {
-            // The last deadline went while the task sleeps until a stale one: it moves to its
-            // linger instead (unless it has not been polled yet: its first poll does that).
-            if self.is_empty() && self.armed.is_some() && !self.lingering {
-                if let Some(task) = &self.task {
-                    return (SetAction::Wake(task.clone()), Armed::default());
-                }
-            }
-            return (SetAction::Nothing, Armed::default());
-        };
+        // The last deadline going needs no wake-up either: the task sleeps until a stale one at
+        // most `LOOK` away, and lingers from that look on.
+        let Some(at) = new else { return (SetAction::Nothing, Armed::default()) };
         let armed = Armed { at: Some(at), slot: self.add_recent(Recent { at, id, waker: waker.clone() }) };
         // Only a deadline earlier than the one the task sleeps until needs the task to act.
         if self.armed.is_some_and(|armed| armed <= at) {
@@ -174,10 +178,6 @@ impl State {
         }
         // Running but not polled yet: its first poll sees this entry.
         (self.task.clone().map_or(SetAction::Nothing, SetAction::Wake), armed)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.recent_live == 0
     }
 
     fn add_recent(&mut self, entry: Recent) -> usize {
@@ -240,8 +240,9 @@ impl State {
         // Due entries stay until their drivers move or drop their deadlines.
         let due = self.entries.range(..=(now, u64::MAX)).map(|(_, w)| w.clone()).collect();
         let later = (Bound::Excluded((now, u64::MAX)), Bound::Unbounded);
-        // `None`: only due entries are left, and their drivers are about to move them.
-        self.armed = self.entries.range(later).next().map(|(&(at, _), _)| at);
+        // `None`: only due entries are left, and their drivers are about to move them. The task
+        // looks again within `LOOK` however late the next deadline is.
+        self.armed = self.entries.range(later).next().map(|(&(at, _), _)| at.min(now + LOOK));
         Step::Sleep { due, next: self.armed }
     }
 }
@@ -285,7 +286,7 @@ mod tests {
 
     use tcpudp_core::Instant;
 
-    use super::{Armed, SetAction, State, Step, LINGER};
+    use super::{Armed, SetAction, State, Step, LINGER, LOOK};
 
     impl State {
         /// `set` as a driver calls it, for socket `id` whose deadline here is `old`.
@@ -297,6 +298,10 @@ mod tests {
             waker: &Waker,
         ) -> SetAction {
             self.set(id, Armed { at: old, slot: self.slot_of(id) }, new, waker).0
+        }
+
+        fn is_empty(&self) -> bool {
+            self.entries.is_empty() && self.recent_live == 0
         }
 
         fn slot_of(&self, id: u64) -> usize {
@@ -328,11 +333,12 @@ mod tests {
         }
     }
 
-    /// A task sleeping until 10 s for socket 1's deadline, already polled once.
+    /// A task polled once at 0 for socket 1's deadline at 10 s: it sleeps until its next look,
+    /// `LOOK` later.
     fn sleeping(task: &Waker, driver: &Waker) -> State {
         let mut state = State::default();
         assert!(matches!(state.set_at(1, None, Some(at(10_000)), driver), SetAction::Spawn));
-        assert_eq!(next(state.step(at(0), task)), Some(at(10_000)));
+        assert_eq!(next(state.step(at(0), task)), Some(at(0) + LOOK));
         state
     }
 
@@ -340,13 +346,11 @@ mod tests {
     fn the_task_lingers_then_ends_once_the_last_deadline_goes() {
         let (task, driver) = (waker(), waker());
         let mut state = sleeping(&task, &driver);
-        // The deadline goes long before it comes: the task is woken so its timer leaves tokio's
-        // wheel now, not at 10 s.
-        assert!(
-            matches!(state.set_at(1, Some(at(10_000)), None, &driver), SetAction::Wake(w) if w.will_wake(&task))
-        );
-        let linger_end = at(1_000) + LINGER;
-        assert_eq!(next(state.step(at(1_000), &task)), Some(linger_end));
+        // The deadline goes long before it comes: no wake-up, and the task's next look (`LOOK`
+        // on, not at 10 s) finds none and lingers, so its timer leaves tokio's wheel then.
+        assert!(matches!(state.set_at(1, Some(at(10_000)), None, &driver), SetAction::Nothing));
+        let linger_end = at(0) + LOOK + LINGER;
+        assert_eq!(next(state.step(at(0) + LOOK, &task)), Some(linger_end));
         // Deadlines that come and go within the linger cost the task nothing.
         assert!(matches!(state.set_at(2, None, Some(at(20_000)), &driver), SetAction::Nothing));
         assert!(matches!(state.set_at(2, Some(at(20_000)), None, &driver), SetAction::Nothing));
@@ -367,9 +371,10 @@ mod tests {
         let _ = state.set_at(1, Some(at(10_000)), None, &driver);
         let linger_end = at(1_000) + LINGER;
         assert_eq!(next(state.step(at(1_000), &task)), Some(linger_end));
-        // Later than the linger's end: the task sees it when the linger ends.
+        // Later than the linger's end: the task sees it when the linger ends, and looks again
+        // `LOOK` on.
         assert!(matches!(state.set_at(2, None, Some(at(20_000)), &driver), SetAction::Nothing));
-        assert_eq!(next(state.step(linger_end, &task)), Some(at(20_000)));
+        assert_eq!(next(state.step(linger_end, &task)), Some(linger_end + LOOK));
         assert!(!state.lingering);
         match state.step(at(20_000), &task) {
             Step::Sleep { due, next } => {
@@ -411,7 +416,7 @@ mod tests {
         assert_eq!(gone, Armed::default());
         assert_eq!((state.entries.len(), state.recent_live), (1, 0), "never in the map");
         let (_, kept) = state.set(3, Armed::default(), Some(at(30_000)), &driver);
-        assert_eq!(next(state.step(at(1), &task)), Some(at(10_000)));
+        assert_eq!(next(state.step(at(1), &task)), Some(at(1) + LOOK));
         assert_eq!((state.entries.len(), state.recent_live), (2, 0), "moved at the look");
         // Socket 4 takes the slot socket 3 had: moving 3's deadline must leave 4's alone.
         let (_, other) = state.set(4, Armed::default(), Some(at(40_000)), &driver);
@@ -421,6 +426,38 @@ mod tests {
         assert!(state.entries.keys().all(|&(_, id)| id == 1));
         let _ = state.set(4, other, None, &driver);
         let _ = state.set(1, Armed { at: Some(at(10_000)), slot: usize::MAX }, None, &driver);
+        assert!(state.is_empty());
+    }
+
+    /// A deadline further off than `LOOK` needs no wake-up even when it is the earliest, and the
+    /// last one going needs none either: a stream of lock-step connections (connect deadline at
+    /// 127 s, then both ends' close deadlines at 60 s, each gone again before the task looks)
+    /// costs the task one look per `LOOK` and no wake-up (issue #6: two per connection before).
+    #[test]
+    fn short_connections_cost_the_task_no_wake_up() {
+        let (task, driver) = (waker(), waker());
+        let mut state = sleeping(&task, &driver);
+        let _ = state.set_at(1, Some(at(10_000)), None, &driver);
+        let (connect, close) = (Duration::from_secs(127), Duration::from_secs(60));
+        let mut looks = 0;
+        let mut next_look = at(0) + LOOK;
+        for i in 0..3_000u64 {
+            let now = at(i); // one connection per millisecond
+            let (client, server) = (10 + 2 * i, 11 + 2 * i);
+            let mut actions = vec![state.set_at(client, None, Some(now + connect), &driver)];
+            // The task looks while the runtime waits, for the connection or for the FINs.
+            if now >= next_look {
+                looks += 1;
+                next_look = next(state.step(now, &task)).expect("the task sleeps until a time");
+            }
+            actions.push(state.set_at(client, Some(now + connect), None, &driver));
+            actions.push(state.set_at(client, None, Some(now + close), &driver));
+            actions.push(state.set_at(server, None, Some(now + close), &driver));
+            actions.push(state.set_at(server, Some(now + close), None, &driver));
+            actions.push(state.set_at(client, Some(now + close), None, &driver));
+            assert!(actions.iter().all(|a| matches!(a, SetAction::Nothing)), "connection {i}: {actions:?}");
+        }
+        assert_eq!(looks, 2, "one look per LOOK (at 1 s and 2 s)");
         assert!(state.is_empty());
     }
 }
