@@ -4,7 +4,7 @@
 //! the library takes connections out of the backlog only while a `listen()` waits, so a
 //! connection nobody asked for yet stays where the OS keeps it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -60,7 +60,7 @@ struct Inner {
     machine: TcpServerMachine,
     io: ServerIo,
     promises: PromiseWaiters,
-    listens: BTreeMap<u64, ListenSlot>,
+    listens: IdMap<u64, ListenSlot>,
     next_listen: u64,
     state_log: StateLog,
 }
@@ -70,7 +70,7 @@ struct ServerIo {
     listener: Option<Box<dyn ListenerTransport>>,
     hold: Option<crate::faults::HoldTicket>,
     accept_interest: bool,
-    held: BTreeMap<ConnId, Box<dyn TcpTransport>>,
+    held: IdMap<ConnId, Box<dyn TcpTransport>>,
     next_conn: u64,
     reports: VecDeque<IoEvent>,
     driver: Option<Waker>,
@@ -114,7 +114,7 @@ impl TcpServerSocket {
                     ..ServerIo::default()
                 },
                 promises: PromiseWaiters::default(),
-                listens: BTreeMap::new(),
+                listens: IdMap::default(),
                 next_listen: 0,
                 state_log: StateLog::new(ReadyState::Opening),
             }),
@@ -477,5 +477,77 @@ impl Drop for ListenFuture {
             }
         }
         inner.process(&shared);
+    }
+}
+
+/// The `listen()` calls or accepted connections a server holds, by id, in id order.
+///
+/// A `BTreeMap` allocated a node for its first entry and freed it with its last, so a server
+/// serving one `listen()` at a time paid two allocations per connection for these two maps
+/// (issue #6, tcp-connect). Here ids come in rising order, so an entry goes to the back, and
+/// the queue keeps its room when emptied.
+struct IdMap<K, V> {
+    entries: VecDeque<(K, V)>,
+}
+
+impl<K, V> Default for IdMap<K, V> {
+    fn default() -> Self {
+        IdMap { entries: VecDeque::new() }
+    }
+}
+
+impl<K: Ord + Copy, V> IdMap<K, V> {
+    fn insert(&mut self, key: K, value: V) {
+        match self.entries.back() {
+            Some((last, _)) if *last >= key => match self.entries.binary_search_by(|(k, _)| k.cmp(&key)) {
+                Ok(i) => self.entries[i].1 = value,
+                Err(i) => self.entries.insert(i, (key, value)),
+            },
+            _ => self.entries.push_back((key, value)),
+        }
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let i = self.entries.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(&mut self.entries[i].1)
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let i = self.entries.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        self.entries.remove(i).map(|(_, v)| v)
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdMap;
+
+    #[test]
+    fn an_id_map_keeps_id_order_and_its_room() {
+        let mut map = IdMap::default();
+        for id in [1u64, 2, 3, 5] {
+            map.insert(id, id * 10);
+        }
+        map.insert(4, 40); // out of order: goes between
+        map.insert(2, 21); // again: replaces
+        assert_eq!(
+            map.entries.iter().map(|e| *e).collect::<Vec<_>>(),
+            [(1, 10), (2, 21), (3, 30), (4, 40), (5, 50)]
+        );
+        assert_eq!(map.get_mut(&3).map(|v| *v), Some(30));
+        assert_eq!(map.get_mut(&6), None);
+        assert_eq!(map.remove(&1), Some(10));
+        assert_eq!(map.remove(&4), Some(40));
+        assert_eq!(map.remove(&4), None);
+        assert_eq!(map.entries.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 3, 5]);
+        let room = map.entries.capacity();
+        map.clear();
+        map.insert(7, 70);
+        assert_eq!(map.remove(&7), Some(70));
+        assert_eq!(map.entries.capacity(), room, "emptied, it keeps its room");
     }
 }
