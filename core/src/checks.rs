@@ -37,6 +37,7 @@
 //! or `NotSupportedError` (INV-13).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::address::{parse_local_address, Remote};
@@ -208,7 +209,7 @@ pub fn server_spec(
         address_reuse: opts.address_reuse,
         use_secure_transport: opts.use_secure_transport,
         backlog: opts.backlog,
-        accepted: TcpSpec {
+        accepted: Arc::new(TcpSpec {
             remote: Remote::Ip(placeholder),
             remote_port: 0,
             local_address: None,
@@ -228,7 +229,7 @@ pub fn server_spec(
             close_timeout: accepted.close_timeout,
             readable_high_water_mark: accepted.readable_high_water_mark,
             writable_high_water_mark: accepted.writable_high_water_mark,
-        },
+        }),
     })
 }
 

@@ -6,6 +6,7 @@
 //! (parse, don't validate): machines accept only specs.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::address::{HostName, Remote};
@@ -261,8 +262,9 @@ pub struct AcceptedSpec {
     pub local: SocketAddr,
     /// The peer's address and port.
     pub remote: SocketAddr,
-    /// Options for queues and timers (local and remote fields unused).
-    pub tcp: TcpSpec,
+    /// Options for queues and timers (local and remote fields unused): the server's
+    /// [`ServerSpec::accepted`], shared by every connection it accepts.
+    pub tcp: Arc<TcpSpec>,
 }
 
 /// A checked `TCPServerSocket` construction.
@@ -279,8 +281,8 @@ pub struct ServerSpec {
     pub use_secure_transport: bool,
     /// Listen backlog.
     pub backlog: u32,
-    /// Spec for accepted sockets.
-    pub accepted: TcpSpec,
+    /// Spec for accepted sockets, shared with each (no copy or allocation per connection).
+    pub accepted: Arc<TcpSpec>,
 }
 
 /// A checked `UDPSocket` construction.

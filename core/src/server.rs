@@ -365,7 +365,7 @@ mod tests {
             address_reuse: true,
             use_secure_transport: false,
             backlog: DEFAULT_BACKLOG,
-            accepted: TcpSpec {
+            accepted: std::sync::Arc::new(TcpSpec {
                 remote: Remote::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 remote_port: 1,
                 local_address: None,
@@ -385,7 +385,7 @@ mod tests {
                 close_timeout: DEFAULT_CLOSE_TIMEOUT,
                 readable_high_water_mark: DEFAULT_TCP_READABLE_HWM,
                 writable_high_water_mark: DEFAULT_WRITABLE_HWM,
-            },
+            }),
         }
     }
 

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,9 +26,10 @@ use crate::time::Instant;
 /// The sans-IO machine of one `TCPSocket`.
 #[derive(Debug)]
 pub struct TcpMachine {
-    /// Boxed: read only at connect, on timers and for high-water marks, and 160 bytes inline
-    /// would keep the glue's per-socket allocation out of the allocator's fast size classes.
-    spec: Box<TcpSpec>,
+    /// Behind a pointer: read only at connect, on timers and for high-water marks, and 160 bytes
+    /// inline would keep the glue's per-socket allocation out of the allocator's fast size
+    /// classes. Shared: an accepted socket's is its server's (no allocation per connection).
+    spec: Arc<TcpSpec>,
     state: StateCell,
     opened: Promise,
     closed: Promise,
@@ -101,7 +103,7 @@ struct QueuedWrite {
 impl TcpMachine {
     /// A `TCPSocket` constructor succeeded: starts "opening" and asks to resolve or connect.
     pub fn new(now: Instant, spec: TcpSpec) -> Self {
-        let mut m = Self::blank(spec, ReadyState::Opening);
+        let mut m = Self::blank(Arc::new(spec), ReadyState::Opening);
         m.connect_deadline = Some(now + m.spec.connect_timeout);
         match m.spec.remote.clone() {
             Remote::Name(name) => {
@@ -131,9 +133,9 @@ impl TcpMachine {
         m
     }
 
-    fn blank(spec: TcpSpec, state: ReadyState) -> Self {
+    fn blank(spec: Arc<TcpSpec>, state: ReadyState) -> Self {
         TcpMachine {
-            spec: Box::new(spec),
+            spec,
             state: StateCell::new(SocketKind::Tcp, state),
             opened: Promise::Pending,
             closed: Promise::Pending,
@@ -1833,7 +1835,8 @@ mod tests {
     // rule: SRV-ACCEPT-02, INV-01
     #[test]
     fn test_accepted_starts_open_with_opened_resolved() {
-        let mut m = TcpMachine::accepted(T0, AcceptedSpec { local: peer(), remote: local(), tcp: spec() });
+        let mut m =
+            TcpMachine::accepted(T0, AcceptedSpec { local: peer(), remote: local(), tcp: spec().into() });
         let outs = drain(&mut m);
         assert_eq!(m.ready_state(), ReadyState::Open);
         assert!(outs.contains(&Output::Event(Event::Opened(Ok(())))));
@@ -1850,8 +1853,10 @@ mod tests {
             reads += 1;
             T0
         };
-        let mut m =
-            TcpMachine::accepted_lazy(&mut now, AcceptedSpec { local: peer(), remote: local(), tcp: spec() });
+        let mut m = TcpMachine::accepted_lazy(
+            &mut now,
+            AcceptedSpec { local: peer(), remote: local(), tcp: spec().into() },
+        );
         drain(&mut m);
         assert_eq!(m.ready_state(), ReadyState::Open);
         assert_eq!(m.poll_timeout(), None);

@@ -359,7 +359,7 @@ fn run_tcp(case: TcpCase) -> Result<(), String> {
         TcpStart::Tls => Driver::tcp(TcpSpec { use_secure_transport: true, ..spec }),
         TcpStart::Accepted => {
             let mut accepted = accepted_spec();
-            accepted.tcp = TcpSpec { remote: accepted.tcp.remote.clone(), remote_port: 0, ..spec };
+            accepted.tcp = TcpSpec { remote: accepted.tcp.remote.clone(), remote_port: 0, ..spec }.into();
             Driver::tcp_accepted(accepted)
         }
     };
