@@ -883,11 +883,13 @@ impl Inner {
             Opening::Connected(_) | Opening::Resolving(_) => true,
             Opening::Idle => {
                 self.process(shared);
+                self.machine.release_idle_buffers(); // as a drive would: an idle socket keeps none
                 return self.finished();
             }
         };
         let wanted = self.machine.poll_timeout().map(|d| d.at);
         shared.net.timers().set(&shared.net, shared.id, &mut self.io.armed, wanted, driver);
+        self.machine.release_idle_buffers();
         needs_drive
     }
 

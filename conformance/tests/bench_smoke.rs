@@ -100,7 +100,11 @@ fn check_report(path: &Path) {
     assert_eq!(workloads.len(), WORKLOADS.len(), "exactly the issue's workloads: {text}");
     assert!(number(&doc["core"], "inputs_per_sec") > 0.0);
     assert!(number(&doc["core"], "allocs_per_input") >= 0.0);
-    let _ = number(&doc, "idle_socket_bytes");
+    // Counted by the allocator, not timed: 1,416 B per idle socket at 20 connections and at 200
+    // (the budget is 2 KiB). A socket that keeps a buffer while idle (its outbox's,
+    // ~130 B) goes over.
+    let idle = number(&doc, "idle_socket_bytes");
+    assert!(idle <= 1536.0, "{idle} B of our own state per idle socket: {text}");
     assert_eq!(doc["idle_sockets"].as_u64(), Some(40), "20 connections, both ends: {text}");
 }
 
