@@ -881,15 +881,17 @@ impl Inner {
                 Poll::Pending => false,
             },
             Opening::Connected(_) | Opening::Resolving(_) => true,
+            // An accepted socket: the pass registers its read side (and arms any deadline).
             Opening::Idle => {
                 self.process(shared);
-                self.machine.release_idle_buffers(); // as a drive would: an idle socket keeps none
-                return self.finished();
+                self.finished()
             }
         };
         let wanted = self.machine.poll_timeout().map(|d| d.at);
-        shared.net.timers().set(&shared.net, shared.id, &mut self.io.armed, wanted, driver);
-        self.machine.release_idle_buffers();
+        if wanted != self.io.armed.at() {
+            shared.net.timers().set(&shared.net, shared.id, &mut self.io.armed, wanted, driver);
+        }
+        self.machine.release_idle_buffers(); // as a drive does: an idle socket keeps none
         needs_drive
     }
 
