@@ -179,6 +179,47 @@ on_both_backends! {
         });
     }
 
+    /// A connection whose peer sent its data and its FIN before any `listen()`: the accepted
+    /// socket's first pass (in the `listen()` poll that makes it) finds both, and nothing is lost;
+    /// the socket is still "open" until its reader sees the end.
+    /// rule: SRV-OPEN-01, TCP-READ-01, TCP-READ-CLOSE-02
+    fn data_and_fin_sent_before_listen_are_read_in_full(world: &mut World) {
+        guard(world);
+        let sent = Flag::default();
+        let s = sent.clone();
+        world.host("server", move |ctx| {
+            let sent = s.clone();
+            async move {
+                let server = TcpServerSocket::new(&ctx.net, TcpServerOptions::default())?;
+                server.opened().await?;
+                ctx.publish("server", server.local_port().ok_or("no port")?);
+                within(30, "client sent and shut down", sent.wait()).await?;
+                // Time for both to reach the server's side of the connection (the simulator's latency).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let sock = within(30, "listen", server.listen()).await??;
+                assert_eq!(sock.ready_state(), ReadyState::Open, "open until the reader sees the end");
+                let mut reader = sock.readable()?;
+                let got = within(30, "read to the end", read_to_end(&mut reader)).await??;
+                assert_eq!(got, b"early, then FIN");
+                within(30, "closed", sock.closed()).await??;
+                Ok(())
+            }
+        });
+        world.client("client", move |ctx| {
+            let sent = sent.clone();
+            async move {
+                let port = ctx.lookup("server").await;
+                let mut stream = within(30, "connect", RawStream::connect(&ctx, "server", port)).await??;
+                stream.write_all(b"early, then FIN").await?;
+                stream.shutdown().await?;
+                sent.set();
+                let rest = within(30, "the server's FIN", stream.read_all()).await??;
+                assert!(rest.is_empty(), "the server sent nothing: {rest:?}");
+                Ok(())
+            }
+        });
+    }
+
     /// rule: SRV-LISTEN-03, SRV-LISTEN-04, GEN-10
     /// invariant: INV-15
     fn listens_are_served_in_call_order(world: &mut World) {
