@@ -498,7 +498,7 @@ impl<K, V> Default for IdMap<K, V> {
 impl<K: Ord + Copy, V> IdMap<K, V> {
     fn insert(&mut self, key: K, value: V) {
         match self.entries.back() {
-            Some((last, _)) if *last >= key => match self.entries.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Some((last, _)) if *last >= key => match self.position(&key) {
                 Ok(i) => self.entries[i].1 = value,
                 Err(i) => self.entries.insert(i, (key, value)),
             },
@@ -507,13 +507,18 @@ impl<K: Ord + Copy, V> IdMap<K, V> {
     }
 
     fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let i = self.entries.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        let i = self.position(key).ok()?;
         Some(&mut self.entries[i].1)
     }
 
     fn remove(&mut self, key: &K) -> Option<V> {
-        let i = self.entries.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        let i = self.position(key).ok()?;
         self.entries.remove(i).map(|(_, v)| v)
+    }
+
+    /// Where `key` is (`Ok`), or where it would go (`Err`).
+    fn position(&self, key: &K) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| k.cmp(key))
     }
 
     fn clear(&mut self) {

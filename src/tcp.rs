@@ -256,13 +256,7 @@ impl TcpSocket {
             span,
         });
         let driver = net.drivers(id).register(shared.clone());
-        let needs_drive = {
-            let mut inner = lock(&shared.inner);
-            // The machine's first outputs (the connection to make, an accepted socket's read
-            // interest), with no transport polled yet.
-            inner.process(&shared);
-            inner.first_pass(&shared, &driver)
-        };
+        let needs_drive = lock(&shared.inner).first_pass(&shared, &driver);
         if needs_drive {
             driver.wake();
         }
@@ -868,6 +862,11 @@ impl Inner {
     /// resolution, which the driver starts, and a socket finished at once, which only a drive
     /// lets go of.
     fn first_pass(&mut self, shared: &TcpShared, driver: &Waker) -> bool {
+        // The machine's first outputs (the connection to make, an accepted socket's read
+        // interest), with no transport polled yet.
+        while let Some(out) = self.machine.poll_output() {
+            self.apply(shared, out);
+        }
         let io = &mut self.io;
         io.driver = Some(driver.clone());
         io.route.driver_changed(driver);

@@ -20,6 +20,14 @@ async fn free_port(ctx: &Ctx) -> u16 {
     }
 }
 
+/// A server with the default options, open, its port published as "server" for clients.
+async fn open_published(ctx: &Ctx) -> Result<TcpServerSocket, TestError> {
+    let server = TcpServerSocket::new(&ctx.net, TcpServerOptions::default())?;
+    server.opened().await?;
+    ctx.publish("server", server.local_port().ok_or("no port")?);
+    Ok(server)
+}
+
 /// Echoes what the accepted socket reads until it ends.
 async fn echo(sock: TcpSocket) -> Result<(), tcpudp::SocketError> {
     let mut reader = sock.readable()?;
@@ -158,9 +166,7 @@ on_both_backends! {
         world.host("server", move |ctx| {
             let connected = c.clone();
             async move {
-                let server = TcpServerSocket::new(&ctx.net, TcpServerOptions::default())?;
-                server.opened().await?;
-                ctx.publish("server", server.local_port().ok_or("no port")?);
+                let server = open_published(&ctx).await?;
                 // the OS is listening once opened resolves; no listen() is needed to connect.
                 within(30, "client connected before any listen()", connected.wait()).await?;
                 echo(within(30, "listen", server.listen()).await??).await?;
@@ -190,9 +196,7 @@ on_both_backends! {
         world.host("server", move |ctx| {
             let sent = s.clone();
             async move {
-                let server = TcpServerSocket::new(&ctx.net, TcpServerOptions::default())?;
-                server.opened().await?;
-                ctx.publish("server", server.local_port().ok_or("no port")?);
+                let server = open_published(&ctx).await?;
                 within(30, "client sent and shut down", sent.wait()).await?;
                 // Time for both to reach the server's side of the connection (the simulator's latency).
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -293,9 +297,7 @@ on_both_backends! {
         world.host("server", move |ctx| {
             let dropped = d.clone();
             async move {
-                let server = TcpServerSocket::new(&ctx.net, TcpServerOptions::default())?;
-                server.opened().await?;
-                ctx.publish("server", server.local_port().ok_or("no port")?);
+                let server = open_published(&ctx).await?;
                 {
                     let mut first = server.listen();
                     assert!(poll_now(&mut first).await.is_pending());
@@ -323,9 +325,7 @@ on_both_backends! {
     fn unservable_connection_rejects_the_oldest_listen(world: &mut World) {
         guard(world);
         world.host("server", |ctx| async move {
-            let server = TcpServerSocket::new(&ctx.net, TcpServerOptions::default())?;
-            server.opened().await?;
-            ctx.publish("server", server.local_port().ok_or("no port")?);
+            let server = open_published(&ctx).await?;
             ctx.net.faults().exhaust_accept();
             let (oldest, next) = (server.listen(), server.listen());
             let e = assert_err(within(30, "oldest listen", oldest).await?, ErrorName::NetworkError);
