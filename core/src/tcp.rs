@@ -21,7 +21,7 @@ use crate::options::{
     AcceptedSpec, KeepAlive, KeepAliveMode, TcpSpec, KEEP_ALIVE_FREQUENT, KEEP_ALIVE_FREQUENT_SPAN,
 };
 use crate::state::{ReadyState, Row, SocketKind};
-use crate::time::Instant;
+use crate::time::{DeadlineSlot, Instant};
 
 /// The sans-IO machine of one `TCPSocket`.
 #[derive(Debug)]
@@ -40,9 +40,9 @@ pub struct TcpMachine {
     alpn: Option<Box<[u8]>>,
     readable: Readable,
     writable: Writable,
-    connect_deadline: Option<Instant>,
-    close_deadline: Option<Instant>,
-    keep_alive_switch: Option<Instant>,
+    connect_deadline: DeadlineSlot,
+    close_deadline: DeadlineSlot,
+    keep_alive_switch: DeadlineSlot,
 }
 
 /// Where the connection is, below the readyState.
@@ -104,7 +104,7 @@ impl TcpMachine {
     /// A `TCPSocket` constructor succeeded: starts "opening" and asks to resolve or connect.
     pub fn new(now: Instant, spec: TcpSpec) -> Self {
         let mut m = Self::blank(Arc::new(spec), ReadyState::Opening);
-        m.connect_deadline = Some(now + m.spec.connect_timeout);
+        m.connect_deadline = DeadlineSlot::at(now + m.spec.connect_timeout);
         match m.spec.remote.clone() {
             Remote::Name(name) => {
                 m.phase = Phase::Resolving;
@@ -163,9 +163,9 @@ impl TcpMachine {
                 fin_sent: false,
                 fin_done: false,
             },
-            connect_deadline: None,
-            close_deadline: None,
-            keep_alive_switch: None,
+            connect_deadline: DeadlineSlot::NONE,
+            close_deadline: DeadlineSlot::NONE,
+            keep_alive_switch: DeadlineSlot::NONE,
         }
     }
 
@@ -203,9 +203,9 @@ impl TcpMachine {
     /// The earliest armed timer.
     pub fn poll_timeout(&self) -> Option<Deadline> {
         [
-            (self.connect_deadline, TimerKind::Connect),
-            (self.close_deadline, TimerKind::Close),
-            (self.keep_alive_switch, TimerKind::KeepAliveSparse),
+            (self.connect_deadline.get(), TimerKind::Connect),
+            (self.close_deadline.get(), TimerKind::Close),
+            (self.keep_alive_switch.get(), TimerKind::KeepAliveSparse),
         ]
         .into_iter()
         .filter_map(|(at, kind)| at.map(|at| Deadline { at, kind }))
@@ -544,7 +544,7 @@ impl TcpMachine {
             self.writable.refuse = Some(closed_stream());
         }
         self.writable.fin_requested = true;
-        self.close_deadline = Some(now() + self.spec.close_timeout);
+        self.close_deadline = DeadlineSlot::at(now() + self.spec.close_timeout);
         // Keep reading so the peer's FIN is seen; data after close() is discarded (TCP-READ-CANCEL-05).
         self.update_read_interest();
         self.pump();
@@ -731,7 +731,7 @@ impl TcpMachine {
 
     /// Opening succeeded (TCP connected, and TLS done when asked for).
     fn establish(&mut self, now: &mut dyn FnMut() -> Instant) {
-        self.connect_deadline = None;
+        self.connect_deadline = DeadlineSlot::NONE;
         self.state.set(Row::TcpOpeningConnected, &mut self.out);
         self.opened.settle(Ok(()), &mut self.out, Event::Opened);
         self.start_established(now);
@@ -750,7 +750,7 @@ impl TcpMachine {
             KeepAliveMode::Off => None,
             KeepAliveMode::Sparse => Some(KeepAlive { idle: sparse, interval: sparse, count }),
             KeepAliveMode::FrequentThenSparse => {
-                self.keep_alive_switch = Some(now() + KEEP_ALIVE_FREQUENT_SPAN);
+                self.keep_alive_switch = DeadlineSlot::at(now() + KEEP_ALIVE_FREQUENT_SPAN);
                 Some(KeepAlive {
                     idle: Some(KEEP_ALIVE_FREQUENT),
                     interval: Some(KEEP_ALIVE_FREQUENT),
@@ -820,8 +820,8 @@ impl TcpMachine {
     // ---- timers ----------------------------------------------------------------------------
 
     fn handle_timeout(&mut self, now: Instant) {
-        if self.connect_deadline.is_some_and(|at| at <= now) {
-            self.connect_deadline = None;
+        if self.connect_deadline.is_due(now) {
+            self.connect_deadline = DeadlineSlot::NONE;
             if self.state.get() == ReadyState::Opening {
                 let cause = if self.phase == Phase::Handshaking {
                     Cause::Tls(TlsCause::HandshakeTimeout)
@@ -831,15 +831,15 @@ impl TcpMachine {
                 self.fail_opening(SocketError::network(cause));
             }
         }
-        if self.close_deadline.is_some_and(|at| at <= now) {
-            self.close_deadline = None;
+        if self.close_deadline.is_due(now) {
+            self.close_deadline = DeadlineSlot::NONE;
             if self.state.get() == ReadyState::Closing {
                 let err = SocketError::network(Cause::TimedOut).with_message("close timeout");
                 self.fail_connection(Row::TcpClosingHandshakeFails, err, IoCommand::Reset);
             }
         }
-        if self.keep_alive_switch.is_some_and(|at| at <= now) {
-            self.keep_alive_switch = None;
+        if self.keep_alive_switch.is_due(now) {
+            self.keep_alive_switch = DeadlineSlot::NONE;
             if !matches!(self.state.get(), ReadyState::Closed) {
                 let sparse = self.spec.keep_alive_sparse_interval;
                 let count = self.spec.keep_alive_count;
@@ -900,8 +900,8 @@ impl TcpMachine {
             ReadyState::Closing => Row::TcpClosingHandshakeCompletes,
             _ => return,
         };
-        self.close_deadline = None;
-        self.keep_alive_switch = None;
+        self.close_deadline = DeadlineSlot::NONE;
+        self.keep_alive_switch = DeadlineSlot::NONE;
         self.state.set(row, &mut self.out);
         self.release(IoCommand::Close);
         self.closed.settle(Ok(()), &mut self.out, Event::Closed);
@@ -960,9 +960,9 @@ impl TcpMachine {
 
     /// Releases the transport and stops every timer (GEN-14).
     fn release(&mut self, how: IoCommand) {
-        self.connect_deadline = None;
-        self.close_deadline = None;
-        self.keep_alive_switch = None;
+        self.connect_deadline = DeadlineSlot::NONE;
+        self.close_deadline = DeadlineSlot::NONE;
+        self.keep_alive_switch = DeadlineSlot::NONE;
         if self.phase != Phase::Gone {
             self.phase = Phase::Gone;
             self.readable.interest = false;

@@ -53,6 +53,39 @@ impl Sub<Instant> for Instant {
     }
 }
 
+/// An optional [`Instant`] in 8 bytes, where `Option<Instant>` takes 16: a machine keeps several,
+/// and the glue's per-socket allocation must stay in the allocator's fast size classes (issue #6).
+/// `u64::MAX` microseconds stands for "none"; a deadline that far (about 584,000 years, only a
+/// saturated sum reaches it) is kept one microsecond earlier, which no clock ever reaches either.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadlineSlot(u64);
+
+impl DeadlineSlot {
+    /// No deadline.
+    pub(crate) const NONE: DeadlineSlot = DeadlineSlot(u64::MAX);
+
+    /// A deadline at `at`.
+    pub(crate) fn at(at: Instant) -> DeadlineSlot {
+        DeadlineSlot(at.0.min(u64::MAX - 1))
+    }
+
+    /// The deadline, if there is one.
+    pub(crate) fn get(self) -> Option<Instant> {
+        (self != DeadlineSlot::NONE).then_some(Instant(self.0))
+    }
+
+    /// Whether there is a deadline and `now` has reached it.
+    pub(crate) fn is_due(self, now: Instant) -> bool {
+        self != DeadlineSlot::NONE && self.0 <= now.0
+    }
+}
+
+impl fmt::Debug for DeadlineSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 impl fmt::Display for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{:06}s", self.0 / 1_000_000, self.0 % 1_000_000)
@@ -68,6 +101,19 @@ mod tests {
         let far = Instant::from_micros(u64::MAX - 1) + Duration::from_secs(10);
         assert_eq!(far.as_micros(), u64::MAX);
         assert_eq!(Instant::ZERO + Duration::MAX, Instant::from_micros(u64::MAX));
+    }
+
+    #[test]
+    fn a_deadline_is_an_optional_instant_in_eight_bytes() {
+        assert_eq!(std::mem::size_of::<DeadlineSlot>(), 8);
+        assert_eq!(DeadlineSlot::NONE.get(), None);
+        let at = Instant::from_micros(7);
+        assert_eq!(DeadlineSlot::at(at).get(), Some(at));
+        assert!(DeadlineSlot::at(at).is_due(at) && !DeadlineSlot::at(at).is_due(Instant::from_micros(6)));
+        assert!(!DeadlineSlot::NONE.is_due(Instant::from_micros(u64::MAX)));
+        // A saturated deadline stays a deadline, one microsecond earlier.
+        let far = DeadlineSlot::at(Instant::ZERO + Duration::MAX);
+        assert_eq!(far.get(), Some(Instant::from_micros(u64::MAX - 1)));
     }
 
     #[test]
