@@ -204,6 +204,10 @@ impl Checks for NetworkChecks<'_> {
         self.net.policy().state(request)
     }
 
+    fn tcp_remote_permission_for_all(&mut self) -> Option<PermissionState> {
+        self.net.policy().tcp_remote_state_for_all()
+    }
+
     fn probe_local(&mut self, ip: IpAddr) -> Result<(), Cause> {
         self.net.inner.backend.probe_local(ip)
     }

@@ -94,6 +94,11 @@ impl Policy {
         lock(&self.inner.store).state(request)
     }
 
+    /// [`PermissionStore::tcp_remote_state_for_all`] now.
+    pub(crate) fn tcp_remote_state_for_all(&self) -> Option<PermissionState> {
+        lock(&self.inner.store).tcp_remote_state_for_all()
+    }
+
     /// The store's generation now: it changes whenever a decision is stored.
     pub(crate) fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)

@@ -58,6 +58,13 @@ pub trait Checks {
     /// constructor go on; `Denied` and `Prompt` throw `SecurityError`.
     fn permission(&mut self, request: &PermissionRequest) -> PermissionState;
 
+    /// The permission state of every `TCPSocket` request (a remote address and port only), when
+    /// it does not depend on the address or port: the constructor then asks nothing more. `None`
+    /// (the default): ask [`permission`](Self::permission) with the request.
+    fn tcp_remote_permission_for_all(&mut self) -> Option<PermissionState> {
+        None
+    }
+
     /// Whether `ip` is usable as a local address: `Ok`, or why not (real backend: bind a
     /// throw-away socket to `(ip, 0)`). Never called for the wildcards `0.0.0.0` and `::`.
     fn probe_local(&mut self, ip: IpAddr) -> Result<(), Cause>;
@@ -125,7 +132,9 @@ pub fn tcp_spec(
     remote_port: u16,
     opts: &TcpOptions,
 ) -> Result<TcpSpec, SocketError> {
-    check_permission(checks, &PermissionRequest::tcp_socket(remote_address, remote_port))?;
+    if checks.tcp_remote_permission_for_all() != Some(PermissionState::Granted) {
+        check_permission(checks, &PermissionRequest::tcp_socket(remote_address, remote_port))?;
+    }
     let remote = Remote::parse(remote_address)?;
     check_remote_port(remote_port)?;
     let local_address = match &opts.local_address {

@@ -441,6 +441,17 @@ impl PermissionStore {
         }
     }
 
+    /// `Granted` when every TCP request naming only a remote address and port (what a
+    /// `TCPSocket` constructor asks, PERM-GEN-01) is granted whatever the address and port: no
+    /// TCP decision is stored and a `tcp:*:*` rule covers them all. `None` when the answer
+    /// depends on the request; ask [`state`](Self::state) then. A constructor then neither
+    /// builds the request nor matches it (issue #6: one allocation per connection).
+    pub fn tcp_remote_state_for_all(&self) -> Option<PermissionState> {
+        let covers_all =
+            |r: &Rule| r.scope == RuleScope::Tcp && r.host == HostPattern::Any && r.ports == PortRange::ANY;
+        (self.tcp.is_empty() && self.rules.iter().any(covers_all)).then_some(PermissionState::Granted)
+    }
+
     /// What `requestPermission(request)` does next. A stored denial rejects without a prompt, the
     /// remote scope checked before the local one (PERM-UDP-REQ-01/02): first whether the request's
     /// remote part alone is denied, then the whole request. A granted request resolves without a
@@ -820,6 +831,25 @@ pub fn rules_cover(rules: &[Rule], request: &PermissionRequest) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    // rule: PERM-GEN-01
+    #[test]
+    fn every_tcp_request_is_granted_at_once_only_when_nothing_depends_on_it() {
+        let any = PermissionRequest::tcp_socket("198.51.100.7", 9);
+        let all = PermissionStore::allow_all();
+        assert_eq!(all.tcp_remote_state_for_all(), Some(PermissionState::Granted));
+        assert_eq!(all.state(&any), PermissionState::Granted);
+        // A stored decision (a denial of one remote, say) makes the answer depend on the request.
+        let mut denied = PermissionStore::allow_all();
+        denied.deny(PermissionRequest::tcp_socket("198.51.100.7", 9));
+        assert_eq!(denied.tcp_remote_state_for_all(), None);
+        assert_eq!(denied.state(&any), PermissionState::Denied);
+        // So does a rule that covers some remotes only, and no rule at all.
+        let some = PermissionStore::allow_list([Rule::parse("tcp:127.0.0.1:*").unwrap()]);
+        assert_eq!(some.tcp_remote_state_for_all(), None);
+        assert_eq!(PermissionStore::new().tcp_remote_state_for_all(), None);
+        assert_eq!(PermissionStore::deny_all().tcp_remote_state_for_all(), None);
+    }
 
     fn udp(remote: Option<(&str, u16)>, local: Option<(&str, u16)>) -> PermissionRequest {
         PermissionRequest {
