@@ -294,8 +294,8 @@ impl Faults {
     }
 
     /// A connected transport behind the fault hooks (its link made now).
-    pub(crate) fn wrap_tcp(&self, transport: Box<dyn TcpTransport>) -> Box<dyn TcpTransport> {
-        Box::new(FaultTcp::new(transport, self.clone()))
+    pub(crate) fn wrap_tcp(&self, transport: Box<dyn TcpTransport>) -> FaultTcp {
+        FaultTcp::new(transport, self.clone())
     }
 
     fn new_link(&self) -> Arc<Link> {
@@ -482,16 +482,18 @@ impl FaultBackend {
         local: SocketAddr,
         address_reuse: bool,
         backlog: u32,
-    ) -> Result<Box<dyn ListenerTransport>, Cause> {
+    ) -> Result<FaultListener, Cause> {
         if let Some(cause) = lock(&self.faults.inner.armed).fail_bind.take() {
             return Err(cause);
         }
         let inner = self.inner.listen(local, address_reuse, backlog)?;
-        Ok(Box::new(FaultListener { link: self.faults.new_link(), inner, faults: self.faults.clone() }))
+        Ok(FaultListener { link: self.faults.new_link(), inner, faults: self.faults.clone() })
     }
 }
 
-struct FaultTcp {
+/// A TCP transport behind the fault hooks. A socket holds it inline (no allocation of its own per
+/// connection, issue #6); a TLS session wraps it boxed.
+pub(crate) struct FaultTcp {
     link: Arc<Link>,
     /// `None` once reset.
     inner: Option<Box<dyn TcpTransport>>,
@@ -505,6 +507,13 @@ impl FaultTcp {
 
     fn inner(&mut self) -> io::Result<&mut Box<dyn TcpTransport>> {
         self.inner.as_mut().ok_or_else(reset_error)
+    }
+
+    /// [`TcpTransport::reset`] of a transport held inline.
+    pub(crate) fn reset_inline(mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.reset();
+        }
     }
 }
 
@@ -544,10 +553,8 @@ impl TcpTransport for FaultTcp {
         self.link.guard(cx, |cx| inner.poll_shutdown(cx))
     }
 
-    fn reset(mut self: Box<Self>) {
-        if let Some(inner) = self.inner.take() {
-            inner.reset();
-        }
+    fn reset(self: Box<Self>) {
+        (*self).reset_inline();
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -567,7 +574,8 @@ impl TcpTransport for FaultTcp {
     }
 }
 
-struct FaultListener {
+/// A listener behind the fault hooks.
+pub(crate) struct FaultListener {
     link: Arc<Link>,
     inner: Box<dyn ListenerTransport>,
     faults: Faults,
@@ -579,22 +587,19 @@ impl Drop for FaultListener {
     }
 }
 
-impl ListenerTransport for FaultListener {
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Box<dyn TcpTransport>>> {
+impl FaultListener {
+    /// As [`ListenerTransport::poll_accept`], the connection behind the fault hooks (unboxed).
+    pub(crate) fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<FaultTcp>> {
         self.link.check()?;
         if self.faults.take_accept_exhaustion() {
             return Poll::Ready(Err(io::Error::from_raw_os_error(24))); // EMFILE
         }
         let (inner, faults) = (&mut self.inner, &self.faults);
-        self.link.guard(cx, |cx| match inner.poll_accept(cx) {
-            Poll::Ready(Ok(t)) => {
-                Poll::Ready(Ok(Box::new(FaultTcp::new(t, faults.clone())) as Box<dyn TcpTransport>))
-            }
-            other => other,
-        })
+        self.link.guard(cx, |cx| inner.poll_accept(cx).map_ok(|t| FaultTcp::new(t, faults.clone())))
     }
 
-    fn poll_error(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+    /// As [`ListenerTransport::poll_error`].
+    pub(crate) fn poll_error(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let inner = &mut self.inner;
         match self.link.guard(cx, |cx| inner.poll_error(cx).map(Err::<(), _>)) {
             Poll::Ready(Err(e)) => Poll::Ready(e),
@@ -602,7 +607,8 @@ impl ListenerTransport for FaultListener {
         }
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
+    /// As [`ListenerTransport::local_addr`].
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
 }

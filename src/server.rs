@@ -17,12 +17,13 @@ use tcpudp_core::{
     SocketError, TcpServerMachine,
 };
 
-use crate::backend::{cause_of, ListenerTransport, TcpTransport};
+use crate::backend::cause_of;
+use crate::faults::FaultListener;
 use crate::network::Network;
 use crate::shared::{
     hold_released, lazy_now, lock, take_step, PromiseSource, PromiseWaiters, SocketPromise, StateLog, Which,
 };
-use crate::tcp::TcpSocket;
+use crate::tcp::{TcpSocket, Transport};
 
 /// A `TCPServerSocket`.
 ///
@@ -67,10 +68,10 @@ struct Inner {
 
 #[derive(Default)]
 struct ServerIo {
-    listener: Option<Box<dyn ListenerTransport>>,
+    listener: Option<FaultListener>,
     hold: Option<crate::faults::HoldTicket>,
     accept_interest: bool,
-    held: IdMap<ConnId, Box<dyn TcpTransport>>,
+    held: IdMap<ConnId, Transport>,
     next_conn: u64,
     reports: VecDeque<IoEvent>,
     driver: Option<Waker>,
@@ -359,7 +360,7 @@ impl ServerIo {
         let next = match self.tls.as_mut().and_then(|tls| tls.poll(cx)) {
             Some(Ok((transport, negotiated))) => {
                 alpn = negotiated;
-                Poll::Ready(Ok(transport))
+                Poll::Ready(Ok(Transport::Session(transport)))
             }
             Some(Err(cause)) => return Some(IoEvent::AcceptFailed { cause }),
             None if !self.accept_interest => return None,
@@ -369,7 +370,7 @@ impl ServerIo {
                         match listener.poll_accept(cx) {
                             Poll::Ready(Ok(transport)) => {
                                 // Its handshake starts; poll again for it and the next connection.
-                                tls.admit(transport);
+                                tls.admit(Box::new(transport));
                                 cx.waker().wake_by_ref();
                             }
                             Poll::Ready(Err(e)) => {
@@ -380,22 +381,24 @@ impl ServerIo {
                     }
                     return None;
                 }
-                None => listener.poll_accept(cx),
+                None => listener.poll_accept(cx).map_ok(Transport::Plain),
             },
         };
         match next {
-            Poll::Ready(Ok(transport)) => match (transport.local_addr(), transport.peer_addr()) {
-                (Ok(local), Ok(remote)) => {
-                    self.next_conn += 1;
-                    let conn = ConnId(self.next_conn);
-                    self.held.insert(conn, transport);
-                    if let Some(tls) = &mut self.tls {
-                        tls.record_alpn(conn, alpn); // TLS hook
+            Poll::Ready(Ok(transport)) => {
+                match (transport.as_dyn().local_addr(), transport.as_dyn().peer_addr()) {
+                    (Ok(local), Ok(remote)) => {
+                        self.next_conn += 1;
+                        let conn = ConnId(self.next_conn);
+                        self.held.insert(conn, transport);
+                        if let Some(tls) = &mut self.tls {
+                            tls.record_alpn(conn, alpn); // TLS hook
+                        }
+                        Some(IoEvent::Accepted { conn, local, remote })
                     }
-                    Some(IoEvent::Accepted { conn, local, remote })
+                    (Err(e), _) | (_, Err(e)) => Some(IoEvent::AcceptFailed { cause: cause_of(&e) }),
                 }
-                (Err(e), _) | (_, Err(e)) => Some(IoEvent::AcceptFailed { cause: cause_of(&e) }),
-            },
+            }
             Poll::Ready(Err(e)) => Some(IoEvent::AcceptFailed { cause: cause_of(&e) }),
             Poll::Pending => None,
         }

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
+use compact_str::CompactString;
+use tcpudp_core::address::canonical_with;
 use tcpudp_core::checks;
 use tcpudp_core::options::{AcceptedSpec, TcpOptions};
 use tcpudp_core::{
@@ -24,6 +26,7 @@ use tcpudp_core::{
 use tokio::io::ReadBuf;
 
 use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
+use crate::faults::FaultTcp;
 use crate::network::Network;
 use crate::shared::{
     lazy_now, lock, stream_item, FlushFuture, Polls, PromiseSource, PromiseWaiters, ReadRoute, ReadyFuture,
@@ -90,11 +93,14 @@ pub(crate) struct TcpShared {
 /// What the constructor was given (reported as given, AMB-54).
 #[derive(Debug, Clone)]
 struct Attributes {
-    /// Boxed strings, 8 bytes fewer each than `String` (see `TcpShared`'s size test).
-    remote_address: Box<str>,
+    /// Inline up to 24 bytes (any IPv4 text, `::1`, most host names): no allocation per socket
+    /// for the usual address (issue #6). `local_address` stays boxed, 8 bytes fewer than a
+    /// `String` (see `TcpShared`'s size test): it is rarely given.
+    remote_address: CompactString,
     remote_port: u16,
     local_address: Option<Box<str>>,
-    local_port: Option<u16>,
+    /// 0 when not given (a given 0 counts as absent): 8 bytes fewer than `Option<u16>` here.
+    local_port: u16,
     address_reuse: bool,
     no_delay: bool,
     use_secure_transport: bool,
@@ -109,7 +115,7 @@ struct Inner {
 /// The backend side: the transport and the I/O the machine asked for.
 #[derive(Default)]
 struct TransportSide {
-    transport: Option<Box<dyn TcpTransport>>,
+    transport: Option<Transport>,
     /// The resolution or connection in progress (one at a time: the machine asks for a
     /// connection once its resolution is done).
     opening: Opening,
@@ -146,6 +152,65 @@ enum Receive {
     Declined,
 }
 
+/// A socket's connection: behind the fault hooks as the backend made it, held inline (no
+/// allocation of its own per connection, issue #6), or a TLS session that wraps it.
+pub(crate) enum Transport {
+    Plain(FaultTcp),
+    Session(Box<dyn TcpTransport>),
+}
+
+impl Transport {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(t) => t.poll_read(cx, buf),
+            Transport::Session(t) => t.poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Transport::Plain(t) => t.poll_write(cx, data),
+            Transport::Session(t) => t.poll_write(cx, data),
+        }
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(t) => t.poll_shutdown(cx),
+            Transport::Session(t) => t.poll_shutdown(cx),
+        }
+    }
+
+    fn reset(self) {
+        match self {
+            Transport::Plain(t) => t.reset_inline(),
+            Transport::Session(t) => t.reset(),
+        }
+    }
+
+    pub(crate) fn as_dyn(&self) -> &dyn TcpTransport {
+        match self {
+            Transport::Plain(t) => t,
+            Transport::Session(t) => &**t,
+        }
+    }
+
+    fn set_keep_alive(&mut self, keep_alive: Option<tcpudp_core::options::KeepAlive>) -> io::Result<()> {
+        match self {
+            Transport::Plain(t) => t.set_keep_alive(keep_alive),
+            Transport::Session(t) => t.set_keep_alive(keep_alive),
+        }
+    }
+
+    /// The transport for a layer that takes any (a TLS session about to wrap it).
+    pub(crate) fn into_boxed(self) -> Box<dyn TcpTransport> {
+        match self {
+            Transport::Plain(t) => Box::new(t),
+            Transport::Session(t) => t,
+        }
+    }
+}
+
 /// What a socket still opening waits for.
 #[derive(Default)]
 enum Opening {
@@ -155,9 +220,10 @@ enum Opening {
     /// The connection; its transport comes without the fault hooks, which the network's faults
     /// add once it is there.
     Connecting(BoxFuture<'static, Result<Box<dyn TcpTransport>, Cause>>),
-    /// The connection the constructor's first poll completed, behind the fault hooks already; the
-    /// driver reports it.
-    Connected(Result<Box<dyn TcpTransport>, Cause>),
+    /// The connection the constructor's first poll completed; the driver reports it. Its
+    /// transport, behind the fault hooks already, waits in [`TransportSide::transport`] (held
+    /// here it would make every socket's state 16 bytes larger, issue #6).
+    Connected(Result<(), Cause>),
 }
 
 /// The application side: results and waiters.
@@ -191,10 +257,10 @@ impl TcpSocket {
     ) -> Result<Self, SocketError> {
         let spec = checks::tcp_spec(&mut net.checks(), remote_address, remote_port, &options)?;
         let attrs = Attributes {
-            remote_address: remote_address.into(),
+            remote_address: CompactString::from(remote_address),
             remote_port,
             local_address: options.local_address.as_deref().map(Box::from),
-            local_port: options.local_port.filter(|&p| p != 0),
+            local_port: options.local_port.unwrap_or(0),
             address_reuse: options.address_reuse,
             no_delay: options.no_delay,
             use_secure_transport: options.use_secure_transport,
@@ -207,14 +273,14 @@ impl TcpSocket {
     pub(crate) fn accepted(
         net: &Network,
         spec: AcceptedSpec,
-        transport: Box<dyn TcpTransport>,
+        transport: Transport,
         tls_alpn: Option<Vec<u8>>,
     ) -> Self {
         let attrs = Attributes {
-            remote_address: tcpudp_core::address::canonical_boxed(spec.remote.ip()),
+            remote_address: canonical_with(spec.remote.ip(), |text| CompactString::new(text)),
             remote_port: spec.remote.port(),
             local_address: None,
-            local_port: None,
+            local_port: 0,
             address_reuse: spec.tcp.config.address_reuse,
             no_delay: true,
             use_secure_transport: spec.tcp.use_secure_transport,
@@ -226,12 +292,7 @@ impl TcpSocket {
         sock
     }
 
-    fn start(
-        net: &Network,
-        attrs: Attributes,
-        machine: TcpMachine,
-        transport: Option<Box<dyn TcpTransport>>,
-    ) -> Self {
+    fn start(net: &Network, attrs: Attributes, machine: TcpMachine, transport: Option<Transport>) -> Self {
         let id = net.next_id();
         let span = tracing::debug_span!(
             "socket",
@@ -241,18 +302,18 @@ impl TcpSocket {
             local = tracing::field::Empty,
             remote = %format_args!("{}:{}", attrs.remote_address, attrs.remote_port),
         );
-        let state = machine.ready_state();
-        let mut io = TransportSide { read_buf: BytesMut::new(), ..TransportSide::default() };
-        if let Some(t) = transport {
-            io.transport = Some(t);
-        }
-        let app = AppSide { state_log: Some(StateLog::new(state)), ..AppSide::default() };
+        let state_log = Some(StateLog::new(machine.ready_state()));
+        // Built in one expression: every part named first was one more copy of it (issue #6).
         let shared = Arc::new(TcpShared {
             id,
             handles: AtomicUsize::new(0),
             net: net.clone(),
             attrs,
-            inner: Mutex::new(Inner { machine, io, app }),
+            inner: Mutex::new(Inner {
+                machine,
+                io: TransportSide { transport, ..TransportSide::default() },
+                app: AppSide { state_log, ..AppSide::default() },
+            }),
             span,
         });
         let driver = net.drivers(id).register(shared.clone());
@@ -295,7 +356,8 @@ impl TcpSocket {
 
     /// `localPort`: as given, else the bound port once known.
     pub fn local_port(&self) -> Option<u16> {
-        if let Some(given) = self.shared().attrs.local_port {
+        let given = self.shared().attrs.local_port;
+        if given != 0 {
             return Some(given);
         }
         let local = lock(&self.shared().inner).machine.local_addr();
@@ -407,7 +469,7 @@ impl TcpSocket {
         let mut inner = lock(&self.shared().inner);
         let options = match &inner.io.transport {
             Some(t) => {
-                let options = t.diag();
+                let options = t.as_dyn().diag();
                 inner.io.diag = Some(Box::new(options.clone()));
                 options
             }
@@ -874,7 +936,9 @@ impl Inner {
             Opening::Connecting(fut) => match fut.as_mut().poll(&mut Context::from_waker(driver)) {
                 Poll::Ready(result) => {
                     // The transport exists now: it is behind the fault hooks (and counted) from now on.
-                    io.opening = Opening::Connected(result.map(|t| shared.net.faults().wrap_tcp(t)));
+                    let result = result
+                        .map(|t| io.transport = Some(Transport::Plain(shared.net.faults().wrap_tcp(t))));
+                    io.opening = Opening::Connected(result);
                     true
                 }
                 Poll::Pending => false,
@@ -936,7 +1000,11 @@ impl TransportSide {
                 // The session polls the transport with its own waker, and hands back a new one.
                 self.route.disarm();
                 // TLS hook (issue #7): the session takes the transport until the handshake settles.
-                self.tls.start(&shared.net, &shared.attrs.remote_address[..], self.transport.take());
+                self.tls.start(
+                    &shared.net,
+                    &shared.attrs.remote_address[..],
+                    self.transport.take().map(Transport::into_boxed),
+                );
             }
             IoCommand::Close => self.release(None),
             IoCommand::Reset => self.release(Some(())),
@@ -960,10 +1028,10 @@ impl TransportSide {
     }
 
     /// The connection is there (or failed): its report, the transport kept.
-    fn connected(&mut self, result: Result<Box<dyn TcpTransport>, Cause>) -> IoEvent {
+    fn connected(&mut self, result: Result<Transport, Cause>) -> IoEvent {
         self.opening = Opening::Idle;
         match result {
-            Ok(t) => match (t.local_addr(), t.peer_addr()) {
+            Ok(t) => match (t.as_dyn().local_addr(), t.as_dyn().peer_addr()) {
                 (Ok(local), Ok(remote)) => {
                     self.transport = Some(t);
                     IoEvent::Connected { local, remote }
@@ -996,11 +1064,13 @@ impl TransportSide {
             }
             Opening::Connecting(fut) => {
                 if let Poll::Ready(result) = fut.as_mut().poll(cx) {
-                    return Some(self.connected(result.map(|t| faults.wrap_tcp(t))));
+                    return Some(self.connected(result.map(|t| Transport::Plain(faults.wrap_tcp(t)))));
                 }
             }
             Opening::Connected(_) => {
                 if let Opening::Connected(result) = std::mem::take(&mut self.opening) {
+                    // Always there after `Ok` (a release empties `opening` with it).
+                    let result = result.and_then(|()| self.transport.take().ok_or(Cause::Other));
                     return Some(self.connected(result));
                 }
             }
@@ -1093,7 +1163,7 @@ impl TransportSide {
 /// empties `sending`), `None` while the transport has no room (registered with `cx`).
 fn poll_sending(
     sending: &mut Option<(WriteId, Bytes)>,
-    transport: &mut Box<dyn TcpTransport>,
+    transport: &mut Transport,
     cx: &mut Context<'_>,
 ) -> Option<IoEvent> {
     let (id, data) = sending.as_mut()?;

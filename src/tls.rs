@@ -1201,7 +1201,7 @@ impl TlsSlot {
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        transport: &mut Option<Box<dyn TcpTransport>>,
+        transport: &mut Option<crate::tcp::Transport>,
     ) -> Option<IoEvent> {
         // Every I/O step of every TCP socket asks: without a handshake there is nothing to do.
         let state = self.state.as_mut()?;
@@ -1256,7 +1256,7 @@ impl TlsState {
     fn poll_handshake(
         &mut self,
         cx: &mut Context<'_>,
-        transport: &mut Option<Box<dyn TcpTransport>>,
+        transport: &mut Option<crate::tcp::Transport>,
     ) -> Option<IoEvent> {
         if let Some(failure) = self.failed.take() {
             self.settle(Err(SocketError::network(failure.cause())));
@@ -1267,7 +1267,7 @@ impl TlsState {
             Poll::Pending => None,
             Poll::Ready(Ok(alpn)) => {
                 if let Some(session) = self.handshake.take() {
-                    *transport = Some(session);
+                    *transport = Some(crate::tcp::Transport::Session(session));
                 }
                 self.alpn = alpn.clone();
                 self.settle(Ok(()));

@@ -126,17 +126,18 @@ pub fn parse_multicast_group(text: &str) -> Result<IpAddr, SocketError> {
 /// Canonical text of an address learned from the OS (AMB-54): dotted quad, RFC 5952, and IPv4-mapped
 /// IPv6 shown as plain IPv4.
 pub fn canonical(ip: IpAddr) -> String {
-    canonical_boxed(ip).into_string() // the box's allocation becomes the string's
+    canonical_with(ip, |text| text.to_owned())
 }
 
-/// [`canonical`] in a box of exactly its length (one allocation, no spare capacity).
-pub fn canonical_boxed(ip: IpAddr) -> Box<str> {
+/// [`canonical`] handed to `make` as a borrowed `&str` (IPv4 text is made on the stack): the
+/// caller picks the owner, an inline string say, with no allocation in between.
+pub fn canonical_with<T>(ip: IpAddr, make: impl FnOnce(&str) -> T) -> T {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => dotted_quad(v4).as_str().into(),
-            None => v6.to_string().into_boxed_str(),
+            Some(v4) => make(dotted_quad(v4).as_str()),
+            None => make(&v6.to_string()),
         },
-        IpAddr::V4(v4) => dotted_quad(v4).as_str().into(),
+        IpAddr::V4(v4) => make(dotted_quad(v4).as_str()),
     }
 }
 
@@ -211,7 +212,6 @@ mod tests {
             let v4 = Ipv4Addr::from(octets);
             assert_eq!(canonical(IpAddr::V4(v4)), v4.to_string());
             assert_eq!(canonical(IpAddr::V6(v4.to_ipv6_mapped())), v4.to_string());
-            assert_eq!(&*canonical_boxed(IpAddr::V4(v4)), v4.to_string());
         }
         for octet in 0..=255u8 {
             let v4 = Ipv4Addr::new(octet, 255 - octet, octet / 3, octet % 10);
