@@ -1,5 +1,7 @@
 //! Our own state per idle open TCP socket: (live heap with N connections open through `tcpudp` −
-//! live heap with N raw tokio stream pairs) / 2N, both ends in this process.
+//! live heap with N raw tokio stream pairs) / 2N, both ends in this process. Also the heap
+//! allocations one short connection makes (connect, accept, close both ends, lock-step), through
+//! `tcpudp` and through raw tokio, counted the same way.
 //!
 //! The soft descriptor limit is raised to the hard one first, and N = min(10,000, (hard − 200) / 2)
 //! connections (two descriptors each). Each phase runs on a fresh current-thread runtime; the heap
@@ -10,11 +12,15 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::tcp::{our_pair, our_server, raw_listener, raw_pair};
+use super::tcp::{our_pair, our_server, raw_close, raw_listener, raw_pair};
 use super::{alloc, BenchResult, Sizes};
 
 /// Descriptors left for everything else.
 const SPARE_FDS: u64 = 200;
+/// Short connections made before allocations are counted (pools and tables reach their steady
+/// size), then counted.
+const CYCLES_WARM: u64 = 50;
+const CYCLES_COUNTED: u64 = 200;
 
 /// The memory figures.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +35,10 @@ pub(crate) struct MemoryResult {
     pub(crate) ours_per_socket: f64,
     /// Live heap per socket with raw tokio.
     pub(crate) raw_per_socket: f64,
+    /// Heap allocations per short connection through `tcpudp` (both ends, open to closed).
+    pub(crate) connect_allocs_ours: f64,
+    /// The same with raw tokio.
+    pub(crate) connect_allocs_raw: f64,
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the (new) soft limit.
@@ -112,6 +122,45 @@ async fn raw(n: u64) -> BenchResult<i64> {
     Ok(live)
 }
 
+/// Allocations per short connection through `tcpudp`: connect, accept, close both ends.
+async fn ours_cycles() -> BenchResult<f64> {
+    let net = tcpudp_net_real::network(tcpudp::Policy::allow_all())?;
+    let (server, port) = our_server(&net).await?;
+    let mut before = alloc::snapshot();
+    for i in 0..CYCLES_WARM + CYCLES_COUNTED {
+        if i == CYCLES_WARM {
+            alloc::enable();
+            before = alloc::snapshot();
+        }
+        let (client, accepted) = our_pair(&net, &server, port).await?;
+        let (a, b) = tokio::join!(client.close(), accepted.close());
+        a?;
+        b?;
+    }
+    let allocs = alloc::snapshot().allocs - before.allocs;
+    alloc::disable();
+    Ok(allocs as f64 / CYCLES_COUNTED as f64)
+}
+
+/// The same with raw tokio.
+async fn raw_cycles() -> BenchResult<f64> {
+    let (listener, addr) = raw_listener().await?;
+    let mut before = alloc::snapshot();
+    for i in 0..CYCLES_WARM + CYCLES_COUNTED {
+        if i == CYCLES_WARM {
+            alloc::enable();
+            before = alloc::snapshot();
+        }
+        let (client, accepted) = raw_pair(&listener, addr).await?;
+        let (a, b) = tokio::join!(raw_close(client), raw_close(accepted));
+        a?;
+        b?;
+    }
+    let allocs = alloc::snapshot().allocs - before.allocs;
+    alloc::disable();
+    Ok(allocs as f64 / CYCLES_COUNTED as f64)
+}
+
 /// Raw, ours, raw, ours; the smaller heap of each side (the figures are near-deterministic; the
 /// repeat guards against a one-off growth of a runtime table).
 pub(crate) fn run(sizes: Sizes) -> BenchResult<MemoryResult> {
@@ -128,11 +177,15 @@ pub(crate) fn run(sizes: Sizes) -> BenchResult<MemoryResult> {
     }
     let sockets = 2 * connections;
     let per = |live: i64| live as f64 / sockets as f64;
+    let connect_allocs_raw = runtime()?.block_on(raw_cycles())?;
+    let connect_allocs_ours = runtime()?.block_on(ours_cycles())?;
     Ok(MemoryResult {
         per_socket: per(ours_live - raw_live),
         sockets,
         connections,
         ours_per_socket: per(ours_live),
         raw_per_socket: per(raw_live),
+        connect_allocs_ours,
+        connect_allocs_raw,
     })
 }

@@ -683,6 +683,10 @@ fn print_report(report: &Report) -> usize {
             m.raw_per_socket,
             verdict(ok)
         );
+        println!(
+            "allocations   {:.2} per short connection (connect, accept, close both ends), raw tokio {:.2}",
+            m.connect_allocs_ours, m.connect_allocs_raw
+        );
     }
     if !report.node.is_empty() {
         println!();
@@ -740,6 +744,8 @@ fn json_report(report: &Report, machine: &str, rounds: usize) -> serde_json::Val
         doc["idle_socket_bytes"] = m.per_socket.into();
         doc["idle_sockets"] = m.sockets.into();
         doc["idle_connections"] = m.connections.into();
+        doc["connect_allocs"] =
+            serde_json::json!({ "ours": m.connect_allocs_ours, "raw": m.connect_allocs_raw });
     }
     if !report.node.is_empty() {
         doc["node"] =
