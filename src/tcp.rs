@@ -303,8 +303,10 @@ impl TcpSocket {
             remote = %format_args!("{}:{}", attrs.remote_address, attrs.remote_port),
         );
         let state_log = Some(StateLog::new(machine.ready_state()));
-        // Built in one expression: every part named first was one more copy of it (issue #6).
-        let shared = Arc::new(TcpShared {
+        // Written into its allocation: `Arc::new` copies its argument there, and every part named
+        // first was one more copy (issue #6: ~1 KiB, several times per socket).
+        let mut shared = Arc::<TcpShared>::new_uninit();
+        Arc::get_mut(&mut shared).expect("a new Arc has no other owner").write(TcpShared {
             id,
             handles: AtomicUsize::new(0),
             net: net.clone(),
@@ -316,6 +318,8 @@ impl TcpSocket {
             }),
             span,
         });
+        // SAFETY: written in full just above.
+        let shared = unsafe { shared.assume_init() };
         let driver = net.drivers(id).register(shared.clone());
         let needs_drive = lock(&shared.inner).first_pass(&shared, &driver);
         if needs_drive {
