@@ -155,7 +155,9 @@ enum Receive {
 /// A socket's connection: behind the fault hooks as the backend made it, held inline (no
 /// allocation of its own per connection, issue #6), or a TLS session that wraps it.
 pub(crate) enum Transport {
+    /// The backend's connection behind the fault hooks.
     Plain(FaultTcp),
+    /// A TLS session (which holds the fault-hooked connection inside).
     Session(Box<dyn TcpTransport>),
 }
 
