@@ -517,12 +517,21 @@ crate::only_on! {
         within(30, "accepted closed", closing).await??;
         s1.close().await?;
 
-        let strict = TcpServerSocket::new(
-            &net,
-            TcpServerOptions { local_port: Some(p), address_reuse: false, ..TcpServerOptions::default() },
-        )?;
-        let e = assert_err(within(30, "opened", strict.opened()).await?, ErrorName::NetworkError);
-        assert_eq!(e.cause(), Some(Cause::AddressInUse));
+        // The strict re-bind fails only while the accepted end's remnant (TIME_WAIT) holds port p.
+        // Linux keeps none when its table is full (`net.ipv4.tcp_max_tw_buckets`, just after a
+        // benchmark's hundreds of thousands of connections, say): the premise is read, not assumed.
+        if sockets_on_port(p) == Some(0) {
+            crate::scenarios::skip(format!(
+                "the kernel kept no TIME_WAIT on port {p} (its table full?): the strict re-bind is not checked"
+            ));
+        } else {
+            let strict = TcpServerSocket::new(
+                &net,
+                TcpServerOptions { local_port: Some(p), address_reuse: false, ..TcpServerOptions::default() },
+            )?;
+            let e = assert_err(within(30, "opened", strict.opened()).await?, ErrorName::NetworkError);
+            assert_eq!(e.cause(), Some(Cause::AddressInUse));
+        }
         let reuse =
             TcpServerSocket::new(&net, TcpServerOptions { local_port: Some(p), ..TcpServerOptions::default() })?;
         within(30, "opened with reuse", reuse.opened()).await??;
@@ -531,6 +540,22 @@ crate::only_on! {
             TcpServerSocket::new(&net, TcpServerOptions { local_port: Some(p), ..TcpServerOptions::default() })?;
         assert_err(within(30, "opened", again.opened()).await?, ErrorName::NetworkError);
         Ok(())
+    }
+
+    /// How many TCP sockets, in any state, have local port `port` (Linux's `/proc/net/tcp` and
+    /// `tcp6`); `None` when neither table can be read.
+    fn sockets_on_port(port: u16) -> Option<usize> {
+        let tables: Vec<String> =
+            ["/proc/net/tcp", "/proc/net/tcp6"].iter().filter_map(|t| std::fs::read_to_string(t).ok()).collect();
+        if tables.is_empty() {
+            return None;
+        }
+        // "sl local_address rem_address st …", the address as hex "ADDR:PORT".
+        let on_port = |line: &&str| {
+            let local = line.split_whitespace().nth(1).and_then(|a| a.rsplit(':').next());
+            local.and_then(|hex| u16::from_str_radix(hex, 16).ok()) == Some(port)
+        };
+        Some(tables.iter().map(|t| t.lines().skip(1).filter(on_port).count()).sum())
     }
 
     /// Kills and reaps the child on every exit path.
