@@ -268,7 +268,7 @@ impl TcpSocket {
             use_secure_transport: options.use_secure_transport,
         };
         let machine = TcpMachine::new(net.now(), spec);
-        Ok(Self::start(net, attrs, machine, None))
+        Ok(Self::start(net, attrs, machine, None, crate::tls::TlsSlot::default()))
     }
 
     /// A socket for a connection the server accepted.
@@ -288,13 +288,18 @@ impl TcpSocket {
             use_secure_transport: spec.tcp.use_secure_transport,
         };
         let machine = TcpMachine::accepted_lazy(&mut lazy_now(net, &mut None), spec);
-        let sock = Self::start(net, attrs, machine, Some(transport));
-        // TLS hook (issue #7): an accepted socket runs the server side of `start_tls()`.
-        lock(&sock.shared().inner).io.tls = crate::tls::TlsSlot::accepted(tls_alpn);
-        sock
+        // TLS hook (issue #7): an accepted socket runs the server side of `start_tls()`; its slot
+        // is in place before the first pass, which may already read.
+        Self::start(net, attrs, machine, Some(transport), crate::tls::TlsSlot::accepted(tls_alpn))
     }
 
-    fn start(net: &Network, attrs: Attributes, machine: TcpMachine, transport: Option<Transport>) -> Self {
+    fn start(
+        net: &Network,
+        attrs: Attributes,
+        machine: TcpMachine,
+        transport: Option<Transport>,
+        tls: crate::tls::TlsSlot,
+    ) -> Self {
         let id = net.next_id();
         let span = tracing::debug_span!(
             "socket",
@@ -315,7 +320,7 @@ impl TcpSocket {
             attrs,
             inner: Mutex::new(Inner {
                 machine,
-                io: TransportSide { transport, ..TransportSide::default() },
+                io: TransportSide { transport, tls, ..TransportSide::default() },
                 app: AppSide { state_log, ..AppSide::default() },
             }),
             span,
@@ -941,10 +946,7 @@ impl Inner {
         let needs_drive = match &mut io.opening {
             Opening::Connecting(fut) => match fut.as_mut().poll(&mut Context::from_waker(driver)) {
                 Poll::Ready(result) => {
-                    // The transport exists now: it is behind the fault hooks (and counted) from now on.
-                    let result = result
-                        .map(|t| io.transport = Some(Transport::Plain(shared.net.faults().wrap_tcp(t))));
-                    io.opening = Opening::Connected(result);
+                    io.opening = Opening::Connected(io.keep(result, shared.net.faults()));
                     true
                 }
                 Poll::Pending => false,
@@ -1033,18 +1035,35 @@ impl TransportSide {
         self.released = true;
     }
 
-    /// The connection is there (or failed): its report, the transport kept.
-    fn connected(&mut self, result: Result<Transport, Cause>) -> IoEvent {
+    /// A connection attempt ended: the transport, behind the fault hooks (and counted) from now
+    /// on, is kept in `transport` until [`connected`](Self::connected) reports it.
+    fn keep(
+        &mut self,
+        result: Result<Box<dyn TcpTransport>, Cause>,
+        faults: &crate::faults::Faults,
+    ) -> Result<(), Cause> {
+        result.map(|t| self.transport = Some(Transport::Plain(faults.wrap_tcp(t))))
+    }
+
+    /// The connection is there (kept in `transport`) or failed: its report. A transport whose
+    /// addresses cannot be read is let go.
+    fn connected(&mut self, result: Result<(), Cause>) -> IoEvent {
         self.opening = Opening::Idle;
-        match result {
-            Ok(t) => match (t.as_dyn().local_addr(), t.as_dyn().peer_addr()) {
-                (Ok(local), Ok(remote)) => {
-                    self.transport = Some(t);
-                    IoEvent::Connected { local, remote }
-                }
-                (Err(e), _) | (_, Err(e)) => IoEvent::ConnectFailed { cause: crate::backend::cause_of(&e) },
+        let addrs = match (result, &self.transport) {
+            (Err(cause), _) => Err(cause),
+            // Not there: a release emptied it (it empties `opening` too, so this does not happen).
+            (Ok(()), None) => Err(Cause::Other),
+            (Ok(()), Some(t)) => match (t.as_dyn().local_addr(), t.as_dyn().peer_addr()) {
+                (Ok(local), Ok(remote)) => Ok((local, remote)),
+                (Err(e), _) | (_, Err(e)) => Err(crate::backend::cause_of(&e)),
             },
-            Err(cause) => IoEvent::ConnectFailed { cause },
+        };
+        match addrs {
+            Ok((local, remote)) => IoEvent::Connected { local, remote },
+            Err(cause) => {
+                self.transport = None;
+                IoEvent::ConnectFailed { cause }
+            }
         }
     }
 
@@ -1070,13 +1089,12 @@ impl TransportSide {
             }
             Opening::Connecting(fut) => {
                 if let Poll::Ready(result) = fut.as_mut().poll(cx) {
-                    return Some(self.connected(result.map(|t| Transport::Plain(faults.wrap_tcp(t)))));
+                    let kept = self.keep(result, faults);
+                    return Some(self.connected(kept));
                 }
             }
             Opening::Connected(_) => {
                 if let Opening::Connected(result) = std::mem::take(&mut self.opening) {
-                    // Always there after `Ok` (a release empties `opening` with it).
-                    let result = result.and_then(|()| self.transport.take().ok_or(Cause::Other));
                     return Some(self.connected(result));
                 }
             }
