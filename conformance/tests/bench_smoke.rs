@@ -91,6 +91,13 @@ fn check_report(path: &Path) {
         assert!(number(w, "ours_per_sec") > 0.0 && number(w, "raw_per_sec") > 0.0, "{name}: {w}");
         if !name.starts_with("sim-") {
             assert!(w["multi_thread"]["ratio"].as_f64().is_some_and(f64::is_finite), "{name}: {w}");
+            // The CPU split of the current-thread rounds (informational, never compared; at these
+            // sizes the kernel's tick-sampled split may well be zero).
+            let cpu = &w["cpu_per_unit"];
+            for side in ["ours", "raw"] {
+                let (user, sys) = (number(&cpu[side], "user_us"), number(&cpu[side], "sys_us"));
+                assert!(user >= 0.0 && sys >= 0.0, "{name}: {w}");
+            }
         }
         if name.ends_with("udp") {
             let (lo, lr) = (number(w, "loss_ours"), number(w, "loss_raw"));

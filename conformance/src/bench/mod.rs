@@ -150,11 +150,44 @@ pub(crate) struct Sample {
     pub(crate) secs: f64,
     /// UDP: the fraction of datagrams sent that never arrived.
     pub(crate) loss: Option<f64>,
+    /// CPU time the runtime's thread spent on the whole round (current-thread runtime only).
+    pub(crate) cpu: Option<CpuTime>,
+}
+
+/// User and kernel CPU time, in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct CpuTime {
+    pub(crate) user: f64,
+    pub(crate) sys: f64,
+}
+
+impl CpuTime {
+    /// The calling thread's CPU time so far (`getrusage(RUSAGE_THREAD)`; `None` elsewhere than
+    /// Linux or on failure).
+    fn of_this_thread() -> Option<CpuTime> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // SAFETY: all-zero is a valid rusage, and getrusage writes only into it.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid `who` and a pointer to a live rusage.
+            if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+                return None;
+            }
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            Some(CpuTime { user: secs(usage.ru_utime), sys: secs(usage.ru_stime) })
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        None
+    }
+
+    fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime { user: (self.user - earlier.user).max(0.0), sys: (self.sys - earlier.sys).max(0.0) }
+    }
 }
 
 impl Sample {
     pub(crate) fn new(units: u64, elapsed: Duration) -> Sample {
-        Sample { units: units as f64, secs: elapsed.as_secs_f64().max(1e-9), loss: None }
+        Sample { units: units as f64, secs: elapsed.as_secs_f64().max(1e-9), loss: None, cpu: None }
     }
 
     pub(crate) fn rate(&self) -> f64 {
@@ -245,7 +278,7 @@ impl Rounds {
         self.ours.iter().zip(&self.raw).map(|(o, r)| o.rate() / r.rate()).collect()
     }
 
-    fn summary(&self) -> Option<Summary> {
+    fn summary(&self, unit: Unit) -> Option<Summary> {
         let ratio = Stats::of(self.ratios())?;
         let ours = Stats::of(self.ours.iter().map(Sample::rate).collect())?;
         let raw = Stats::of(self.raw.iter().map(Sample::rate).collect())?;
@@ -253,7 +286,21 @@ impl Rounds {
             let v: Vec<f64> = s.iter().filter_map(|x| x.loss).collect();
             (!v.is_empty()).then(|| v.iter().cloned().fold(0.0, f64::max))
         };
-        Some(Summary { ratio, ours, raw, loss_ours: loss(&self.ours), loss_raw: loss(&self.raw) })
+        // Median CPU time per reported unit (per 64 KiB for bulk), user and kernel apart.
+        let cpu = |s: &[Sample]| -> Option<CpuTime> {
+            let per = |f: fn(&CpuTime) -> f64| {
+                Stats::of(s.iter().filter_map(|x| Some(f(&x.cpu?) / (x.units / unit.per()))).collect())
+            };
+            Some(CpuTime { user: per(|c| c.user)?.median, sys: per(|c| c.sys)?.median })
+        };
+        Some(Summary {
+            ratio,
+            ours,
+            raw,
+            loss_ours: loss(&self.ours),
+            loss_raw: loss(&self.raw),
+            cpu: cpu(&self.ours).zip(cpu(&self.raw)),
+        })
     }
 }
 
@@ -286,6 +333,8 @@ struct Summary {
     raw: Stats,
     loss_ours: Option<f64>,
     loss_raw: Option<f64>,
+    /// Median CPU time per unit, (ours, raw): where a ratio comes from (informational).
+    cpu: Option<(CpuTime, CpuTime)>,
 }
 
 /// Which tokio runtime a real workload runs on.
@@ -316,10 +365,14 @@ where
 {
     let once =
         |fut: std::pin::Pin<Box<dyn Future<Output = BenchResult<Sample>> + '_>>| -> BenchResult<Sample> {
+            // On the current-thread runtime everything a round does runs on this thread, so the
+            // thread's CPU time is the round's (set-up and runtime included, a small share).
+            let before = (flavor == Flavor::CurrentThread).then(CpuTime::of_this_thread).flatten();
             let rt = flavor.runtime()?;
-            let sample = rt.block_on(async { tokio::time::timeout(ROUND_GUARD, fut).await })??;
+            let mut sample = rt.block_on(async { tokio::time::timeout(ROUND_GUARD, fut).await })??;
             // Dropping the runtime here ends whatever the round left behind (drivers, listeners).
             drop(rt);
+            sample.cpu = before.and_then(|b| Some(CpuTime::of_this_thread()?.since(b)));
             Ok(sample)
         };
     once(Box::pin(ours(true)))?;
@@ -424,7 +477,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         for flavor in flavors {
             eprint!("{} ({:?}) ...", workload.name, flavor);
             let result = alternate(flavor, rounds, |w| ours(sizes, w), |w| raw(sizes, w));
-            match result.map(|r| r.summary()) {
+            match result.map(|r| r.summary(workload.unit)) {
                 Ok(Some(summary)) => {
                     eprintln!(" ratio {:.3}", summary.ratio.median);
                     summaries.push(summary);
@@ -456,7 +509,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             continue;
         }
         eprint!("{} ...", workload.name);
-        match alternate_sim(rounds, |w| ours(sizes, w), |w| raw(sizes, w)).map(|r| r.summary()) {
+        match alternate_sim(rounds, |w| ours(sizes, w), |w| raw(sizes, w)).map(|r| r.summary(workload.unit)) {
             Ok(Some(current)) => {
                 eprintln!(" ratio {:.3}", current.ratio.median);
                 report.workloads.push(WorkloadResult { workload, current, multi: None });
@@ -653,6 +706,18 @@ fn print_report(report: &Report) -> usize {
         if let (Some(lo), Some(lr)) = (s.loss_ours, s.loss_raw) {
             println!("{:<13} loss (worst round): ours {:.3}%, raw {:.3}%", "", lo * 100.0, lr * 100.0);
         }
+        if let Some((o, r)) = s.cpu {
+            let us = |secs: f64| secs * 1e6;
+            println!(
+                "{:<13} cpu per {}: ours {:.2} µs user + {:.2} µs kernel, raw {:.2} + {:.2}",
+                "",
+                w.workload.unit.singular(),
+                us(o.user),
+                us(o.sys),
+                us(r.user),
+                us(r.sys),
+            );
+        }
     }
     if let Some(c) = &report.core {
         let ok = c.inputs_per_sec.median >= CORE_INPUTS_TARGET;
@@ -722,6 +787,11 @@ fn json_report(report: &Report, machine: &str, rounds: usize) -> serde_json::Val
             if let (Some(lo), Some(lr)) = (s.loss_ours, s.loss_raw) {
                 v["loss_ours"] = lo.into();
                 v["loss_raw"] = lr.into();
+            }
+            if let Some((o, r)) = s.cpu {
+                let us = |c: CpuTime| serde_json::json!({ "user_us": c.user * 1e6, "sys_us": c.sys * 1e6 });
+                v["cpu_per_unit"] =
+                    serde_json::json!({ "per": w.workload.unit.singular(), "ours": us(o), "raw": us(r) });
             }
             v
         })
@@ -800,6 +870,45 @@ mod tests {
         let s = Stats::of(vec![4.0, 1.0, 2.0, 3.0]).unwrap();
         assert_eq!(s.median, 2.5);
         assert!(Stats::of(vec![f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn cpu_time_per_unit_is_the_median_over_rounds_of_each_side() {
+        let sample = |units: u64, user: f64, sys: f64| Sample {
+            cpu: Some(CpuTime { user, sys }),
+            ..Sample::new(units, Duration::from_secs(1))
+        };
+        let rounds = Rounds {
+            ours: vec![sample(10, 1.0, 2.0), sample(10, 3.0, 4.0), sample(20, 4.0, 4.0)],
+            raw: vec![sample(10, 0.5, 1.0), sample(10, 0.5, 1.0), sample(10, 0.7, 3.0)],
+        };
+        let (ours, raw) = rounds.summary(Unit::Connections).unwrap().cpu.unwrap();
+        // Per connection: ours user 0.1/0.3/0.2, kernel 0.2/0.4/0.2.
+        assert!((ours.user - 0.2).abs() < 1e-12 && (ours.sys - 0.2).abs() < 1e-12, "{ours:?}");
+        assert!((raw.user - 0.05).abs() < 1e-12 && (raw.sys - 0.1).abs() < 1e-12, "{raw:?}");
+        // Bulk counts per 64 KiB, not per byte.
+        let bulk = Rounds { ours: vec![sample(65_536 * 4, 8.0, 4.0)], raw: vec![sample(65_536, 1.0, 1.0)] };
+        let (ours, _) = bulk.summary(Unit::Bytes).unwrap().cpu.unwrap();
+        assert_eq!((ours.user, ours.sys), (2.0, 1.0));
+        // A side without CPU figures gives none for the workload.
+        let partial =
+            Rounds { ours: vec![sample(1, 1.0, 1.0)], raw: vec![Sample::new(1, Duration::from_secs(1))] };
+        assert!(partial.summary(Unit::Datagrams).unwrap().cpu.is_none());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_thread_cpu_time_is_read_and_never_goes_back() {
+        let first = CpuTime::of_this_thread().expect("getrusage(RUSAGE_THREAD) works on Linux");
+        let mut x = 0u64;
+        for i in 0..100_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        let later = CpuTime::of_this_thread().unwrap();
+        assert!(later.user >= first.user && later.sys >= first.sys, "{first:?} then {later:?}");
+        let spent = later.since(first);
+        assert!(spent.user >= 0.0 && spent.sys >= 0.0);
+        assert_eq!(first.since(later), CpuTime::default(), "a negative difference is clamped to 0");
     }
 
     #[test]
