@@ -122,43 +122,52 @@ async fn raw(n: u64) -> BenchResult<i64> {
     Ok(live)
 }
 
+/// Heap allocations per call of `cycle`: `CYCLES_WARM` calls uncounted (pools and tables reach
+/// their steady size), then the mean over `CYCLES_COUNTED`.
+async fn allocs_per_cycle(mut cycle: impl AsyncFnMut() -> BenchResult<()>) -> BenchResult<f64> {
+    for _ in 0..CYCLES_WARM {
+        cycle().await?;
+    }
+    alloc::enable();
+    let before = alloc::snapshot();
+    let counted = async {
+        for _ in 0..CYCLES_COUNTED {
+            cycle().await?;
+        }
+        BenchResult::Ok(())
+    }
+    .await;
+    let allocs = alloc::snapshot().allocs - before.allocs;
+    alloc::disable();
+    counted?;
+    Ok(allocs as f64 / CYCLES_COUNTED as f64)
+}
+
 /// Allocations per short connection through `tcpudp`: connect, accept, close both ends.
 async fn ours_cycles() -> BenchResult<f64> {
     let net = tcpudp_net_real::network(tcpudp::Policy::allow_all())?;
     let (server, port) = our_server(&net).await?;
-    let mut before = alloc::snapshot();
-    for i in 0..CYCLES_WARM + CYCLES_COUNTED {
-        if i == CYCLES_WARM {
-            alloc::enable();
-            before = alloc::snapshot();
-        }
+    allocs_per_cycle(async || {
         let (client, accepted) = our_pair(&net, &server, port).await?;
         let (a, b) = tokio::join!(client.close(), accepted.close());
         a?;
         b?;
-    }
-    let allocs = alloc::snapshot().allocs - before.allocs;
-    alloc::disable();
-    Ok(allocs as f64 / CYCLES_COUNTED as f64)
+        Ok(())
+    })
+    .await
 }
 
 /// The same with raw tokio.
 async fn raw_cycles() -> BenchResult<f64> {
     let (listener, addr) = raw_listener().await?;
-    let mut before = alloc::snapshot();
-    for i in 0..CYCLES_WARM + CYCLES_COUNTED {
-        if i == CYCLES_WARM {
-            alloc::enable();
-            before = alloc::snapshot();
-        }
+    allocs_per_cycle(async || {
         let (client, accepted) = raw_pair(&listener, addr).await?;
         let (a, b) = tokio::join!(raw_close(client), raw_close(accepted));
         a?;
         b?;
-    }
-    let allocs = alloc::snapshot().allocs - before.allocs;
-    alloc::disable();
-    Ok(allocs as f64 / CYCLES_COUNTED as f64)
+        Ok(())
+    })
+    .await
 }
 
 /// Raw, ours, raw, ours; the smaller heap of each side (the figures are near-deterministic; the
