@@ -31,29 +31,39 @@ pub(crate) fn listen(
     address_reuse: bool,
     backlog: u32,
 ) -> Result<Box<dyn ListenerTransport>, Cause> {
-    let open = || -> io::Result<RealListener> {
-        let socket = Socket::new(Domain::for_address(local), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(address_reuse)?;
-        if local.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.bind(&local.into())?;
-        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-        socket.set_nonblocking(true)?;
-        // Bound to one address, every accepted connection's local address is the listener's
-        // (no getsockname per connection); on a wildcard the OS is asked.
-        let bound = socket.local_addr()?.as_socket().map(canonical).ok_or_else(not_ip)?;
-        let _runtime = handle.enter();
-        // SAFETY: a `Socket` owns its descriptor and keeps it, unchanged, until it is dropped;
-        // the `AsyncFd` owns the `Socket` and never hands it out by value.
-        let listener = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE)? };
-        let local = (!bound.ip().is_unspecified()).then_some(bound);
-        Ok(RealListener { listener, handle: handle.clone(), backoff: None, local })
-    };
-    match open() {
+    match open(handle, local, address_reuse, backlog) {
         Ok(listener) => Ok(Box::new(listener)),
         Err(err) => Err(cause_of(&err)),
     }
+}
+
+/// The listening socket [`listen`] makes.
+fn open(handle: &Handle, local: SocketAddr, address_reuse: bool, backlog: u32) -> io::Result<RealListener> {
+    let socket = Socket::new(Domain::for_address(local), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(address_reuse)?;
+    if local.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // AMB-39's noDelay for every accepted socket, set once here: Linux copies TCP_NODELAY
+    // into each connection accepted from this socket, which saves a system call per
+    // connection (issue #6). Checked on the first accepted socket ([`NoDelay`]).
+    let no_delay = if cfg!(target_os = "linux") && socket.set_tcp_nodelay(true).is_ok() {
+        NoDelay::Unchecked
+    } else {
+        NoDelay::PerSocket
+    };
+    socket.bind(&local.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    // Bound to one address, every accepted connection's local address is the listener's
+    // (no getsockname per connection); on a wildcard the OS is asked.
+    let bound = socket.local_addr()?.as_socket().map(canonical).ok_or_else(not_ip)?;
+    let _runtime = handle.enter();
+    // SAFETY: a `Socket` owns its descriptor and keeps it, unchanged, until it is dropped;
+    // the `AsyncFd` owns the `Socket` and never hands it out by value.
+    let listener = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE)? };
+    let local = (!bound.ip().is_unspecified()).then_some(bound);
+    Ok(RealListener { listener, handle: handle.clone(), backoff: None, local, no_delay })
 }
 
 /// A listening socket registered with tokio.
@@ -71,6 +81,20 @@ pub(crate) struct RealListener {
     backoff: Option<Pin<Box<Sleep>>>,
     /// The bound address when it is not a wildcard: the local address of every accepted socket.
     local: Option<SocketAddr>,
+    /// How accepted sockets get TCP_NODELAY.
+    no_delay: NoDelay,
+}
+
+/// How an accepted socket gets TCP_NODELAY (AMB-39).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NoDelay {
+    /// Set on each accepted socket.
+    PerSocket,
+    /// Set on the listening socket, which the accepted sockets should inherit: the first one is
+    /// asked, and the answer decides for the rest.
+    Unchecked,
+    /// Inherited from the listening socket (the first accepted socket had it).
+    Inherited,
 }
 
 impl ListenerTransport for RealListener {
@@ -92,10 +116,16 @@ impl ListenerTransport for RealListener {
                 };
             match accepted {
                 Ok((stream, peer)) => {
+                    if self.no_delay == NoDelay::Unchecked {
+                        let inherited = stream.nodelay().unwrap_or(false);
+                        self.no_delay = if inherited { NoDelay::Inherited } else { NoDelay::PerSocket };
+                    }
                     // AMB-39: accepted sockets have noDelay true. A failure here leaves the OS
                     // default, which diag() reports.
-                    if let Err(err) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %err, "TCP_NODELAY on an accepted socket failed");
+                    if self.no_delay == NoDelay::PerSocket {
+                        if let Err(err) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %err, "TCP_NODELAY on an accepted socket failed");
+                        }
                     }
                     let tcp = RealTcp::with_addrs(stream, self.local, Some(canonical(peer)));
                     return Poll::Ready(Ok(Box::new(tcp)));
@@ -165,5 +195,27 @@ mod tests {
         assert!(!is_resource_error(&io::Error::from_raw_os_error(libc::ECONNABORTED)));
         assert!(is_skippable(&io::Error::from_raw_os_error(libc::ECONNABORTED)));
         assert!(!is_skippable(&io::Error::from_raw_os_error(libc::EMFILE)));
+    }
+
+    // rule: AMB-39
+    /// Every accepted socket has TCP_NODELAY; on Linux from the listening socket, with no
+    /// system call of its own (the first accepted socket is asked once, then none).
+    #[test]
+    fn test_accepted_sockets_have_no_delay_inherited_on_linux() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut listener = open(runtime.handle(), "127.0.0.1:0".parse().unwrap(), true, 16).unwrap();
+        let target = listener.local_addr().unwrap();
+        let expected = if cfg!(target_os = "linux") { NoDelay::Inherited } else { NoDelay::PerSocket };
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(std::net::TcpStream::connect(target).unwrap());
+            let accepted = runtime.block_on(async {
+                let accept = std::future::poll_fn(|cx| listener.poll_accept(cx));
+                tokio::time::timeout(Duration::from_secs(10), accept).await
+            });
+            let accepted = accepted.expect("accepted in time").expect("accepted");
+            assert_eq!(accepted.diag().no_delay, Some(true));
+            assert_eq!(listener.no_delay, expected);
+        }
     }
 }
