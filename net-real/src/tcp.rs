@@ -12,7 +12,9 @@ use tcpudp::backend::{cause_of, TcpDiag, TcpTransport};
 use tcpudp_core::options::{KeepAlive, SocketConfig};
 use tcpudp_core::Cause;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpSocket, TcpStream};
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+use tokio::net::TcpSocket;
+use tokio::net::TcpStream;
 
 use self::platform::{keep_alive_count, keep_alive_idle, keep_alive_interval, with_interval, with_retries};
 use crate::os::canonical;
@@ -24,18 +26,51 @@ pub(crate) async fn connect(
     local: Option<SocketAddr>,
     config: SocketConfig,
 ) -> Result<Box<dyn TcpTransport>, Cause> {
-    let socket = configured_socket(remote, local, config).map_err(|err| cause_of(&err))?;
-    let stream = socket.connect(remote).await.map_err(|err| cause_of(&err))?;
+    let stream = open(remote, local, config).await.map_err(|err| cause_of(&err))?;
     // The peer is the address connected to: no getpeername needed.
     Ok(Box::new(RealTcp::with_addrs(stream, None, Some(canonical(remote)))))
 }
 
-/// A socket of `remote`'s family with every option of `config`, bound to `local` when given.
+/// The connection, once made. On Linux the socket's error (SO_ERROR) is read only when the
+/// readiness event says there is one: tokio's `connect` reads it after every connection, a system
+/// call per connection (issue #6). A failed attempt always sets the socket's error, which epoll
+/// reports with the event (EPOLLERR) that ends the wait, and a socket still connecting is never
+/// reported writable.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+async fn open(remote: SocketAddr, local: Option<SocketAddr>, config: SocketConfig) -> io::Result<TcpStream> {
+    let socket = configured_socket(remote, local, config)?;
+    match socket.connect(&remote.into()) {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(err) => return Err(err),
+    }
+    use tokio::io::Interest;
+
+    let stream = TcpStream::from_std(socket.into())?;
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        if let Some(err) = stream.take_error()? {
+            return Err(err);
+        }
+    }
+    Ok(stream)
+}
+
+/// The connection, once made (tokio's `connect`).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+async fn open(remote: SocketAddr, local: Option<SocketAddr>, config: SocketConfig) -> io::Result<TcpStream> {
+    let socket = configured_socket(remote, local, config)?;
+    socket.set_nonblocking(true)?;
+    TcpSocket::from_std_stream(socket.into()).connect(remote).await
+}
+
+/// A socket of `remote`'s family with every option of `config`, bound to `local` when given
+/// (non-blocking on Linux, [`stream_type`]).
 fn configured_socket(
     remote: SocketAddr,
     local: Option<SocketAddr>,
     config: SocketConfig,
-) -> io::Result<TcpSocket> {
+) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(remote), stream_type(), Some(Protocol::TCP))?;
     socket.set_reuse_address(config.address_reuse)?;
     if remote.is_ipv6() {
@@ -51,10 +86,7 @@ fn configured_socket(
     if let Some(local) = local {
         socket.bind(&local.into())?;
     }
-    if !cfg!(any(target_os = "linux", target_os = "android")) {
-        socket.set_nonblocking(true)?;
-    }
-    Ok(TcpSocket::from_std_stream(socket.into()))
+    Ok(socket)
 }
 
 /// A stream socket type; on Linux non-blocking from the start (SOCK_NONBLOCK saves two `fcntl`
