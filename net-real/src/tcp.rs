@@ -38,22 +38,24 @@ pub(crate) async fn connect(
 /// reported writable.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 async fn open(remote: SocketAddr, local: Option<SocketAddr>, config: SocketConfig) -> io::Result<TcpStream> {
+    use tokio::io::Interest;
+
     let socket = configured_socket(remote, local, config)?;
     match socket.connect(&remote.into()) {
         Ok(()) => {}
         Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(err) => return Err(err),
     }
-    use tokio::io::Interest;
-
     let stream = TcpStream::from_std(socket.into())?;
-    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
-    if ready.is_error() || ready.is_write_closed() {
-        if let Some(err) = stream.take_error()? {
-            return Err(err);
-        }
+    std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await?;
+    // The error readiness is a flag tokio holds (no system call): SO_ERROR is read only when it
+    // is set, and `try_io` answers WouldBlock at once when it is not.
+    match stream.try_io(Interest::ERROR, || stream.take_error()) {
+        Ok(Some(err)) => Err(err),
+        Ok(None) => Ok(stream),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(stream),
+        Err(err) => Err(err),
     }
-    Ok(stream)
 }
 
 /// The connection, once made (tokio's `connect`).
