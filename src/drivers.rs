@@ -19,10 +19,10 @@
 //! slots are reused last freed first; nothing depends on a hash or the clock.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Poll, Wake, Waker};
 
-use crate::shared::{lock, Spares};
+use crate::shared::{lock, Mutex, Spares};
 
 /// Sockets driven per poll of the task before it lets other tasks run.
 const BUDGET: usize = 32;

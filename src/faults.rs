@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use tcpudp_core::address::HostName;
@@ -21,7 +21,7 @@ use crate::backend::{
     Backend, BackendKind, BoxFuture, ListenerTransport, RecvMeta, TcpDiag, TcpTransport, UdpBind, UdpDiag,
     UdpTransport,
 };
-use crate::shared::{lock, Spares};
+use crate::shared::{lock, Mutex, Spares};
 
 /// The fault controls of one network. Cheap to clone; all clones control the same faults.
 #[derive(Clone, Default)]
@@ -81,7 +81,7 @@ impl Link {
     fn reset(&mut self, slot: usize) {
         self.slot = slot;
         *self.dropped.get_mut() = false;
-        *self.waker.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self.waker.get_mut() = None;
     }
 
     /// Fails once the link is dropped. Takes no lock: the waker is only stored when the operation

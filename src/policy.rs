@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use tcpudp_core::permission::{
     PermissionKind, PermissionRequest, PermissionState, PermissionStore, RequestStep, Rule,
@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::backend::BoxFuture;
 use crate::network::Network;
+use crate::shared::{lock, Mutex};
 
 /// Asks the user about one request; resolves `true` to grant.
 pub type PromptFn = dyn Fn(&PermissionRequest) -> BoxFuture<'static, bool> + Send + Sync;
@@ -201,11 +202,6 @@ impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy").field("store", &*lock(&self.inner.store)).finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind: keep using it.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A gate that futures wait at while it is closed.

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use tcpudp_core::checks;
@@ -21,7 +21,8 @@ use crate::backend::cause_of;
 use crate::faults::FaultListener;
 use crate::network::Network;
 use crate::shared::{
-    hold_released, lazy_now, lock, take_step, PromiseSource, PromiseWaiters, SocketPromise, StateLog, Which,
+    hold_released, lazy_now, lock, take_step, Mutex, PromiseSource, PromiseWaiters, SocketPromise, StateLog,
+    Which,
 };
 use crate::tcp::{TcpSocket, Transport};
 

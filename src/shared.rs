@@ -5,15 +5,18 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+pub(crate) use parking_lot::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use tcpudp_core::{ReadyState, SocketError};
 
-/// Locks `m`, ignoring poisoning: the data behind our locks stays consistent between statements,
-/// and a panicking task must not take every other handle of the socket down with it.
+/// Locks `m`. The data behind our locks stays consistent between statements, so a lock has no
+/// poisoning: a panicking task must not take every other handle of the socket down with it.
+#[inline]
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    m.lock()
 }
 
 /// Wakers of everyone waiting for one thing. Usually one task waits (the application awaiting

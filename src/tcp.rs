@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
@@ -29,8 +29,8 @@ use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
 use crate::faults::FaultTcp;
 use crate::network::Network;
 use crate::shared::{
-    lazy_now, lock, stream_item, FlushFuture, Polls, PromiseSource, PromiseWaiters, ReadRoute, ReadyFuture,
-    SocketPromise, SocketRoute, StateLog, Which, WriteBook, WriteFuture, WriteSource,
+    lazy_now, lock, stream_item, FlushFuture, Mutex, Polls, PromiseSource, PromiseWaiters, ReadRoute,
+    ReadyFuture, SocketPromise, SocketRoute, StateLog, Which, WriteBook, WriteFuture, WriteSource,
 };
 
 /// Largest read from the transport at once.

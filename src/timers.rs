@@ -37,14 +37,14 @@ use std::future::Future;
 use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tcpudp_core::Instant;
 
 use crate::network::Network;
-use crate::shared::lock;
+use crate::shared::{lock, Mutex};
 
 /// How long the timer task lives on once no deadline is registered.
 const LINGER: Duration = Duration::from_millis(100);

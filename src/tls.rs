@@ -27,7 +27,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,7 +49,7 @@ use tokio::io::ReadBuf;
 
 use crate::backend::{BackendKind, TcpDiag, TcpTransport};
 use crate::network::Network;
-use crate::shared::lock;
+use crate::shared::{lock, Mutex};
 
 /// How long a server waits for an accepted connection's handshake by default (EXT-08).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

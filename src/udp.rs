@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -30,8 +30,9 @@ use crate::backend::{cause_of, BoxFuture, UdpBind, UdpDiag, UdpTransport};
 use crate::faults::FaultUdp;
 use crate::network::Network;
 use crate::shared::{
-    hold_released, lazy_now, lock, stream_item, take_step, FlushFuture, Polls, PromiseSource, PromiseWaiters,
-    ReadRoute, ReadyFuture, SocketPromise, SocketRoute, StateLog, Which, WriteBook, WriteFuture, WriteSource,
+    hold_released, lazy_now, lock, stream_item, take_step, FlushFuture, Mutex, Polls, PromiseSource,
+    PromiseWaiters, ReadRoute, ReadyFuture, SocketPromise, SocketRoute, StateLog, Which, WriteBook,
+    WriteFuture, WriteSource,
 };
 
 /// A datagram to send: the spec's `UDPMessage` as a write takes it. Missing destination fields
