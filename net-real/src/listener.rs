@@ -40,7 +40,9 @@ pub(crate) fn listen(
 /// The listening socket [`listen`] makes.
 fn open(handle: &Handle, local: SocketAddr, address_reuse: bool, backlog: u32) -> io::Result<RealListener> {
     let socket = Socket::new(Domain::for_address(local), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(address_reuse)?;
+    if address_reuse {
+        socket.set_reuse_address(true)?; // off on a new socket
+    }
     if local.is_ipv6() {
         socket.set_only_v6(true)?;
     }

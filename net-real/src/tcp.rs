@@ -74,11 +74,16 @@ fn configured_socket(
     config: SocketConfig,
 ) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(remote), stream_type(), Some(Protocol::TCP))?;
-    socket.set_reuse_address(config.address_reuse)?;
+    // A new socket has both options off: only turning one on takes a system call.
+    if config.address_reuse {
+        socket.set_reuse_address(true)?;
+    }
     if remote.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_tcp_nodelay(config.no_delay)?;
+    if config.no_delay {
+        socket.set_tcp_nodelay(true)?;
+    }
     if let Some(size) = config.send_buffer_size {
         socket.set_send_buffer_size(size)?;
     }

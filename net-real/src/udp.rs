@@ -25,13 +25,15 @@ pub(crate) fn bind(handle: &Handle, bind: UdpBind) -> Result<Box<dyn UdpTranspor
 
 fn open(handle: &Handle, bind: UdpBind) -> io::Result<RealUdp> {
     let v6 = bind.local.is_ipv6();
-    let socket = Socket::new(Domain::for_address(bind.local), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(Domain::for_address(bind.local), dgram_type(), Some(Protocol::UDP))?;
     // Linux shares a UDP port between sockets that all set SO_REUSEADDR (AMB-46). For an
     // ephemeral port it is set only after the bind: with SO_REUSEADDR already on, the kernel's
     // port search skips nothing bound with SO_REUSEADDR, so two unrelated sockets could get the
     // same ephemeral port (measured: ~5% of 3,000 binds) and unicast would reach only one.
     let ephemeral = bind.local.port() == 0;
-    socket.set_reuse_address(bind.config.address_reuse && !ephemeral)?;
+    if bind.config.address_reuse && !ephemeral {
+        socket.set_reuse_address(true)?; // off on a new socket
+    }
     if let Some(size) = bind.config.send_buffer_size {
         socket.set_send_buffer_size(size)?;
     }
@@ -76,7 +78,9 @@ fn open(handle: &Handle, bind: UdpBind) -> io::Result<RealUdp> {
     };
     #[cfg(unix)]
     os::enable_drop_count(&socket)?;
-    socket.set_nonblocking(true)?;
+    if !cfg!(any(target_os = "linux", target_os = "android")) {
+        socket.set_nonblocking(true)?; // Linux and Android made it non-blocking already
+    }
     socket.bind(&bind.local.into())?;
     if ephemeral && bind.config.address_reuse {
         socket.set_reuse_address(true)?;
@@ -97,6 +101,15 @@ fn open(handle: &Handle, bind: UdpBind) -> io::Result<RealUdp> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         batch: Vec::new(),
     })
+}
+
+/// A datagram socket type; on Linux non-blocking from the start (SOCK_NONBLOCK saves two `fcntl`
+/// calls per socket, as for streams).
+fn dgram_type() -> Type {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return Type::DGRAM.nonblocking();
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return Type::DGRAM;
 }
 
 /// The interface used for memberships (and already applied as IP_MULTICAST_IF).
