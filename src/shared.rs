@@ -6,10 +6,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-pub(crate) use parking_lot::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+pub(crate) use parking_lot::{Mutex, MutexGuard};
 use tcpudp_core::{ReadyState, SocketError};
 
 /// Locks `m`. The data behind our locks stays consistent between statements, so a lock has no
