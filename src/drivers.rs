@@ -79,6 +79,71 @@ struct SlotWaker {
     drivers: Weak<Drivers>,
     slot: usize,
     generation: u64,
+    /// Where the driver's wake-ups go instead while a task awaits one of the socket's promises
+    /// ([`DriverLink`]).
+    forward: Mutex<Forward>,
+}
+
+/// The task awaiting one of a socket's promises, which takes the driver's wake-ups meanwhile.
+#[derive(Debug, Default)]
+struct Forward {
+    waiter: Option<Waker>,
+    /// A wake-up went to the waiter, which has not acted on it yet.
+    handed: bool,
+}
+
+/// A socket's hold on its driver, for the application side: while a task awaits one of the
+/// socket's promises as it comes due (`opened` while the connection is being made, `closed`
+/// during the closing handshake), the driver's wake-ups (its transport's readiness, its
+/// deadlines) go to that task, which does the driver's work itself when it polls the promise.
+///
+/// Why: a connection's opening and its closing each used to cost two task polls, the driver's
+/// (woken by the transport) and then the awaiting task's (woken by the driver once the promise
+/// settled); the awaiting task does the same pass itself (issue #6, tcp-connect; on the
+/// multi-thread runtime the driver's task may run on another worker, and the hop cost most of
+/// a connection's time). Nothing is lost when the task stops awaiting: a promise future that
+/// registered lets go of the wake-ups when it is ready or dropped, and hands one it was given but
+/// did not act on to the driver. A task that keeps such a future without polling it delays the
+/// socket's pass until it polls again, as a reader does with the read route
+/// ([`crate::shared::ReadRoute`]); the hand-over is limited to opening and closing for that.
+#[derive(Clone, Debug)]
+pub(crate) struct DriverLink(Arc<SlotWaker>);
+
+impl DriverLink {
+    /// `waker`'s task awaits a promise of the socket: the driver's wake-ups go to it.
+    pub(crate) fn set_waiter(&self, waker: &Waker) {
+        let mut forward = lock(&self.0.forward);
+        if !forward.waiter.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            forward.waiter = Some(waker.clone());
+        }
+    }
+
+    /// Whether a wake-up of the driver went to an awaiting task and nobody acted on it since (the
+    /// caller does the driver's work now).
+    pub(crate) fn take_handed(&self) -> bool {
+        std::mem::take(&mut lock(&self.0.forward).handed)
+    }
+
+    /// The awaiting task is done awaiting (its promise settled, or its future went): the
+    /// driver's wake-ups go to the driver again, and one handed over but not acted on is queued
+    /// for it.
+    pub(crate) fn release_waiter(&self) {
+        let handed = {
+            let mut forward = lock(&self.0.forward);
+            forward.waiter = None;
+            std::mem::take(&mut forward.handed)
+        };
+        if handed {
+            self.0.queue_drive();
+        }
+    }
+
+    /// The socket finished in a pass the application side made: the table lets it go (as it
+    /// does when the driver's pass finishes it). What it held is returned, to drop outside any
+    /// lock.
+    pub(crate) fn finish(&self) -> Option<(Arc<dyn Driven>, Waker)> {
+        self.0.drivers.upgrade()?.finish(self.0.slot, self.0.generation)
+    }
 }
 
 /// What the task does next after one look at the queue.
@@ -97,14 +162,15 @@ impl Drivers {
     /// not run).
     #[cfg(test)]
     pub(crate) fn start(self: &Arc<Self>, socket: Arc<dyn Driven>) {
-        self.register(socket).wake();
+        self.register(socket).0.wake();
     }
 
     /// Takes `socket` into the table (spawning the task when it does not run) and gives its
     /// driver waker, without a drive queued: the caller makes the socket's first pass with that
     /// waker itself, and wakes it should the socket need a drive (issue #6: a drive queued only
     /// to register the new socket's wakers with its transport cost a task wake-up and a pass).
-    pub(crate) fn register(self: &Arc<Self>, socket: Arc<dyn Driven>) -> Waker {
+    /// Also gives the socket's [`DriverLink`].
+    pub(crate) fn register(self: &Arc<Self>, socket: Arc<dyn Driven>) -> (Waker, DriverLink) {
         let (spawn, waker) = {
             let mut state = lock(&self.state);
             let slot = match state.free.pop() {
@@ -115,20 +181,27 @@ impl Drivers {
                 }
             };
             let generation = state.slots[slot].generation;
-            let made_over = |w: &mut SlotWaker| (w.slot, w.generation) = (slot, generation);
-            let waker = state
-                .spare_wakers
-                .take(made_over)
-                .unwrap_or_else(|| Arc::new(SlotWaker { drivers: Arc::downgrade(self), slot, generation }));
+            let made_over = |w: &mut SlotWaker| {
+                (w.slot, w.generation) = (slot, generation);
+                *w.forward.get_mut() = Forward::default();
+            };
+            let waker = state.spare_wakers.take(made_over).unwrap_or_else(|| {
+                Arc::new(SlotWaker {
+                    drivers: Arc::downgrade(self),
+                    slot,
+                    generation,
+                    forward: Mutex::new(Forward::default()),
+                })
+            });
             let entry = &mut state.slots[slot];
             let socket_waker = Waker::from(waker.clone());
             entry.socket = Some((socket, socket_waker.clone()));
-            entry.waker_alloc = Some(waker);
+            entry.waker_alloc = Some(waker.clone());
             let spawn = !std::mem::replace(&mut state.running, true);
             if spawn {
                 state.epoch += 1;
             }
-            (spawn.then_some(state.epoch), socket_waker)
+            (spawn.then_some(state.epoch), (socket_waker, DriverLink(waker)))
         };
         if let Some(epoch) = spawn {
             drop(self.runtime.spawn(run(TaskGuard { drivers: self.clone(), epoch })));
@@ -234,14 +307,30 @@ impl State {
     }
 }
 
+impl SlotWaker {
+    /// Queues the socket for a drive by the network's task.
+    fn queue_drive(&self) {
+        if let Some(drivers) = self.drivers.upgrade() {
+            drivers.wake_slot(self.slot, self.generation);
+        }
+    }
+}
+
 impl Wake for SlotWaker {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(drivers) = self.drivers.upgrade() {
-            drivers.wake_slot(self.slot, self.generation);
+        let waiter = {
+            let mut forward = lock(&self.forward);
+            let waiter = forward.waiter.take();
+            forward.handed |= waiter.is_some();
+            waiter
+        };
+        match waiter {
+            Some(waiter) => waiter.wake(),
+            None => self.queue_drive(),
         }
     }
 }
@@ -370,7 +459,7 @@ mod tests {
     async fn a_registered_socket_is_driven_only_once_woken() {
         let drivers = drivers();
         let probe = Probe::new(2);
-        let waker = drivers.register(probe.clone());
+        let (waker, _link) = drivers.register(probe.clone());
         settle().await;
         assert_eq!(probe.drives(), 0, "register queues no drive");
         waker.wake_by_ref();
@@ -511,6 +600,45 @@ mod tests {
         assert!(task.as_mut().poll(&mut cx).is_pending());
         assert!(probes.iter().all(|p| p.drives() == 1));
         assert_eq!(woken.0.load(Ordering::SeqCst), 2, "the last poll waits for a wake-up");
+    }
+
+    /// While a task awaits one of a socket's promises, the driver's wake-ups go to that task
+    /// (which does the pass itself) instead of queueing a drive; once it stops awaiting, they go
+    /// to the driver again, and one it was handed but did not act on is queued for the driver.
+    #[tokio::test]
+    async fn an_awaiting_task_takes_the_drivers_wake_ups_until_it_lets_them_go() {
+        let drivers = drivers();
+        let probe = Probe::new(usize::MAX);
+        let (waker, link) = drivers.register(probe.clone());
+        let awaiting = Arc::new(Count(AtomicUsize::new(0)));
+        link.set_waiter(&Waker::from(awaiting.clone()));
+        waker.wake_by_ref();
+        settle().await;
+        assert_eq!(awaiting.0.load(Ordering::SeqCst), 1, "the awaiting task was woken");
+        assert_eq!(probe.drives(), 0, "no drive queued");
+        assert!(link.take_handed(), "it was handed the wake-up");
+        assert!(!link.take_handed(), "once");
+        // Handed over at most once per registration: the next wake-up queues a drive.
+        waker.wake_by_ref();
+        settle().await;
+        assert_eq!((awaiting.0.load(Ordering::SeqCst), probe.drives()), (1, 1));
+        // A task that stops awaiting without acting on a wake-up hands it to the driver.
+        link.set_waiter(&Waker::from(awaiting.clone()));
+        waker.wake_by_ref();
+        link.release_waiter();
+        settle().await;
+        assert_eq!((awaiting.0.load(Ordering::SeqCst), probe.drives()), (2, 2), "passed on");
+        // Released: wake-ups go to the driver.
+        waker.wake_by_ref();
+        settle().await;
+        assert_eq!((awaiting.0.load(Ordering::SeqCst), probe.drives()), (2, 3));
+        // A socket finished by the awaiting task's pass leaves the table.
+        assert!(link.finish().is_some(), "let go");
+        assert!(link.finish().is_none(), "once");
+        assert_eq!(Arc::strong_count(&probe), 1);
+        waker.wake_by_ref();
+        settle().await;
+        assert_eq!(probe.drives(), 3, "a finished socket's waker wakes nothing");
     }
 
     struct Count(AtomicUsize);

@@ -66,6 +66,18 @@ impl WakerList {
             }
         }
     }
+
+    /// Takes out `waker`'s task (polling now, it needs no wake-up for what it is about to see).
+    pub(crate) fn forget(&mut self, waker: &Waker) {
+        match self {
+            WakerList::One(slot) => {
+                if slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    *slot = None;
+                }
+            }
+            WakerList::Many(list) => list.retain(|w| !w.will_wake(waker)),
+        }
+    }
 }
 
 /// Counts one step of a driver loop's budget; `false` once it is spent. Then the I/O may still be
@@ -146,21 +158,34 @@ pub(crate) enum Which {
 /// A socket whose `opened`/`closed` promises can be polled.
 pub(crate) trait PromiseSource: Send + Sync + 'static {
     fn poll_promise(&self, which: Which, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>>;
+
+    /// A future that polled pending is ready or gone: whatever its task was given for awaiting
+    /// goes back (TCP: the driver's wake-ups, [`crate::drivers::DriverLink`]).
+    fn release_waiter(&self) {}
 }
 
 /// The `opened` or `closed` promise of a socket: a shared future that any number of holders can
 /// await, before or after it settles, all seeing the one outcome (GEN-05, INV-20). Holding it does
 /// not keep the socket open (GEN-12).
-#[derive(Clone)]
 #[must_use = "a promise does nothing unless awaited"]
 pub struct SocketPromise {
     source: Arc<dyn PromiseSource>,
     which: Which,
+    /// This future polled pending and has not been ready since: its task may hold what the
+    /// source gives an awaiting task ([`PromiseSource::release_waiter`]).
+    waiting: bool,
 }
 
 impl SocketPromise {
     pub(crate) fn new(source: Arc<dyn PromiseSource>, which: Which) -> Self {
-        SocketPromise { source, which }
+        SocketPromise { source, which, waiting: false }
+    }
+}
+
+impl Clone for SocketPromise {
+    /// The same promise, not yet awaited.
+    fn clone(&self) -> Self {
+        SocketPromise::new(self.source.clone(), self.which)
     }
 }
 
@@ -168,7 +193,22 @@ impl Future for SocketPromise {
     type Output = Result<(), SocketError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.source.poll_promise(self.which, cx)
+        let this = self.get_mut();
+        let polled = this.source.poll_promise(this.which, cx);
+        if polled.is_pending() {
+            this.waiting = true;
+        } else if std::mem::take(&mut this.waiting) {
+            this.source.release_waiter();
+        }
+        polled
+    }
+}
+
+impl Drop for SocketPromise {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.source.release_waiter();
+        }
     }
 }
 
@@ -186,6 +226,15 @@ pub(crate) struct PromiseWaiters {
 }
 
 impl PromiseWaiters {
+    /// Takes `waker`'s task out of promise `which`'s waiters: it is polling that promise now and
+    /// sees its outcome (it registers again if it still waits).
+    pub(crate) fn forget(&mut self, which: Which, waker: &Waker) {
+        match which {
+            Which::Opened => self.opened.forget(waker),
+            Which::Closed => self.closed.forget(waker),
+        }
+    }
+
     /// Polls one promise given the machine's outcome.
     pub(crate) fn poll(
         &mut self,

@@ -26,6 +26,7 @@ use tcpudp_core::{
 use tokio::io::ReadBuf;
 
 use crate::backend::{BoxFuture, TcpDiag, TcpTransport};
+use crate::drivers::DriverLink;
 use crate::faults::FaultTcp;
 use crate::network::Network;
 use crate::shared::{
@@ -129,6 +130,9 @@ struct TransportSide {
     read_buf: BytesMut,
     released: bool,
     driver: Option<Waker>,
+    /// The driver's wake-ups go to a task awaiting `opened` or `closed` meanwhile, which does the
+    /// driver's work ([`DriverLink`]).
+    link: Option<DriverLink>,
     /// Where the transport's read wake-ups go, once a reader has waited ([`ReadRoute`]).
     route: SocketRoute,
     /// The deadline the driver has on the network's timer ([`crate::timers`]); an idle socket
@@ -327,8 +331,12 @@ impl TcpSocket {
         });
         // SAFETY: written in full just above.
         let shared = unsafe { shared.assume_init() };
-        let driver = net.drivers(id).register(shared.clone());
-        let needs_drive = lock(&shared.inner).first_pass(&shared, &driver);
+        let (driver, link) = net.drivers(id).register(shared.clone());
+        let needs_drive = {
+            let mut inner = lock(&shared.inner);
+            inner.io.link = Some(link);
+            inner.first_pass(&shared, &driver)
+        };
         if needs_drive {
             driver.wake();
         }
@@ -693,6 +701,25 @@ impl crate::tls::UpgradeSource for TcpShared {
 
 impl PromiseSource for TcpShared {
     fn poll_promise(&self, which: Which, cx: &mut Context<'_>) -> Poll<Result<(), SocketError>> {
+        // A wake-up of the driver came to this task, which awaits a promise: the driver's pass is
+        // made here, instead of in the driver's task and then this one ([`DriverLink`]).
+        let handed = {
+            let mut inner = lock(&self.inner);
+            match (&inner.io.link, &inner.io.driver) {
+                (Some(link), Some(driver)) if link.take_handed() => {
+                    let handed = (link.clone(), driver.clone());
+                    // What the pass settles, this poll sees: no wake-up of this task for it.
+                    inner.app.promises.forget(which, cx.waker());
+                    Some(handed)
+                }
+                _ => None,
+            }
+        };
+        if let Some((link, driver)) = handed {
+            if crate::drivers::Driven::drive(self, &driver).is_ready() {
+                drop(link.finish());
+            }
+        }
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let outcome = match which {
@@ -700,10 +727,29 @@ impl PromiseSource for TcpShared {
             Which::Closed => inner.machine.closed(),
         };
         let polled = inner.app.promises.poll(which, outcome, cx);
-        if let (Poll::Pending, Some(route)) = (&polled, inner.io.route.get()) {
-            route.pass_on();
+        if polled.is_pending() {
+            // Only while what it awaits is under way (the connection being made, the closing
+            // handshake): a task that awaits `closed` through an open connection's life takes no
+            // wake-ups that other tasks' writes need, and one that holds its future unpolled for
+            // a while can delay only a socket that is opening or closing.
+            let under_way = matches!(
+                (which, inner.machine.ready_state()),
+                (Which::Opened, ReadyState::Opening) | (Which::Closed, ReadyState::Closing)
+            );
+            if let Some(link) = inner.io.link.as_ref().filter(|_| under_way) {
+                link.set_waiter(cx.waker());
+            }
+            if let Some(route) = inner.io.route.get() {
+                route.pass_on();
+            }
         }
         polled
+    }
+
+    fn release_waiter(&self) {
+        if let Some(link) = &lock(&self.inner).io.link {
+            link.release_waiter();
+        }
     }
 }
 
@@ -1284,7 +1330,8 @@ mod read_pool {
 }
 
 /// The driver: polls the transport when the application is not doing so, and fires timers. The
-/// socket's driver task ([`crate::drivers`]) calls it with the socket's own waker.
+/// socket's driver task ([`crate::drivers`]) calls it with the socket's own waker, and so does a
+/// task awaiting `opened` or `closed` that was handed the driver's wake-up ([`DriverLink`]).
 impl crate::drivers::Driven for TcpShared {
     fn drive(&self, waker: &Waker) -> Poll<()> {
         let _span = self.span.enter();

@@ -1,7 +1,7 @@
 //! The shortcuts the performance work took (issue #6) keep their semantics, on loopback: a UDP
 //! write's permission decision is reused only while the policy is unchanged, and a TCP socket's
-//! options are read back when asked (after close, the last values read), and a waiting UDP reader
-//! is woken by the transport itself.
+//! options are read back when asked (after close, the last values read), a waiting UDP reader
+//! is woken by the transport itself, and so is a task awaiting a TCP socket's closing handshake.
 
 use std::future::Future;
 use std::time::Duration;
@@ -239,6 +239,44 @@ async fn udp_waiting_reader_is_woken_by_the_transport_and_a_dropped_one_hands_ov
     let mut readable = rx.readable().expect("a new readable");
     let got = guard("read two", readable.read()).await.expect("read").expect("a datagram");
     assert_eq!(&got.data[..], b"two");
+}
+
+/// A task awaiting `closed` during the closing handshake takes the driver's wake-ups: the peer's
+/// FIN wakes it, and the driver does not run for it (the socket is still closing until the task
+/// polls). A `closed` future dropped after it was woken hands the wake-up to the driver, so the
+/// socket still closes.
+// rule: TCP-CLOSE-01, GEN-11
+#[tokio::test]
+async fn tcp_closing_task_is_woken_by_the_transport_and_a_dropped_promise_hands_over() {
+    use std::pin::Pin;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::task::{Context, Waker};
+
+    let net = tcpudp_net_real::network(Policy::allow_all()).expect("network");
+    let options = TcpServerOptions { local_address: Some("127.0.0.1".into()), ..TcpServerOptions::default() };
+    let server = TcpServerSocket::new(&net, options).expect("server");
+    guard("server opened", server.opened()).await.expect("listening");
+    let port = server.local_port().expect("server port");
+    let client = TcpSocket::new(&net, "127.0.0.1", port, TcpOptions::default()).expect("client");
+    let (accepted, opened) = guard("accept", async { tokio::join!(server.listen(), client.opened()) }).await;
+    opened.expect("opened");
+    let accepted = accepted.expect("accepted");
+
+    let count = Arc::new(Count(0.into()));
+    let waker = Waker::from(count.clone());
+    {
+        // The client closes (its FIN goes) and a task awaits its `closed`.
+        let mut closed = client.close();
+        assert!(Pin::new(&mut closed).poll(&mut Context::from_waker(&waker)).is_pending());
+        assert_eq!(client.ready_state(), ReadyState::Closing);
+        // The peer closes too: its FIN wakes the awaiting task, not the driver.
+        guard("the peer closes", accepted.close()).await.expect("peer closed");
+        until("the awaiting task is woken", || count.0.load(Ordering::SeqCst) > 0).await;
+        assert_eq!(client.ready_state(), ReadyState::Closing, "the driver did not take the FIN");
+    } // The woken future goes away without polling again.
+    until("the driver finishes the close", || client.ready_state() == ReadyState::Closed).await;
+    guard("closed", client.closed()).await.expect("closed cleanly");
 }
 
 /// A batched receive that comes back short ended at an empty queue, so the socket goes back to
