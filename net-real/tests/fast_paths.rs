@@ -84,21 +84,34 @@ async fn udp_write_permission_follows_policy_changes() {
     assert_eq!(&got.data[..], b"four");
 }
 
+/// A listening server on 127.0.0.1.
+async fn loopback_server(net: &tcpudp::Network) -> TcpServerSocket {
+    let options = TcpServerOptions { local_address: Some("127.0.0.1".into()), ..TcpServerOptions::default() };
+    let server = TcpServerSocket::new(net, options).expect("server");
+    guard("server opened", server.opened()).await.expect("listening");
+    server
+}
+
+/// A client connected to `server` with `options`, and the server's end: both open.
+async fn connect(
+    net: &tcpudp::Network,
+    server: &TcpServerSocket,
+    options: TcpOptions,
+) -> (TcpSocket, TcpSocket) {
+    let port = server.local_port().expect("server port");
+    let client = TcpSocket::new(net, "127.0.0.1", port, options).expect("client");
+    let (accepted, opened) = guard("accept", async { tokio::join!(server.listen(), client.opened()) }).await;
+    opened.expect("opened");
+    (client, accepted.expect("accepted"))
+}
+
 // rule: TCP-CTOR-12, TCP-CTOR-16
 #[tokio::test]
 async fn tcp_options_read_back_when_asked_and_kept_after_close() {
     let net = tcpudp_net_real::network(Policy::allow_all()).expect("network");
-    let options = TcpServerOptions { local_address: Some("127.0.0.1".into()), ..TcpServerOptions::default() };
-    let server = TcpServerSocket::new(&net, options).expect("server");
-    guard("server opened", server.opened()).await.expect("listening");
-    let port = server.local_port().expect("server port");
-
-    let asked =
-        TcpSocket::new(&net, "127.0.0.1", port, TcpOptions { no_delay: false, ..TcpOptions::default() })
-            .expect("client");
-    let (accepted, opened) = guard("accept", async { tokio::join!(server.listen(), asked.opened()) }).await;
-    opened.expect("opened");
-    let accepted = accepted.expect("accepted");
+    let server = loopback_server(&net).await;
+    let (asked, accepted) =
+        connect(&net, &server, TcpOptions { no_delay: false, ..TcpOptions::default() }).await;
     let open = asked.diag();
     assert!(open.transport_open);
     assert_eq!(open.options.no_delay, Some(false), "read back from the OS while open");
@@ -112,10 +125,7 @@ async fn tcp_options_read_back_when_asked_and_kept_after_close() {
     assert_eq!(closed.options, open.options, "after close: the values last read");
 
     // A socket never asked reads nothing back, before or after close.
-    let silent = TcpSocket::new(&net, "127.0.0.1", port, TcpOptions::default()).expect("client");
-    let (accepted, opened) = guard("accept", async { tokio::join!(server.listen(), silent.opened()) }).await;
-    opened.expect("opened");
-    let accepted = accepted.expect("accepted");
+    let (silent, accepted) = connect(&net, &server, TcpOptions::default()).await;
     let (a, b) = guard("close", async { tokio::join!(silent.close(), accepted.close()) }).await;
     a.expect("client closed");
     b.expect("server side closed");
@@ -254,14 +264,8 @@ async fn tcp_closing_task_is_woken_by_the_transport_and_a_dropped_promise_hands_
     use std::task::{Context, Waker};
 
     let net = tcpudp_net_real::network(Policy::allow_all()).expect("network");
-    let options = TcpServerOptions { local_address: Some("127.0.0.1".into()), ..TcpServerOptions::default() };
-    let server = TcpServerSocket::new(&net, options).expect("server");
-    guard("server opened", server.opened()).await.expect("listening");
-    let port = server.local_port().expect("server port");
-    let client = TcpSocket::new(&net, "127.0.0.1", port, TcpOptions::default()).expect("client");
-    let (accepted, opened) = guard("accept", async { tokio::join!(server.listen(), client.opened()) }).await;
-    opened.expect("opened");
-    let accepted = accepted.expect("accepted");
+    let server = loopback_server(&net).await;
+    let (client, accepted) = connect(&net, &server, TcpOptions::default()).await;
 
     let count = Arc::new(Count(0.into()));
     let waker = Waker::from(count.clone());
