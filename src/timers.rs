@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use tcpudp_core::Instant;
+use tcpudp_core::{DeadlineSlot, Instant};
 
 use crate::network::Network;
 use crate::shared::{lock, Mutex};
@@ -68,31 +68,26 @@ pub(crate) struct Timers {
 /// Where a socket's deadline is on the timer: what the socket keeps, and gives back to
 /// [`Timers::set`] to move it.
 ///
-/// 16 bytes, not the 24 of an `Option<Instant>` beside the slot: it is part of every TCP socket's
-/// state, which must stay in the allocator's fast size classes (issue #6, see `tcp.rs`).
+/// 16 bytes (the deadline as a `DeadlineSlot`, not an `Option<Instant>`): it is part of every
+/// TCP socket's state, which must stay in the allocator's fast size classes (issue #6, `tcp.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Armed {
-    /// The deadline in microseconds, `u64::MAX` for none. Deadlines come from the machines,
-    /// which keep theirs below that (`DeadlineSlot`); one that far is kept a microsecond earlier.
-    at: u64,
+    /// The deadline, if the socket has one on the timer.
+    at: DeadlineSlot,
     /// Its slot in `State::recent`, valid while the task has not moved it to the map.
     slot: usize,
 }
 
 impl Default for Armed {
     fn default() -> Self {
-        Armed { at: u64::MAX, slot: 0 }
+        Armed { at: DeadlineSlot::NONE, slot: 0 }
     }
 }
 
 impl Armed {
-    fn new(at: Option<Instant>, slot: usize) -> Armed {
-        Armed { at: at.map_or(u64::MAX, |at| at.as_micros().min(u64::MAX - 1)), slot }
-    }
-
     /// The deadline the socket has on the timer.
     pub(crate) fn at(&self) -> Option<Instant> {
-        (self.at != u64::MAX).then_some(Instant::from_micros(self.at))
+        self.at.get()
     }
 }
 
@@ -183,10 +178,15 @@ impl State {
         }
         // The last deadline going needs no wake-up either: the task sleeps until a stale one at
         // most `LOOK` away, and lingers from that look on.
-        let Some(at) = new else { return (SetAction::Nothing, Armed::default()) };
-        // Kept as `Armed` keeps it, so that taking it out finds it.
-        let at = Armed::new(Some(at), 0).at().unwrap_or(at);
-        let armed = Armed::new(Some(at), self.add_recent(Recent { at, id, waker: waker.clone() }));
+        // As the slot keeps it (a saturated deadline a microsecond earlier), so that taking it
+        // out finds it.
+        let Some(at) = new.and_then(|at| DeadlineSlot::at(at).get()) else {
+            return (SetAction::Nothing, Armed::default());
+        };
+        let armed = Armed {
+            at: DeadlineSlot::at(at),
+            slot: self.add_recent(Recent { at, id, waker: waker.clone() }),
+        };
         // Only a deadline earlier than the one the task sleeps until needs the task to act.
         if self.armed.is_some_and(|armed| armed <= at) {
             return (SetAction::Nothing, armed);
@@ -303,7 +303,7 @@ mod tests {
     use std::task::{Wake, Waker};
     use std::time::Duration;
 
-    use tcpudp_core::Instant;
+    use tcpudp_core::{DeadlineSlot, Instant};
 
     use super::{Armed, SetAction, State, Step, LINGER, LOOK};
 
@@ -316,7 +316,13 @@ mod tests {
             new: Option<Instant>,
             waker: &Waker,
         ) -> SetAction {
-            self.set(id, Armed::new(old, self.slot_of(id)), new, waker).0
+            self.set(
+                id,
+                Armed { at: old.map_or(DeadlineSlot::NONE, DeadlineSlot::at), slot: self.slot_of(id) },
+                new,
+                waker,
+            )
+            .0
         }
 
         fn is_empty(&self) -> bool {
@@ -444,7 +450,7 @@ mod tests {
         assert_eq!((state.entries.len(), state.recent_live), (1, 1));
         assert!(state.entries.keys().all(|&(_, id)| id == 1));
         let _ = state.set(4, other, None, &driver);
-        let _ = state.set(1, Armed::new(Some(at(10_000)), usize::MAX), None, &driver);
+        let _ = state.set(1, Armed { at: DeadlineSlot::at(at(10_000)), slot: usize::MAX }, None, &driver);
         assert!(state.is_empty());
     }
 

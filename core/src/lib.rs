@@ -72,5 +72,5 @@ pub use io::{
 pub use server::TcpServerMachine;
 pub use state::{ReadyState, Row, SocketKind};
 pub use tcp::TcpMachine;
-pub use time::Instant;
+pub use time::{DeadlineSlot, Instant};
 pub use udp::UdpMachine;

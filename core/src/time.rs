@@ -58,24 +58,24 @@ impl Sub<Instant> for Instant {
 /// `u64::MAX` microseconds stands for "none"; a deadline that far (about 584,000 years, only a
 /// saturated sum reaches it) is kept one microsecond earlier, which no clock ever reaches either.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DeadlineSlot(u64);
+pub struct DeadlineSlot(u64);
 
 impl DeadlineSlot {
     /// No deadline.
-    pub(crate) const NONE: DeadlineSlot = DeadlineSlot(u64::MAX);
+    pub const NONE: DeadlineSlot = DeadlineSlot(u64::MAX);
 
     /// A deadline at `at`.
-    pub(crate) fn at(at: Instant) -> DeadlineSlot {
+    pub fn at(at: Instant) -> DeadlineSlot {
         DeadlineSlot(at.0.min(u64::MAX - 1))
     }
 
     /// The deadline, if there is one.
-    pub(crate) fn get(self) -> Option<Instant> {
+    pub fn get(self) -> Option<Instant> {
         (self != DeadlineSlot::NONE).then_some(Instant(self.0))
     }
 
     /// Whether there is a deadline and `now` has reached it.
-    pub(crate) fn is_due(self, now: Instant) -> bool {
+    pub fn is_due(self, now: Instant) -> bool {
         self != DeadlineSlot::NONE && self.0 <= now.0
     }
 }
