@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::task::{Poll, Wake, Waker};
 
-use crate::shared::{lock, Mutex, Spares};
+use crate::shared::{lock, Handover, Mutex, Spares};
 
 /// Sockets driven per poll of the task before it lets other tasks run.
 const BUDGET: usize = 32;
@@ -81,15 +81,7 @@ struct SlotWaker {
     generation: u64,
     /// Where the driver's wake-ups go instead while a task awaits one of the socket's promises
     /// ([`DriverLink`]).
-    forward: Mutex<Forward>,
-}
-
-/// The task awaiting one of a socket's promises, which takes the driver's wake-ups meanwhile.
-#[derive(Debug, Default)]
-struct Forward {
-    waiter: Option<Waker>,
-    /// A wake-up went to the waiter, which has not acted on it yet.
-    handed: bool,
+    forward: Mutex<Handover>,
 }
 
 /// A socket's hold on its driver, for the application side: while a task awaits one of the
@@ -112,27 +104,20 @@ pub(crate) struct DriverLink(Arc<SlotWaker>);
 impl DriverLink {
     /// `waker`'s task awaits a promise of the socket: the driver's wake-ups go to it.
     pub(crate) fn set_waiter(&self, waker: &Waker) {
-        let mut forward = lock(&self.0.forward);
-        if !forward.waiter.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            forward.waiter = Some(waker.clone());
-        }
+        lock(&self.0.forward).wait(waker);
     }
 
     /// Whether a wake-up of the driver went to an awaiting task and nobody acted on it since (the
     /// caller does the driver's work now).
     pub(crate) fn take_handed(&self) -> bool {
-        std::mem::take(&mut lock(&self.0.forward).handed)
+        lock(&self.0.forward).take_handed()
     }
 
     /// The awaiting task is done awaiting (its promise settled, or its future went): the
     /// driver's wake-ups go to the driver again, and one handed over but not acted on is queued
     /// for it.
     pub(crate) fn release_waiter(&self) {
-        let handed = {
-            let mut forward = lock(&self.0.forward);
-            forward.waiter = None;
-            std::mem::take(&mut forward.handed)
-        };
+        let handed = lock(&self.0.forward).release();
         if handed {
             self.0.queue_drive();
         }
@@ -183,14 +168,14 @@ impl Drivers {
             let generation = state.slots[slot].generation;
             let made_over = |w: &mut SlotWaker| {
                 (w.slot, w.generation) = (slot, generation);
-                *w.forward.get_mut() = Forward::default();
+                *w.forward.get_mut() = Handover::default();
             };
             let waker = state.spare_wakers.take(made_over).unwrap_or_else(|| {
                 Arc::new(SlotWaker {
                     drivers: Arc::downgrade(self),
                     slot,
                     generation,
-                    forward: Mutex::new(Forward::default()),
+                    forward: Mutex::new(Handover::default()),
                 })
             });
             let entry = &mut state.slots[slot];
@@ -322,12 +307,7 @@ impl Wake for SlotWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let waiter = {
-            let mut forward = lock(&self.forward);
-            let waiter = forward.waiter.take();
-            forward.handed |= waiter.is_some();
-            waiter
-        };
+        let waiter = lock(&self.forward).take_for_wake();
         match waiter {
             Some(waiter) => waiter.wake(),
             None => self.queue_drive(),

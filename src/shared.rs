@@ -538,6 +538,45 @@ impl Future for FlushFuture {
     }
 }
 
+/// A task that takes a socket's wake-ups while it waits, in place of the socket's driver (a
+/// waiting reader, [`ReadRoute`]; a task awaiting `opened` or `closed`,
+/// [`crate::drivers::DriverLink`]), and whether it was handed one it has not acted on yet: that
+/// one goes to the driver if the task stops waiting first, so no wake-up is lost.
+#[derive(Debug, Default)]
+pub(crate) struct Handover {
+    waiter: Option<Waker>,
+    handed: bool,
+}
+
+impl Handover {
+    /// `waker`'s task waits: the wake-ups go to it.
+    pub(crate) fn wait(&mut self, waker: &Waker) {
+        if !self.waiter.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.waiter = Some(waker.clone());
+        }
+    }
+
+    /// A wake-up came: the waiting task to wake, now handed it (it waits no more), or `None` when
+    /// no task waits (the driver's turn).
+    pub(crate) fn take_for_wake(&mut self) -> Option<Waker> {
+        let waiter = self.waiter.take();
+        self.handed |= waiter.is_some();
+        waiter
+    }
+
+    /// Whether a wake-up was handed over and not acted on since; the caller acts on it now.
+    pub(crate) fn take_handed(&mut self) -> bool {
+        std::mem::take(&mut self.handed)
+    }
+
+    /// The task stops waiting (it polls, or goes): whether it leaves a handed wake-up not acted
+    /// on, for the driver.
+    pub(crate) fn release(&mut self) -> bool {
+        self.waiter = None;
+        self.take_handed()
+    }
+}
+
 /// Routes a transport's read wake-ups straight to the application's reader while one waits in a
 /// read, and to the socket's driver otherwise.
 ///
@@ -561,10 +600,8 @@ pub(crate) struct ReadRoute {
 
 #[derive(Debug, Default)]
 struct RouteSlot {
-    reader: Option<Waker>,
+    reader: Handover,
     driver: Option<Waker>,
-    /// A wake-up went to the reader, which has not polled since.
-    handed: bool,
 }
 
 impl ReadRoute {
@@ -626,23 +663,25 @@ impl ReadRoute {
     /// The reader is polling: wake-ups go to the driver until it waits again.
     pub(crate) fn reader_polling(&self) {
         let mut slot = lock(&self.slot);
-        slot.reader = None;
-        slot.handed = false;
+        slot.reader.release();
     }
 
     /// The reader waits with `waker`.
     pub(crate) fn reader_waits(&self, waker: &Waker) {
         let mut slot = lock(&self.slot);
-        if !slot.reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            slot.reader = Some(waker.clone());
-        }
+        slot.reader.wait(waker);
     }
 
     /// The reader went away: later wake-ups go to the driver, and one the reader was handed but
     /// never acted on is passed on to it.
     pub(crate) fn release(&self) {
-        lock(&self.slot).reader = None;
-        self.pass_on();
+        let driver = {
+            let mut slot = lock(&self.slot);
+            slot.reader.release().then(|| slot.driver.clone()).flatten()
+        };
+        if let Some(w) = driver {
+            w.wake();
+        }
     }
 
     /// Someone waits for what a wake-up the reader was handed may carry (a FIN, say, for
@@ -650,7 +689,7 @@ impl ReadRoute {
     pub(crate) fn pass_on(&self) {
         let driver = {
             let mut slot = lock(&self.slot);
-            std::mem::take(&mut slot.handed).then(|| slot.driver.clone()).flatten()
+            slot.reader.take_handed().then(|| slot.driver.clone()).flatten()
         };
         if let Some(w) = driver {
             w.wake();
@@ -744,13 +783,7 @@ impl std::task::Wake for ReadRoute {
         self.disarm();
         let target = {
             let mut slot = lock(&self.slot);
-            match slot.reader.take() {
-                Some(reader) => {
-                    slot.handed = true;
-                    Some(reader)
-                }
-                None => slot.driver.clone(),
-            }
+            slot.reader.take_for_wake().or_else(|| slot.driver.clone())
         };
         if let Some(w) = target {
             w.wake();
