@@ -1193,7 +1193,9 @@ impl TransportSide {
         // read that finds nothing gives the buffer back to the thread's pool below.
         read_pool::make_room(&mut self.read_buf);
         let spare = self.read_buf.spare_capacity_mut();
-        let mut buf = ReadBuf::uninit(spare);
+        // Never more than a fresh buffer holds, whatever this one's history (see `read_pool`).
+        let room = spare.len().min(READ_CHUNK);
+        let mut buf = ReadBuf::uninit(&mut spare[..room]);
         match ReadRoute::poll_armed(route, || transport.poll_read(read_cx, &mut buf)) {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len();
@@ -1267,6 +1269,11 @@ fn poll_sending(
 /// grows again, per read (the cost showed in every workload: per connection, per ping-pong
 /// message, per bulk chunk after each pause). A buffer whose chunks the application still holds
 /// is not reused in place: `reserve` then allocates a fresh one.
+///
+/// The pool is invisible: it hands out only a buffer with the whole [`READ_CHUNK`] of room, as a
+/// fresh allocation has, so where a read's chunk ends depends on the socket's own history alone.
+/// (A pooled buffer with less room cut reads short where a fresh one would not: in the simulator
+/// a case's trace then depended on which cases ran on the thread before it.)
 mod read_pool {
     use std::cell::RefCell;
 
@@ -1284,7 +1291,8 @@ mod read_pool {
     }
 
     /// Gives `buf` room for a read: its own allocation back when every chunk split from it is
-    /// gone, else a pooled buffer that has room (or can get it back), else a fresh allocation.
+    /// gone, else a pooled buffer with a whole [`READ_CHUNK`] of room (or that can get it back),
+    /// else a fresh allocation.
     pub(super) fn make_room(buf: &mut BytesMut) {
         if buf.capacity() >= MIN_ROOM || buf.try_reclaim(READ_CHUNK) {
             return;
@@ -1293,8 +1301,7 @@ mod read_pool {
             .try_with(|pool| {
                 let mut pool = pool.try_borrow_mut().ok()?;
                 // Newest first: the buffer given back last is the one still in the CPU's cache.
-                let i =
-                    pool.iter_mut().rposition(|b| b.capacity() >= MIN_ROOM || b.try_reclaim(READ_CHUNK))?;
+                let i = pool.iter_mut().rposition(|b| b.try_reclaim(READ_CHUNK))?;
                 Some(pool.remove(i))
             })
             .ok()
@@ -1326,6 +1333,37 @@ mod read_pool {
                 }
             }
         });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Room a socket without a buffer gets for its next read.
+        fn room_of_next_read() -> usize {
+            let mut buf = BytesMut::new();
+            make_room(&mut buf);
+            let room = buf.capacity();
+            give(buf);
+            room
+        }
+
+        #[test]
+        fn a_pooled_buffer_gives_the_room_of_a_fresh_one_whatever_its_history() {
+            let fresh = room_of_next_read();
+            assert_eq!(fresh, READ_CHUNK);
+            // Another socket read 20 KiB into a pooled buffer and the application still holds
+            // the chunk: the buffer has room for more, but not a fresh buffer's worth.
+            let mut other = BytesMut::new();
+            make_room(&mut other);
+            other.extend_from_slice(&[7; 20 * 1024]);
+            let held = other.split().freeze();
+            assert!(other.capacity() >= MIN_ROOM && other.capacity() < READ_CHUNK);
+            give(other);
+            assert_eq!(room_of_next_read(), fresh, "a read would be cut short by the pool's history");
+            drop(held);
+            assert_eq!(room_of_next_read(), fresh);
+        }
     }
 }
 
