@@ -14,9 +14,11 @@ const WORKLOADS: [&str; 7] =
     ["tcp-bulk", "tcp-pingpong", "tcp-connect", "udp", "sim-tcp-bulk", "sim-udp", "sim-connect"];
 
 /// Tiny sizes for every part.
-const TINY: [&str; 20] = [
+const TINY: [&str; 22] = [
     "--rounds",
     "2",
+    "--min-secs",
+    "0",
     "--bulk-bytes",
     "262144",
     "--pingpong-trips",
@@ -85,6 +87,7 @@ fn check_report(path: &Path) {
             .iter()
             .find(|w| w["name"] == name)
             .unwrap_or_else(|| panic!("workload {name} missing from {text}"));
+        assert_eq!(w["rounds"], 2, "{name}: `--rounds 2 --min-secs 0` runs two rounds: {w}");
         let (ratio, min, max) = (number(w, "ratio"), number(w, "min"), number(w, "max"));
         assert!(ratio > 0.0 && min > 0.0, "{name}: ratios must be positive: {w}");
         assert!(min <= ratio && ratio <= max, "{name}: min <= ratio <= max: {w}");

@@ -39,11 +39,14 @@ pub(crate) struct BenchArgs {
     /// Multiplies every default size (e.g. 0.01 for a quick run); explicit sizes below win.
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
-    /// Rounds per workload and runtime (each round runs ours, then raw). Seven: single tcp-bulk
-    /// rounds swing ±30% on a 2-vCPU guest, where a median of five still strayed 5% from the
-    /// ratio the CPU times give.
-    #[arg(long, default_value_t = 7)]
+    /// Rounds per workload and runtime (each round runs ours, then raw), at least.
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Seconds each side's rounds of a workload take at least: a workload with short rounds runs
+    /// more of them (at most 4 × `--rounds`). Single 1 GiB tcp-bulk rounds (~0.5 s) swing ±30% on
+    /// a 2-vCPU guest, where a median of five strayed 5% from the ratio the CPU times give.
+    #[arg(long, default_value_t = 5.0)]
+    min_secs: f64,
     /// TCP bulk: bytes per round (default 1 GiB), written in 64 KiB writes.
     #[arg(long)]
     bulk_bytes: Option<u64>,
@@ -268,6 +271,24 @@ const CORE_INPUTS_TARGET: f64 = 20e6;
 /// Memory target: bytes of our own state per idle TCP socket.
 const IDLE_BYTES_TARGET: f64 = 2048.0;
 
+/// How many rounds a workload runs: `rounds` at least, and more, up to four times as many, until
+/// each side's rounds took `min_secs`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    rounds: usize,
+    min_secs: f64,
+}
+
+impl Plan {
+    /// Whether another round is due after `done`.
+    fn wants_more(&self, done: &Rounds) -> bool {
+        let n = done.ours.len().min(done.raw.len());
+        let secs = |s: &[Sample]| s.iter().map(|x| x.secs).sum::<f64>();
+        n < self.rounds
+            || (n < self.rounds * 4 && (secs(&done.ours) < self.min_secs || secs(&done.raw) < self.min_secs))
+    }
+}
+
 /// The rounds of one workload on one runtime.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Rounds {
@@ -296,6 +317,7 @@ impl Rounds {
             Some(CpuTime { user: per(|c| c.user)?.median, sys: per(|c| c.sys)?.median })
         };
         Some(Summary {
+            rounds: self.ours.len().min(self.raw.len()),
             ratio,
             ours,
             raw,
@@ -330,6 +352,8 @@ impl Stats {
 /// A workload's result on one runtime.
 #[derive(Clone, Copy, Debug)]
 struct Summary {
+    /// Rounds run (pairs of ours and raw).
+    rounds: usize,
     ratio: Stats,
     ours: Stats,
     raw: Stats,
@@ -356,9 +380,9 @@ impl Flavor {
     }
 }
 
-/// Runs `ours` and `raw` alternately, `rounds` times each, on a fresh runtime of `flavor` per side
-/// and round. A warm-up pair (a tenth of the size, not counted) runs first.
-fn alternate<O, OF, R, RF>(flavor: Flavor, rounds: usize, ours: O, raw: R) -> BenchResult<Rounds>
+/// Runs `ours` and `raw` alternately, as many rounds each as `plan` asks, on a fresh runtime of
+/// `flavor` per side and round. A warm-up pair (a tenth of the size, not counted) runs first.
+fn alternate<O, OF, R, RF>(flavor: Flavor, plan: Plan, ours: O, raw: R) -> BenchResult<Rounds>
 where
     O: Fn(bool) -> OF,
     OF: Future<Output = BenchResult<Sample>>,
@@ -380,7 +404,7 @@ where
     once(Box::pin(ours(true)))?;
     once(Box::pin(raw(true)))?;
     let mut out = Rounds::default();
-    for _ in 0..rounds {
+    while plan.wants_more(&out) {
         out.ours.push(once(Box::pin(ours(false)))?);
         out.raw.push(once(Box::pin(raw(false)))?);
     }
@@ -389,14 +413,14 @@ where
 
 /// Runs simulated rounds alternately (a turmoil simulation per side and round).
 fn alternate_sim(
-    rounds: usize,
+    plan: Plan,
     ours: impl Fn(bool) -> BenchResult<Sample>,
     raw: impl Fn(bool) -> BenchResult<Sample>,
 ) -> BenchResult<Rounds> {
     ours(true)?;
     raw(true)?;
     let mut out = Rounds::default();
-    for _ in 0..rounds {
+    while plan.wants_more(&out) {
         out.ours.push(ours(false)?);
         out.raw.push(raw(false)?);
     }
@@ -433,6 +457,7 @@ struct Report {
 pub(crate) fn run(args: BenchArgs) -> ExitCode {
     let sizes = Sizes::from_args(&args);
     let rounds = args.rounds.max(1);
+    let plan = Plan { rounds, min_secs: args.min_secs };
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     if !alloc::installed() {
         eprintln!("warning: the counting allocator is not installed; core and memory figures are wrong");
@@ -440,8 +465,9 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     let machine = machine_line();
     println!("tcpudp bench: {machine}");
     println!(
-        "rounds {rounds} (ours, raw alternating, same process); sizes: bulk {} MiB, ping-pong {} x {} B, \
+        "rounds {rounds} or more, until each side ran {:.0} s (ours, raw alternating, same process); sizes: bulk {} MiB, ping-pong {} x {} B, \
          connects {}, udp {} x {} B, sim bulk {} MiB, sim connects {}, sim udp {}, core {} inputs",
+        plan.min_secs,
         sizes.bulk_bytes >> 20,
         sizes.pingpong_trips,
         sizes.message,
@@ -478,7 +504,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         let mut summaries = Vec::new();
         for flavor in flavors {
             eprint!("{} ({:?}) ...", workload.name, flavor);
-            let result = alternate(flavor, rounds, |w| ours(sizes, w), |w| raw(sizes, w));
+            let result = alternate(flavor, plan, |w| ours(sizes, w), |w| raw(sizes, w));
             match result.map(|r| r.summary(workload.unit)) {
                 Ok(Some(summary)) => {
                     eprintln!(" ratio {:.3}", summary.ratio.median);
@@ -511,7 +537,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             continue;
         }
         eprint!("{} ...", workload.name);
-        match alternate_sim(rounds, |w| ours(sizes, w), |w| raw(sizes, w)).map(|r| r.summary(workload.unit)) {
+        match alternate_sim(plan, |w| ours(sizes, w), |w| raw(sizes, w)).map(|r| r.summary(workload.unit)) {
             Ok(Some(current)) => {
                 eprintln!(" ratio {:.3}", current.ratio.median);
                 report.workloads.push(WorkloadResult { workload, current, multi: None });
@@ -681,8 +707,8 @@ fn verdict(ok: bool) -> &'static str {
 fn print_report(report: &Report) -> usize {
     let mut below = 0;
     println!(
-        "{:<13} {:>6} {:>6} {:>6}  {:>7} {:<5}  {:>16} {:>16}  {:>20}",
-        "workload", "ratio", "min", "max", "target", "", "ours", "raw", "multi-thread ratio"
+        "{:<13} {:>6} {:>6} {:>6} {:>6}  {:>7} {:<5}  {:>16} {:>16}  {:>20}",
+        "workload", "rounds", "ratio", "min", "max", "target", "", "ours", "raw", "multi-thread ratio"
     );
     for w in &report.workloads {
         let s = &w.current;
@@ -694,8 +720,9 @@ fn print_report(report: &Report) -> usize {
             None => "-".to_owned(),
         };
         println!(
-            "{:<13} {:>6.3} {:>6.3} {:>6.3}  {:>7} {:<5}  {:>16} {:>16}  {:>20}",
+            "{:<13} {:>6} {:>6.3} {:>6.3} {:>6.3}  {:>7} {:<5}  {:>16} {:>16}  {:>20}",
             w.workload.name,
+            s.rounds,
             s.ratio.median,
             s.ratio.min,
             s.ratio.max,
@@ -773,6 +800,7 @@ fn json_report(report: &Report, machine: &str, rounds: usize) -> serde_json::Val
             let s = &w.current;
             let mut v = serde_json::json!({
                 "name": w.workload.name,
+                "rounds": s.rounds,
                 "ratio": s.ratio.median,
                 "min": s.ratio.min,
                 "max": s.ratio.max,
@@ -872,6 +900,20 @@ mod tests {
         let s = Stats::of(vec![4.0, 1.0, 2.0, 3.0]).unwrap();
         assert_eq!(s.median, 2.5);
         assert!(Stats::of(vec![f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn short_rounds_run_until_each_side_took_its_minimum_time_within_four_times_the_rounds() {
+        let plan = Plan { rounds: 2, min_secs: 3.0 };
+        let pairs = |n: usize, ours: u64, raw: u64| Rounds {
+            ours: vec![Sample::new(1, Duration::from_secs(ours)); n],
+            raw: vec![Sample::new(1, Duration::from_secs(raw)); n],
+        };
+        assert!(plan.wants_more(&pairs(1, 5, 5)), "fewer than `rounds`");
+        assert!(!plan.wants_more(&pairs(2, 2, 2)), "each side ran 4 s");
+        assert!(plan.wants_more(&pairs(2, 2, 1)), "raw ran only 2 s");
+        assert!(!plan.wants_more(&pairs(8, 0, 0)), "at most 4 × rounds");
+        assert!(!Plan { rounds: 2, min_secs: 0.0 }.wants_more(&pairs(2, 0, 0)));
     }
 
     #[test]
