@@ -401,18 +401,13 @@ where
             sample.cpu = before.and_then(|b| Some(CpuTime::of_this_thread()?.since(b)));
             Ok(sample)
         };
-    once(Box::pin(ours(true)))?;
-    once(Box::pin(raw(true)))?;
-    let mut out = Rounds::default();
-    while plan.wants_more(&out) {
-        out.ours.push(once(Box::pin(ours(false)))?);
-        out.raw.push(once(Box::pin(raw(false)))?);
-    }
-    Ok(out)
+    alternate_rounds(plan, |w| once(Box::pin(ours(w))), |w| once(Box::pin(raw(w))))
 }
 
-/// Runs simulated rounds alternately (a turmoil simulation per side and round).
-fn alternate_sim(
+/// Runs `ours` and `raw` (each given whether it is the warm-up) alternately: a warm-up pair,
+/// then as many rounds as `plan` asks. The simulated workloads call it directly (a turmoil
+/// simulation per side and round).
+fn alternate_rounds(
     plan: Plan,
     ours: impl Fn(bool) -> BenchResult<Sample>,
     raw: impl Fn(bool) -> BenchResult<Sample>,
@@ -537,7 +532,8 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             continue;
         }
         eprint!("{} ...", workload.name);
-        match alternate_sim(plan, |w| ours(sizes, w), |w| raw(sizes, w)).map(|r| r.summary(workload.unit)) {
+        match alternate_rounds(plan, |w| ours(sizes, w), |w| raw(sizes, w)).map(|r| r.summary(workload.unit))
+        {
             Ok(Some(current)) => {
                 eprintln!(" ratio {:.3}", current.ratio.median);
                 report.workloads.push(WorkloadResult { workload, current, multi: None });
